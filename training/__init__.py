@@ -1,0 +1,1 @@
+"""Training: MNIST loading, the two model definitions, evaluation, and SavedModel export."""

@@ -1,0 +1,1 @@
+"""The recognize function: preprocessing, the model-server client, the prediction log, HTTP."""

@@ -1,0 +1,319 @@
+"""HTTP: routing on the request path, JSON bodies, and the one place errors become responses.
+
+Clients (the model server, the prediction log) are created on the first request, not at
+import: functions-framework imports the module in gunicorn's master and then forks, and
+a socket or pool made before the fork is broken in the worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import io
+import json
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import flask
+import numpy as np
+from PIL import Image
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.routing import Map, Rule
+
+from recognizer import model_client, preprocess, uploads
+from recognizer.config import Settings
+from recognizer.model_client import ModelClient
+from recognizer.records import PredictionLog, Record, StoreUnavailable
+from recognizer.service import Recognizer, Route
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+RETRY_AFTER_SECONDS = 5
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class InvalidParameter(ValueError):
+    """A query parameter is malformed."""
+
+
+class UnknownPrediction(LookupError):
+    """No record has that id."""
+
+
+class UploadNotStored(LookupError):
+    """The record exists, but its upload was over the storage cap."""
+
+
+# Exception type -> (HTTP status, machine-readable code). The most specific class wins.
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    uploads.EmptyBody: (400, "empty_body"),
+    uploads.MissingImage: (400, "missing_image"),
+    uploads.InvalidBase64: (400, "invalid_base64"),
+    uploads.InvalidJson: (400, "invalid_json"),
+    uploads.UnsupportedMediaType: (415, "unsupported_media_type"),
+    uploads.TooManyImages: (413, "too_many_images"),
+    RequestEntityTooLarge: (413, "request_too_large"),
+    preprocess.NotAnImage: (400, "not_an_image"),
+    preprocess.BlankImage: (400, "blank_image"),
+    preprocess.ImageTooLarge: (413, "image_too_large"),
+    InvalidParameter: (400, "invalid_parameter"),
+    UnknownPrediction: (404, "unknown_prediction"),
+    UploadNotStored: (404, "upload_not_stored"),
+    model_client.UnknownModel: (404, "unknown_model_version"),
+    model_client.ModelUnavailable: (503, "model_unavailable"),
+    model_client.ModelTimeout: (504, "model_timeout"),
+    StoreUnavailable: (503, "store_unavailable"),
+}
+
+_URLS = Map(
+    [
+        Rule("/", endpoint="page", methods=["GET"]),
+        Rule("/predict", endpoint="predict", methods=["POST"]),
+        Rule("/predictions", endpoint="history", methods=["GET"]),
+        Rule("/predictions/<prediction_id>", endpoint="prediction", methods=["GET"]),
+        Rule("/predictions/<prediction_id>/image", endpoint="upload", methods=["GET"]),
+        Rule("/healthz", endpoint="health", methods=["GET"]),
+        Rule("/readyz", endpoint="ready", methods=["GET"]),
+    ],
+    strict_slashes=False,
+)
+
+
+@dataclass(frozen=True)
+class _Clients:
+    recognizer: Recognizer
+    model: ModelClient
+    log: PredictionLog
+
+
+class Api:
+    """The function's HTTP surface; `handle` is called once per request, on many threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._clients: _Clients | None = None
+        self._endpoints: dict[str, Callable[..., flask.Response]] = {
+            "page": self._page,
+            "predict": self._predict,
+            "history": self._history,
+            "prediction": self._prediction,
+            "upload": self._upload,
+            "health": self._health,
+            "ready": self._ready,
+        }
+
+    def handle(self, request: flask.Request) -> flask.Response:
+        try:
+            endpoint, arguments = _URLS.bind("function").match(request.path, request.method)
+            return self._endpoints[endpoint](request, **arguments)
+        except Exception as error:  # every failure leaves here as a JSON error
+            return _error_response(error)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._clients is not None:
+                self._clients.model.close()
+                self._clients.log.close()
+                self._clients = None
+
+    def _connect(self) -> _Clients:
+        with self._lock:
+            if self._clients is None:
+                settings = self._settings
+                model = ModelClient(
+                    settings.model_server_url,
+                    settings.model_name,
+                    settings.model_timeout_seconds,
+                    settings.label_cache_seconds,
+                )
+                prediction_log = _open_log(settings)
+                recognizer = Recognizer(
+                    model,
+                    prediction_log,
+                    settings.model_name,
+                    settings.max_image_pixels,
+                    settings.upload_store_max_bytes,
+                )
+                self._clients = _Clients(recognizer, model, prediction_log)
+                atexit.register(self.close)
+            return self._clients
+
+    def _page(self, request: flask.Request) -> flask.Response:
+        return flask.Response(PAGE.read_bytes(), mimetype="text/html")
+
+    def _predict(self, request: flask.Request) -> flask.Response:
+        route = _route(request.args, self._settings.model_label)
+        request.max_content_length = self._settings.max_request_bytes
+        images = uploads.read_images(request, self._settings.max_batch_images)
+        records = self._connect().recognizer.recognize(images, route)
+        return _json({"predictions": [_prediction_json(r) for r in records], "recorded": True})
+
+    def _history(self, request: flask.Request) -> flask.Response:
+        limit = _int_parameter(request.args, "limit", default=20)
+        if not 1 <= limit <= self._settings.history_max_limit:
+            raise InvalidParameter(
+                f"limit must be between 1 and {self._settings.history_max_limit}"
+            )
+        records = self._connect().log.recent(limit)
+        return _json({"predictions": [_prediction_json(r) for r in records]})
+
+    def _prediction(self, request: flask.Request, prediction_id: str) -> flask.Response:
+        record = self._find(prediction_id)
+        return _json({**_prediction_json(record), **_details_json(record)})
+
+    def _upload(self, request: flask.Request, prediction_id: str) -> flask.Response:
+        record = self._find(prediction_id)
+        if record.upload.content is None:
+            raise UploadNotStored(
+                f"the upload of {prediction_id} was {record.upload.size:,} bytes, "
+                "over the storage cap, so only its digest was kept"
+            )
+        response = flask.Response(record.upload.content, mimetype=record.upload.content_type)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def _health(self, request: flask.Request) -> flask.Response:
+        return _json({"status": "ok"})
+
+    def _ready(self, request: flask.Request) -> flask.Response:
+        clients = self._connect()
+        checks: dict[str, str] = {}
+        try:
+            version = clients.model.check_ready(self._settings.model_label)
+            checks["model_server"] = (
+                f"ok: label {self._settings.model_label!r} is version {version}"
+            )
+        except model_client.ModelServerError as error:
+            checks["model_server"] = f"failing: {error}"
+        try:
+            clients.log.ping()
+            checks["prediction_store"] = f"ok: {self._settings.prediction_store}"
+        except StoreUnavailable as error:
+            checks["prediction_store"] = f"failing: {error}"
+        failing = [name for name, result in checks.items() if result.startswith("failing")]
+        if not failing:
+            return _json({"status": "ready", "checks": checks})
+        body = {
+            "error": {"code": "not_ready", "message": f"not ready: {', '.join(failing)}"},
+            "checks": checks,
+        }
+        return _json(body, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def _find(self, prediction_id: str) -> Record:
+        try:
+            record_id = uuid.UUID(prediction_id)
+        except ValueError:
+            raise UnknownPrediction(f"{prediction_id!r} is not a prediction id") from None
+        record = self._connect().log.get(record_id)
+        if record is None:
+            raise UnknownPrediction(f"no prediction has id {prediction_id}")
+        return record
+
+
+def _open_log(settings: Settings) -> PredictionLog:
+    if settings.prediction_store == "cassandra":
+        from recognizer.cassandra_log import (
+            CassandraLog,
+        )  # only deployments with Cassandra pay for it
+
+        return CassandraLog.from_env()
+    from recognizer.sqlite_log import SqliteLog
+
+    return SqliteLog(settings.sqlite_path)
+
+
+def _route(args: dict[str, str], default_label: str) -> Route:
+    if "version" in args and "label" in args:
+        raise InvalidParameter("pin either a version or a label, not both")
+    if "version" in args:
+        version = _int_parameter(args, "version", default=0)
+        if version < 1:
+            raise InvalidParameter("version must be a positive whole number")
+        return Route(label=default_label, version=version)
+    label = args.get("label", default_label)
+    if not LABEL_PATTERN.fullmatch(label):
+        raise InvalidParameter("label must be 1-64 letters, digits, '_' or '-'")
+    return Route(label=label)
+
+
+def _int_parameter(args: dict[str, str], name: str, default: int) -> int:
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidParameter(f"{name} must be a whole number, not {raw[:20]!r}")
+    return int(raw)
+
+
+def _prediction_json(record: Record) -> dict[str, object]:
+    return {
+        "id": str(record.id),
+        "digit": record.digit,
+        "confidence": round(record.confidence, 6),
+        "probabilities": [round(p, 6) for p in record.probabilities],
+        "model": {
+            "name": record.model_name,
+            "version": record.model_version,
+            "label": record.model_label,
+        },
+        "created_at": record.created_at.isoformat(timespec="milliseconds"),
+    }
+
+
+def _details_json(record: Record) -> dict[str, object]:
+    """What a single-record read adds: the model's input and what we know of the upload."""
+    pixels = np.frombuffer(record.input_image, dtype=np.uint8).reshape(28, 28)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    return {
+        "latency_ms": round(record.latency_ms, 3),
+        "input_png": base64.b64encode(png.getvalue()).decode("ascii"),
+        "upload": {
+            "content_type": record.upload.content_type,
+            "size": record.upload.size,
+            "sha256": record.upload.sha256,
+            "stored": record.upload.content is not None,
+        },
+    }
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
+    return flask.Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+def _error_response(error: Exception) -> flask.Response:
+    status, code = _classify(error)
+    if code == "internal":
+        log.exception("unexpected error")
+        message = "internal error; it has been logged"
+    elif isinstance(error, HTTPException):
+        message = error.description or error.name
+    else:
+        message = str(error)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        headers["Allow"] = ", ".join(error.valid_methods)
+    return _json({"error": {"code": code, "message": message}}, status, headers)
+
+
+def _classify(error: Exception) -> tuple[int, str]:
+    for kind in type(error).__mro__:
+        if kind in ERRORS:
+            return ERRORS[kind]
+    if isinstance(error, HTTPException) and error.code:  # 404 and 405 from routing
+        return error.code, {404: "not_found", 405: "method_not_allowed"}.get(
+            error.code, "http_error"
+        )
+    return 500, "internal"

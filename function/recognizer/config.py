@@ -1,0 +1,70 @@
+"""Settings, read once from the environment (every variable is documented in the README)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_server_url: str = "http://localhost:8501"
+    model_name: str = "mnist"
+    model_label: str = "stable"
+    model_timeout_seconds: float = 5.0
+    label_cache_seconds: float = 5.0
+    prediction_store: str = "sqlite"
+    sqlite_path: Path = Path(tempfile.gettempdir()) / "digit-predictions.sqlite3"
+    max_request_bytes: int = 10 * MiB
+    max_image_pixels: int = 40_000_000
+    max_batch_images: int = 64
+    upload_store_max_bytes: int = 256 * 1024
+    history_max_limit: int = 100
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Build settings from `env`; a malformed value is a startup error naming the variable."""
+        default = cls()
+        store = env.get("PREDICTION_STORE") or (
+            "cassandra" if env.get("CASSANDRA_CONTACT_POINTS") else "sqlite"
+        )
+        if store not in {"sqlite", "cassandra"}:
+            raise ValueError(f"PREDICTION_STORE must be 'sqlite' or 'cassandra', not {store!r}")
+        return cls(
+            model_server_url=env.get("MODEL_SERVER_URL", default.model_server_url).rstrip("/"),
+            model_name=env.get("MODEL_NAME", default.model_name),
+            model_label=env.get("MODEL_LABEL", default.model_label),
+            model_timeout_seconds=_number(
+                env, "MODEL_SERVER_TIMEOUT_SECONDS", default.model_timeout_seconds
+            ),
+            label_cache_seconds=_number(
+                env, "MODEL_LABEL_CACHE_SECONDS", default.label_cache_seconds
+            ),
+            prediction_store=store,
+            sqlite_path=Path(env.get("SQLITE_PATH", str(default.sqlite_path))),
+            max_request_bytes=int(_number(env, "MAX_REQUEST_BYTES", default.max_request_bytes)),
+            max_image_pixels=int(_number(env, "MAX_IMAGE_PIXELS", default.max_image_pixels)),
+            max_batch_images=int(_number(env, "MAX_BATCH_IMAGES", default.max_batch_images)),
+            upload_store_max_bytes=int(
+                _number(env, "UPLOAD_STORE_MAX_BYTES", default.upload_store_max_bytes)
+            ),
+            history_max_limit=int(_number(env, "HISTORY_MAX_LIMIT", default.history_max_limit)),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, not {raw!r}")
+    return value

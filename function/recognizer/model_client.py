@@ -1,0 +1,158 @@
+"""TensorFlow Serving REST client.
+
+A predict response does not say which version answered, so a label is first resolved
+to a version through the model-status endpoint (cached briefly), and the prediction is
+asked of that explicit version: the version we record is the one that answered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+from requests.adapters import HTTPAdapter
+
+SIGNATURE = "serving_default"
+
+
+class ModelServerError(Exception):
+    """The model server could not give an answer."""
+
+
+class ModelUnavailable(ModelServerError):
+    """Unreachable, overloaded, not serving the version yet, or answering nonsense."""
+
+
+class ModelTimeout(ModelServerError):
+    """No answer within the configured timeout."""
+
+
+class UnknownModel(ModelServerError):
+    """The pinned version or label does not exist on the model server."""
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    probabilities: np.ndarray  # float32 [n, 10]
+    digits: np.ndarray  # int64 [n]
+    version: int
+    label: str | None  # the label that routed the request; None when a version was pinned
+
+
+class ModelClient:
+    """One per process: a pooled HTTP session and a short-lived label-to-version cache."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        timeout_seconds: float,
+        label_cache_seconds: float,
+        pool_size: int = 32,
+    ) -> None:
+        self._model_url = f"{base_url.rstrip('/')}/v1/models/{model_name}"
+        self._timeout = timeout_seconds
+        self._cache_seconds = label_cache_seconds
+        self._labels: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def predict_version(self, images: np.ndarray, version: int) -> ModelAnswer:
+        """Ask the pinned `version` about `images` (uint8 [n, 28, 28])."""
+        return self._predict(images, version, label=None)
+
+    def predict_label(self, images: np.ndarray, label: str) -> ModelAnswer:
+        """Ask the version `label` points at about `images` (uint8 [n, 28, 28])."""
+        try:
+            return self._predict(images, self.resolve(label), label)
+        except UnknownModel:
+            # The label moved and the old version was unloaded since we cached it.
+            self._forget(label)
+            return self._predict(images, self.resolve(label), label)
+
+    def resolve(self, label: str) -> int:
+        """The version `label` points at, if that version is AVAILABLE (cached briefly)."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._labels.get(label)
+        if cached and cached[1] > now:
+            return cached[0]
+        version = self._available_version(f"{self._model_url}/labels/{label}", f"label {label!r}")
+        with self._lock:
+            self._labels[label] = (version, now + self._cache_seconds)
+        return version
+
+    def check_ready(self, label: str) -> int:
+        """The version serving `label` right now, bypassing the cache; raises when not ready."""
+        self._forget(label)
+        return self.resolve(label)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _forget(self, label: str) -> None:
+        with self._lock:
+            self._labels.pop(label, None)
+
+    def _available_version(self, url: str, what: str) -> int:
+        body = self._call("GET", url, what)
+        try:
+            statuses = body["model_version_status"]
+            status = statuses[0]
+            version, state = int(status["version"]), status["state"]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ModelUnavailable(f"the model server's status for {what} is malformed") from None
+        # The status endpoint answers 200 whatever the state: only AVAILABLE can predict.
+        if state != "AVAILABLE":
+            raise ModelUnavailable(f"model version {version} ({what}) is {state}, not AVAILABLE")
+        return version
+
+    def _predict(self, images: np.ndarray, version: int, label: str | None) -> ModelAnswer:
+        url = f"{self._model_url}/versions/{version}:predict"
+        payload = {"signature_name": SIGNATURE, "inputs": {"image": images.tolist()}}
+        body = self._call("POST", url, f"version {version}", payload)
+        try:
+            outputs = body["outputs"]
+            probabilities = np.asarray(outputs["probabilities"], dtype=np.float32)
+            digits = np.asarray(outputs["digit"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError):
+            raise ModelUnavailable("the model server's prediction is malformed") from None
+        if probabilities.shape != (len(images), 10) or digits.shape != (len(images),):
+            raise ModelUnavailable("the model server's prediction has the wrong shape")
+        return ModelAnswer(probabilities, digits, version, label)
+
+    def _call(self, method: str, url: str, what: str, payload: object | None = None) -> dict:
+        try:
+            response = self._session.request(method, url, json=payload, timeout=self._timeout)
+        except requests.Timeout:
+            raise ModelTimeout(
+                f"the model server did not answer within {self._timeout:g} s"
+            ) from None
+        except requests.RequestException as error:
+            raise ModelUnavailable(
+                f"the model server is unreachable: {type(error).__name__}"
+            ) from None
+        if response.status_code == 404 or _unknown_label(response):
+            raise UnknownModel(f"the model server has no {what}")
+        if response.status_code == 504:
+            raise ModelTimeout("the model server timed out")
+        if response.status_code != 200:
+            raise ModelUnavailable(f"the model server answered {response.status_code} for {what}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise ModelUnavailable("the model server's answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise ModelUnavailable("the model server's answer is not a JSON object")
+        return body
+
+
+def _unknown_label(response: requests.Response) -> bool:
+    # TF Serving answers an unknown label with 400 INVALID_ARGUMENT, not 404.
+    return response.status_code == 400 and "Unrecognized servable version label" in response.text

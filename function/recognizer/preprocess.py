@@ -1,0 +1,216 @@
+"""Turn an uploaded picture into what MNIST looks like: 28x28 uint8, white ink on black.
+
+MNIST digits were size-normalised to fit a 20x20 box (keeping the aspect ratio) and
+centred by their centre of mass in a 28x28 field. Real uploads are nothing like that:
+dark ink on light paper, photos with uneven light and noise, canvas drawings with a
+transparent background, any size and position. Each step below undoes one of those
+differences; on an image that already is MNIST-like the whole pipeline is the identity.
+
+Everything here is a pure function of its input. Errors are `ImageError` subclasses
+that the HTTP layer maps to responses.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+FIELD = 28  # the MNIST canvas
+BOX = 20  # the digit is scaled to fit this box
+WORKING_SIDE = 512  # large photos are reduced to about this before any pixel work
+INTERMEDIATE_SIDE = 4 * BOX  # stroke-width normalisation happens at this size
+TARGET_STROKE = 0.11  # MNIST strokes are about 2.2 px wide in the 20 px box
+FULL_INK = 0.9  # ink at least this strong is not contrast-stretched
+
+
+class ImageError(ValueError):
+    """The upload cannot be turned into a digit."""
+
+
+class NotAnImage(ImageError):
+    """The bytes are not an image Pillow can decode, or the file is truncated."""
+
+
+class ImageTooLarge(ImageError):
+    """The image has more pixels than allowed (checked from the header, before decoding)."""
+
+
+class BlankImage(ImageError):
+    """The image decodes but holds no ink: nothing to recognise."""
+
+
+def to_mnist(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """The MNIST-style 28x28 uint8 input for an uploaded image file."""
+    image = decode(data, max_pixels)
+    ink = ink_map(image)
+    return center_in_field(fit_in_box(crop_to_ink(ink)))
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode the first frame, upright (EXIF orientation applied), at most ~WORKING_SIDE px."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels"
+                )
+            if image.format == "JPEG":
+                # Decode at a reduced scale: much faster, and we need far fewer pixels.
+                image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLarge(str(error)) from None
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise NotAnImage("the upload is not an image in a format we can read") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise NotAnImage(f"the image could not be decoded: {error}") from None
+    if image.width < 1 or image.height < 1:
+        raise NotAnImage("the image has no pixels")
+    if max(image.size) > WORKING_SIDE:
+        scale = WORKING_SIDE / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BOX)
+    return image
+
+
+def grayscale(image: Image.Image) -> np.ndarray:
+    """Lightness in [0, 1] as float32; transparency is composited on white, like paper."""
+    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if values.max() > 255 else 255.0
+        return np.clip(values / top, 0, 1)
+    has_alpha = image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def ink_map(image: Image.Image) -> np.ndarray:
+    """Ink intensity in [0, 1] (1 = full ink) with paper, lighting and noise removed."""
+    gray = grayscale(image)
+    ink = 1.0 - gray if _light_background(gray) else gray
+    ink = np.clip(ink - _background(ink), 0.0, None)
+    ink = np.where(ink > _noise_floor(ink), ink, 0.0)
+    if not ink.any():
+        raise BlankImage("no digit found: the image is blank")
+    # Faint ink (pencil, a dim photo) is stretched to full strength; ink that is already
+    # strong, as in MNIST, is left as it is.
+    level = float(np.percentile(ink[ink > 0], 99.5))
+    return np.clip(ink / (level if level < FULL_INK else 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def _light_background(gray: np.ndarray) -> bool:
+    """Judge the background by the image's border, where the digit rarely is."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return float(np.median(border)) > 0.5
+
+
+def _background(ink: np.ndarray) -> np.ndarray:
+    """A smooth estimate of the paper level: the minimum over coarse blocks, interpolated.
+
+    Blocks are much wider than a stroke, so their minimum is paper, and uneven light
+    (a shadow across a photo) is followed rather than mistaken for ink.
+    """
+    height, width = ink.shape
+    block = max(12, max(height, width) // 6)
+    rows, cols = -(-height // block), -(-width // block)
+    padded = np.pad(ink, ((0, rows * block - height), (0, cols * block - width)), mode="edge")
+    minima = padded.reshape(rows, block, cols, block).min(axis=(1, 3))
+    grid = Image.fromarray(minima.astype(np.float32), mode="F")
+    return np.asarray(grid.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _noise_floor(ink: np.ndarray) -> float:
+    """A threshold just above the background noise; zero for a clean image."""
+    median = float(np.median(ink))
+    spread = float(np.median(np.abs(ink - median)))
+    return min(0.5, median + 4 * spread + 0.02 * float(ink.max()) * (median > 0))
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    """The smallest rectangle that holds all the ink."""
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def fit_in_box(digit: np.ndarray) -> np.ndarray:
+    """Scale so the longer side is BOX pixels, keeping the aspect ratio and MNIST's stroke width."""
+    height, width = digit.shape
+    if max(height, width) == BOX:
+        return digit
+    if max(height, width) > INTERMEDIATE_SIDE:
+        digit = _resize(digit, INTERMEDIATE_SIDE / max(height, width))
+    if max(digit.shape) > 2 * BOX:
+        digit = _normalise_stroke(digit)
+    return np.clip(_resize(digit, BOX / max(digit.shape)), 0.0, 1.0)
+
+
+def _resize(values: np.ndarray, scale: float) -> np.ndarray:
+    height, width = values.shape
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # Area averaging when shrinking (MNIST's anti-aliasing), smooth interpolation when growing.
+    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(values, mode="F").resize(size, method))
+
+
+def _normalise_stroke(digit: np.ndarray) -> np.ndarray:
+    """Thicken hairlines and thin out marker strokes towards MNIST's relative stroke width.
+
+    The width is estimated as ink area over half the outline length, which holds for
+    long strokes of constant width.
+    """
+    solid = digit > 0.5
+    area = int(solid.sum())
+    if area == 0:
+        return digit
+    interior = solid.copy()
+    interior[1:-1, 1:-1] &= solid[:-2, 1:-1] & solid[2:, 1:-1] & solid[1:-1, :-2] & solid[1:-1, 2:]
+    outline = max(1, area - int(interior[1:-1, 1:-1].sum()))
+    width = 2 * area / outline
+    target = TARGET_STROKE * max(digit.shape)
+    if width < 0.6 * target:
+        return _morph(digit, round((target - width) / 2), np.maximum)
+    if width > 1.8 * target:
+        return _morph(digit, round((width - target) / 4), np.minimum)
+    return digit
+
+
+def _morph(values: np.ndarray, radius: int, pick: np.ufunc) -> np.ndarray:
+    """Grey-level dilation (np.maximum) or erosion (np.minimum) with a square of `radius`."""
+    if radius < 1:
+        return values
+    padded = np.pad(values, radius, mode="constant")
+    height, width = values.shape
+    out = values.copy()
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            pick(out, padded[dy : dy + height, dx : dx + width], out=out)
+    return out
+
+
+def center_in_field(digit: np.ndarray) -> np.ndarray:
+    """Place the digit in the 28x28 field with its centre of mass at the centre (14, 14)."""
+    height, width = digit.shape
+    mass = float(digit.sum())
+    ys, xs = np.indices(digit.shape)
+    cy = float((ys * digit).sum()) / mass
+    cx = float((xs * digit).sum()) / mass
+    top, left = round(FIELD / 2 - cy), round(FIELD / 2 - cx)
+    # Keep the whole digit in the field even when its mass is far off-centre.
+    top = min(max(top, 0), FIELD - height)
+    left = min(max(left, 0), FIELD - width)
+    field = np.zeros((FIELD, FIELD), dtype=np.float32)
+    field[top : top + height, left : left + width] = digit
+    return np.rint(field * 255).astype(np.uint8)

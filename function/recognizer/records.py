@@ -1,0 +1,78 @@
+"""What the prediction log keeps, and the small interface every store implements.
+
+The function only talks to `PredictionLog`; SQLite (local default) and Cassandra
+(production) are interchangeable behind it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+_UUID_EPOCH = datetime(1582, 10, 15, tzinfo=UTC)  # where version-1 UUID time starts
+
+
+class StoreUnavailable(Exception):
+    """The store could not durably record or read: callers answer 503, never 200."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The original upload. `content` is None when it was larger than the storage cap."""
+
+    content: bytes | None
+    content_type: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One recorded prediction: one image, one answer, the model version that gave it."""
+
+    id: uuid.UUID  # a time-based UUID (version 1): its timestamp is the record's time
+    created_at: datetime  # timezone-aware UTC, millisecond precision
+    digit: int
+    confidence: float
+    probabilities: tuple[float, ...]  # ten floats
+    model_name: str
+    model_version: int
+    model_label: str | None  # the label the request was routed by; None when pinned to a version
+    input_image: bytes  # the 28x28 uint8 input the model saw, row-major (784 bytes)
+    upload: Upload
+    latency_ms: float
+
+
+def new_record_id() -> uuid.UUID:
+    """A time-based UUID (Cassandra's timeuuid) for now, with a random node, not the host's MAC."""
+    return uuid.uuid1(node=secrets.randbits(48) | 0x010000000000)
+
+
+def time_of(record_id: uuid.UUID) -> datetime:
+    """The UTC time inside a version-1 UUID, to the millisecond."""
+    if record_id.version != 1:
+        raise ValueError(f"{record_id} is not a time-based (version 1) UUID")
+    return _UUID_EPOCH + timedelta(milliseconds=record_id.time // 10_000)
+
+
+class PredictionLog(Protocol):
+    """An append-only, time-ordered log of predictions."""
+
+    def save(self, records: Sequence[Record]) -> None:
+        """Durably record every one of `records`, or raise StoreUnavailable."""
+
+    def get(self, record_id: uuid.UUID) -> Record | None:
+        """The record with this id, or None."""
+
+    def recent(self, limit: int) -> list[Record]:
+        """Up to `limit` most recent records, newest first."""
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    def close(self) -> None:
+        """Release connections; the log is not used afterwards."""

@@ -1,0 +1,112 @@
+"""Read the images out of a `POST /predict` request, in any of the accepted body forms.
+
+Raw image bytes (`image/*` or `application/octet-stream`), `multipart/form-data` with
+one or more file fields named `image`, or JSON `{"image": b64}` / `{"images": [b64...]}`
+(a `data:` URL, as a browser canvas gives, is accepted as base64 too).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import flask
+
+FIELD = "image"
+
+
+class RequestError(ValueError):
+    """The request does not carry images in an accepted form."""
+
+
+class EmptyBody(RequestError):
+    """No bytes where an image was expected."""
+
+
+class MissingImage(RequestError):
+    """The body has the right form but no image in it."""
+
+
+class InvalidBase64(RequestError):
+    """A JSON image is not valid base64."""
+
+
+class InvalidJson(RequestError):
+    """The JSON body does not parse, or has the wrong shape."""
+
+
+class UnsupportedMediaType(RequestError):
+    """The Content-Type is missing or not one we read."""
+
+
+class TooManyImages(RequestError):
+    """More images in one request than allowed."""
+
+
+def read_images(request: flask.Request, max_images: int) -> list[bytes]:
+    """The image files in the request body, in request order."""
+    mimetype = request.mimetype
+    if mimetype.startswith("image/") or mimetype == "application/octet-stream":
+        images = [request.get_data(cache=False)]
+    elif mimetype == "multipart/form-data":
+        images = _from_multipart(request)
+    elif mimetype == "application/json" or mimetype.endswith("+json"):
+        images = _from_json(request.get_data(cache=False))
+    elif not mimetype:
+        raise UnsupportedMediaType(
+            "the request has no Content-Type: send image/*, multipart/form-data or application/json"
+        )
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {mimetype!r} is not accepted: "
+            "send image/*, multipart/form-data or application/json"
+        )
+    if len(images) > max_images:
+        raise TooManyImages(f"{len(images)} images in one request; the limit is {max_images}")
+    for position, image in enumerate(images):
+        if not image:
+            where = f"image {position + 1}" if len(images) > 1 else "the image"
+            raise EmptyBody(f"{where} is empty")
+    return images
+
+
+def _from_multipart(request: flask.Request) -> list[bytes]:
+    files = request.files.getlist(FIELD)
+    if not files:
+        named = sorted(set(request.files) | set(request.form))
+        got = f"; the request has {', '.join(map(repr, named))}" if named else ""
+        raise MissingImage(f"no file field named {FIELD!r}{got}")
+    return [file.read() for file in files]
+
+
+def _from_json(body: bytes) -> list[bytes]:
+    if not body:
+        raise EmptyBody("the request body is empty")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJson("the request body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidJson('the JSON body must be an object: {"image": "<base64>"}')
+    if FIELD in document:
+        encoded = [document[FIELD]]
+    elif "images" in document:
+        encoded = document["images"]
+        if not isinstance(encoded, list):
+            raise InvalidJson('"images" must be a list of base64 strings')
+    else:
+        raise MissingImage('the JSON body has neither "image" nor "images"')
+    return [_decode_base64(value, position) for position, value in enumerate(encoded)]
+
+
+def _decode_base64(value: object, position: int) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidJson(f"image {position + 1} must be a base64 string")
+    if value.startswith("data:"):
+        _, _, value = value.partition(",")
+    try:
+        # Line breaks are common (the `base64` tool wraps lines) and harmless.
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidBase64(f"image {position + 1} is not valid base64") from None

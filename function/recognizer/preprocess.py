@@ -101,7 +101,9 @@ def ink_map(image: Image.Image) -> np.ndarray:
     gray = grayscale(image)
     ink = 1.0 - gray if _light_background(gray) else gray
     ink = np.clip(ink - _background(ink), 0.0, None)
-    ink = np.where(ink > _noise_floor(ink), ink, 0.0)
+    floor = _noise_floor(ink)
+    if floor > 0:  # a noisy photo or scan; a clean image is left exactly as it is
+        ink = _without_specks(np.where(ink > floor, ink, 0.0))
     if not ink.any():
         raise BlankImage("no digit found: the image is blank")
     # Faint ink (pencil, a dim photo) is stretched to full strength; ink that is already
@@ -135,7 +137,21 @@ def _noise_floor(ink: np.ndarray) -> float:
     """A threshold just above the background noise; zero for a clean image."""
     median = float(np.median(ink))
     spread = float(np.median(np.abs(ink - median)))
-    return min(0.5, median + 4 * spread + 0.02 * float(ink.max()) * (median > 0))
+    return min(0.5, median + 6 * spread)
+
+
+def _without_specks(ink: np.ndarray) -> np.ndarray:
+    """Drop lone specks: inked pixels with fewer than two inked neighbours (strokes never are)."""
+    inked = ink > 0
+    padded = np.pad(inked, 1).astype(np.uint8)
+    height, width = inked.shape
+    neighbours = sum(
+        padded[dy : dy + height, dx : dx + width]
+        for dy in range(3)
+        for dx in range(3)
+        if (dy, dx) != (1, 1)
+    )
+    return np.where(neighbours >= 2, ink, 0.0)
 
 
 def crop_to_ink(ink: np.ndarray) -> np.ndarray:

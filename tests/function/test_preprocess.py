@@ -1,0 +1,182 @@
+"""Preprocessing turns real image files into MNIST-style 28x28 inputs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recognizer import preprocess
+from recognizer.preprocess import BlankImage, ImageTooLarge, NotAnImage, to_mnist
+from tests.support import renderings
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two 28x28 images: 1.0 is identical up to brightness."""
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+def ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def center_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.indices(pixels.shape)
+    mass = pixels.sum()
+    return (ys * pixels).sum() / mass, (xs * pixels).sum() / mass
+
+
+def test_an_mnist_digit_saved_as_png_comes_back_unchanged(mnist):
+    for digit in mnist.x_test[:200]:
+        assert np.array_equal(to_mnist(encode(Image.fromarray(digit))), digit)
+
+
+def test_output_is_mnist_shaped_fit_in_20_pixels_and_centred_by_mass(mnist):
+    rng = np.random.default_rng(0)
+    pixels = to_mnist(renderings.paper_jpeg(mnist.x_test[0], rng))
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    assert max(ink_box(pixels)) == 20
+    cy, cx = center_of_mass(pixels.astype(float))
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+def test_dark_ink_on_light_paper_is_inverted_to_white_on_black(mnist):
+    digit = mnist.x_test[1]
+    paper = Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BICUBIC)
+    pixels = to_mnist(encode(paper, "JPEG", quality=85))
+    assert pixels[0, 0] == 0 and pixels.max() >= 240
+    assert similarity(pixels, digit) > 0.85
+
+
+def test_transparent_canvas_drawing_reads_as_ink_on_white_paper(mnist):
+    digit = mnist.x_test[2]
+    ink = renderings.strokes(digit, 200, 0.5)
+    rgba = np.zeros((*ink.shape, 4), dtype=np.uint8)  # black, with the ink in the alpha channel
+    rgba[..., 3] = np.rint(ink * 255).astype(np.uint8)
+    on_white = Image.fromarray(np.rint(255 * (1 - ink)).astype(np.uint8))
+    from_canvas = to_mnist(encode(Image.fromarray(rgba, mode="RGBA")))
+    assert np.abs(from_canvas.astype(int) - to_mnist(encode(on_white)).astype(int)).max() <= 2
+    assert similarity(from_canvas, digit) > 0.85
+
+
+def test_exif_orientation_is_applied_before_anything_else(mnist):
+    upright = Image.fromarray(255 - mnist.x_test[3]).resize((300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    sideways = encode(upright.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif)
+    assert np.array_equal(to_mnist(sideways), to_mnist(encode(upright)))
+
+
+def test_position_and_size_in_the_picture_do_not_matter(mnist):
+    ink = renderings.strokes(mnist.x_test[4], 120, 0.5)
+    results = []
+    for top, left, side in [(0, 0, 200), (300, 500, 900), (40, 10, 260)]:
+        page = np.full((side, side), 255, dtype=np.uint8)
+        page[top : top + ink.shape[0], left : left + ink.shape[1]] = np.rint(255 * (1 - ink))
+        results.append(to_mnist(encode(Image.fromarray(page))))
+    for other in results[1:]:
+        assert similarity(results[0], other) > 0.97
+
+
+def test_a_tall_digit_keeps_its_aspect_ratio():
+    page = np.full((400, 400), 255, dtype=np.uint8)
+    page[50:350, 190:215] = 0  # a stroke like a "1", 300 px tall and 25 px wide
+    height, width = ink_box(to_mnist(encode(Image.fromarray(page))))
+    assert height == 20 and width <= 4
+
+
+def test_paper_noise_and_uneven_light_are_removed(mnist):
+    rng = np.random.default_rng(1)
+    ink = renderings.strokes(mnist.x_test[7], 200, 0.5)
+    height, width = 400, 400
+    page = np.zeros((height, width), dtype=np.float32)
+    page[100:100 + ink.shape[0], 100:100 + ink.shape[1]] = ink
+    light = 240 - 60 * np.linspace(0, 1, width)[None, :]  # a shadow across the page
+    photo = light * (1 - page) + 30 * page + rng.normal(0, 6, size=page.shape)
+    pixels = to_mnist(encode(Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)), "JPEG"))
+    assert similarity(pixels, mnist.x_test[7]) > 0.8
+    corners = np.concatenate([pixels[:4, :4].ravel(), pixels[-4:, -4:].ravel()])
+    assert corners.max() == 0
+
+
+def test_hairline_and_marker_strokes_are_brought_towards_mnist_stroke_width(mnist):
+    digit = mnist.x_test[6]
+    reference = to_mnist(encode(Image.fromarray(digit)))
+    thin = 255 * (1 - renderings.strokes(digit, 400, 0.15))
+    thick = 255 * (1 - renderings.strokes(digit, 400, 0.95))
+    for page in (thin, thick):
+        pixels = to_mnist(encode(Image.fromarray(page.astype(np.uint8))))
+        assert similarity(pixels, reference) > 0.75
+
+
+@pytest.mark.parametrize(
+    "mode", ["L", "LA", "RGB", "RGBA", "P", "CMYK", "I;16", "1"], ids=lambda mode: f"mode-{mode}"
+)
+def test_every_common_pixel_format_gives_the_same_digit(mnist, mode):
+    gray = Image.fromarray(255 - mnist.x_test[7]).resize((112, 112))
+    reference = to_mnist(encode(gray))
+    if mode == "I;16":
+        converted = Image.fromarray((np.asarray(gray, dtype=np.uint16) * 257))
+    elif mode == "1":
+        converted = gray.point(lambda v: 255 if v > 128 else 0).convert("1")
+    else:
+        converted = gray.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    assert similarity(to_mnist(encode(converted, fmt)), reference) > 0.9
+
+
+def test_only_the_first_frame_of_an_animation_is_read(mnist):
+    frames = [Image.fromarray(255 - mnist.x_test[i]).convert("P") for i in (8, 9)]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert similarity(to_mnist(gif), to_mnist(encode(frames[0]))) > 0.99
+
+
+def test_bytes_that_are_not_an_image_are_rejected():
+    for data in (b"", b"hello, world", b"%PDF-1.7\n", b'<svg xmlns="http://www.w3.org/2000/svg"/>'):
+        with pytest.raises(NotAnImage):
+            to_mnist(data)
+
+
+def test_a_truncated_file_is_rejected(mnist):
+    png = encode(Image.fromarray(mnist.x_test[0]).resize((200, 200)))
+    jpeg = encode(Image.fromarray(mnist.x_test[0]).resize((200, 200)), "JPEG")
+    for data in (png[: len(png) // 2], jpeg[: len(jpeg) // 2]):
+        with pytest.raises(NotAnImage):
+            to_mnist(data)
+
+
+def test_too_many_pixels_are_refused_from_the_header_before_decoding():
+    # A decompression bomb: a few kilobytes that would decode to 400 million pixels.
+    bomb = encode(Image.new("1", (20_000, 20_000)))
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageTooLarge):
+        to_mnist(bomb, max_pixels=40_000_000)
+    with pytest.raises(ImageTooLarge):
+        to_mnist(encode(Image.new("L", (100, 100), 255)), max_pixels=9_999)
+
+
+@pytest.mark.parametrize("level", [0, 255])
+def test_a_blank_page_has_no_digit(level):
+    with pytest.raises(BlankImage):
+        to_mnist(encode(Image.new("L", (300, 200), level)))
+
+
+@pytest.mark.parametrize("level", [0, 255])
+def test_a_single_pixel_image_is_blank_not_a_crash(level):
+    with pytest.raises(BlankImage):
+        to_mnist(encode(Image.new("L", (1, 1), level)))
+
+
+def test_errors_are_value_errors_the_http_layer_can_map():
+    assert issubclass(preprocess.ImageError, ValueError)
+    for kind in (NotAnImage, ImageTooLarge, BlankImage):
+        assert issubclass(kind, preprocess.ImageError)

@@ -1,0 +1,129 @@
+"""`python -m serving`: the development model server, with tensorflow_model_server's flags.
+
+For machines without Docker. It serves the same models.config and the same REST
+API as TensorFlow Serving, and stops cleanly on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("serving")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(text: str) -> bool:
+    """TF Serving spells booleans --flag, --flag=true or --flag=false."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags, with MODEL_SERVER_PORT and MODELS_DIR as environment defaults."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Development model server speaking TensorFlow Serving's REST API.",
+    )
+    parser.add_argument(
+        "--rest_api_port",
+        type=int,
+        default=int(os.environ.get("MODEL_SERVER_PORT") or 8501),
+        help="REST port (default: $MODEL_SERVER_PORT or 8501; 0 picks a free port)",
+    )
+    parser.add_argument("--rest_api_host", default="127.0.0.1", help="address to bind")
+    parser.add_argument(
+        "--model_config_file",
+        type=Path,
+        default=REPO_ROOT / "serving" / "models.config",
+        help="ModelServerConfig text proto (default: serving/models.config)",
+    )
+    parser.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=2.0,
+        help="seconds between config file polls; 0 disables",
+    )
+    parser.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="seconds between version directory scans; 0 disables",
+    )
+    parser.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="let a new label point at a version that is not loaded yet",
+    )
+    parser.add_argument(
+        "--models_dir",
+        type=Path,
+        default=Path(os.environ.get("MODELS_DIR") or REPO_ROOT / "models"),
+        help="local directory standing in for /models in base paths (default: $MODELS_DIR "
+        "or <repo>/models)",
+    )
+    parser.add_argument(
+        "--monitoring_config_file",
+        type=Path,
+        default=None,
+        help="MonitoringConfig text proto (default: Prometheus on at "
+        "/monitoring/prometheus/metrics)",
+    )
+    parser.add_argument("--log_level", default="INFO", help="Python logging level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    from serving.errors import ServingError
+    from serving.server import ModelServer, ServerOptions
+
+    options = ServerOptions(
+        rest_api_port=args.rest_api_port,
+        rest_api_host=args.rest_api_host,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        models_dir=args.models_dir,
+        monitoring_config_file=args.monitoring_config_file,
+    )
+    server = ModelServer(options)
+    try:
+        server.start()
+    except (ServingError, OSError) as exc:
+        log.error("Failed to start server. Error: %s", exc)
+        return 1
+    stop.wait()
+    log.info("Shutting down")
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""One loaded SavedModel version: its signature defs and a way to run them.
+
+Signature defs are read from saved_model.pb with the protos (not from the
+loaded object), because that is what TF Serving's metadata and input
+conversion are based on: dtypes, shapes and every signature, init op included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from serving.errors import ServingError, from_exception, invalid_argument
+
+SERVING_TAG = "serve"
+DEFAULT_SIGNATURE = "serving_default"
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A signature input or output: numpy dtype, TF dtype name and shape (None = unknown)."""
+
+    dtype: np.dtype
+    dtype_name: str
+    shape: tuple[int | None, ...] | None
+
+    @classmethod
+    def from_proto(cls, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+        shape = info.tensor_shape
+        dims = (
+            None
+            if shape.unknown_rank
+            else tuple(d.size if d.size >= 0 else None for d in shape.dim)
+        )
+        if info.dtype == types_pb2.DT_INVALID:  # e.g. the outputs of __saved_model_init_op
+            return cls(np.dtype(object), "invalid", dims)
+        tf_dtype = tf.dtypes.as_dtype(info.dtype)
+        numpy_dtype = (
+            np.dtype(object) if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype)
+        )
+        return cls(numpy_dtype, tf_dtype.name, dims)
+
+    def accepts_shape(self, shape: tuple[int, ...]) -> bool:
+        if self.shape is None:
+            return True
+        return len(shape) == len(self.shape) and all(
+            want is None or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+
+def format_shape(shape: tuple[int | None, ...] | None) -> str:
+    """TF Serving's [x,y,z] shape notation, -1 for an unknown dimension."""
+    if shape is None:
+        return "[?]"
+    return "[" + ",".join(str(-1 if d is None else d) for d in shape) + "]"
+
+
+def read_meta_graph(path: Path, tag: str = SERVING_TAG) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraphDef tagged 'serve' in <path>/saved_model.pb."""
+    saved_model = saved_model_pb2.SavedModel.FromString((path / SAVED_MODEL_FILE).read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if tag in meta_graph.meta_info_def.tags:
+            return meta_graph
+    raise ServingError(
+        "NOT_FOUND", f"Could not find meta graph def matching supplied tags: {{ {tag} }}"
+    )
+
+
+class Servable:
+    """A loaded model version. Immutable after loading, so any thread may call run()."""
+
+    def __init__(self, name: str, version: int, path: Path) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.meta_graph = read_meta_graph(path)
+        self._loaded = tf.saved_model.load(str(path), tags=[SERVING_TAG])
+        self._functions = dict(self._loaded.signatures)
+        self.signatures = {
+            key: Signature(
+                key,
+                {k: TensorSpec.from_proto(v) for k, v in sig.inputs.items()},
+                {k: TensorSpec.from_proto(v) for k, v in sig.outputs.items()},
+            )
+            for key, sig in self.meta_graph.signature_def.items()
+        }
+
+    def signature(self, name: str) -> Signature:
+        """The named signature ('' means serving_default), or TF Serving's 400 error."""
+        key = name or DEFAULT_SIGNATURE
+        try:
+            return self.signatures[key]
+        except KeyError:
+            raise invalid_argument(
+                f'Serving signature name: "{key}" not found in signature def'
+            ) from None
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a signature on arrays already converted to its input dtypes."""
+        signature = self.signature(signature_name)
+        if set(inputs) != set(signature.inputs):
+            raise invalid_argument(
+                f"input size does not match signature: {len(inputs)}!={len(signature.inputs)} "
+                f"len({{{','.join(sorted(inputs))}}}) != "
+                f"len({{{','.join(sorted(signature.inputs))}}})"
+            )
+        for key, spec in signature.inputs.items():
+            shape = tuple(inputs[key].shape)
+            if not spec.accepts_shape(shape):
+                raise invalid_argument(
+                    f'Input "{key}" has shape {format_shape(shape)} but signature '
+                    f'"{signature.name}" expects {spec.dtype_name} {format_shape(spec.shape)}'
+                )
+        function = self._functions.get(signature.name)
+        if function is None:
+            raise invalid_argument(f"Signature {signature.name} cannot be run for prediction")
+        try:
+            result = function(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+        except (tf.errors.OpError, TypeError, ValueError) as exc:
+            error = from_exception(exc)
+            if error.code == "UNKNOWN":
+                error = invalid_argument(error.message)
+            raise error from exc
+        return {key: value.numpy() for key, value in result.items()}

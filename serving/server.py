@@ -1,0 +1,232 @@
+"""The development model server: config, repository, pollers and HTTP, started and stopped as one.
+
+Start-up follows TF Serving: the config (labels included) is applied first, the
+initial versions are loaded, and only then does the REST port open. Afterwards
+two pollers pick up new version directories and a changed config file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from serving.config import (
+    ModelConfig,
+    load_monitoring_config,
+    parse_model_server_config,
+    resolve_models,
+)
+from serving.errors import ConfigError
+from serving.httpserver import HttpServer
+from serving.metrics import Metrics
+from serving.repository import Loader, ModelRepository, load_with_warmup
+from serving.rest import RestApi
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_CONFIG_FILE = REPO_ROOT / "serving" / "models.config"
+DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Server settings; names follow tensorflow_model_server's flags where one exists."""
+
+    rest_api_port: int = 8501  # 0 picks a free port
+    rest_api_host: str = "127.0.0.1"
+    model_config_file: Path = DEFAULT_MODEL_CONFIG_FILE
+    model_config_file_poll_wait_seconds: float = 2.0  # 0 disables polling
+    file_system_poll_wait_seconds: float = 1.0  # 0 disables polling
+    allow_version_labels_for_unavailable_models: bool = False
+    models_dir: Path = DEFAULT_MODELS_DIR
+    monitoring_config_file: Path | None = None  # None: Prometheus on at the default path
+    initial_load_timeout_seconds: float | None = 600.0
+    loader: Loader = field(default=load_with_warmup, compare=False, repr=False)
+
+
+class _Poller:
+    """Calls a function every `interval` seconds on a daemon thread until stopped."""
+
+    def __init__(self, name: str, interval: float, function: Callable[[], None]) -> None:
+        self._interval = interval
+        self._function = function
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._function()
+            except Exception:
+                log.exception("%s failed", self._thread.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class ModelServer:
+    """A TF Serving look-alike on one port. Use start()/stop() or a with-block."""
+
+    def __init__(self, options: ServerOptions | None = None, **overrides: Any) -> None:
+        options = replace(options or ServerOptions(), **overrides)
+        self.options = replace(
+            options,
+            model_config_file=Path(options.model_config_file),
+            models_dir=Path(options.models_dir),
+        )
+        self.repository = ModelRepository(
+            allow_version_labels_for_unavailable_models=(
+                self.options.allow_version_labels_for_unavailable_models
+            ),
+            loader=self.options.loader,
+        )
+        self.metrics = Metrics()
+        self._http: HttpServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self._pollers: list[_Poller] = []
+        self._config_lock = threading.Lock()
+        self._config_text: str | None = None
+        self._config_failed = False
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> ModelServer:
+        """Apply the config, load the initial versions, open the port. Raises ConfigError."""
+        try:
+            prometheus = load_monitoring_config(self.options.monitoring_config_file)
+            self.reload_config()
+            if not self.repository.wait_until_settled(self.options.initial_load_timeout_seconds):
+                log.warning("Initial model loads still running; serving anyway")
+            api = RestApi(self.repository, self.metrics, prometheus)
+            self._http = HttpServer(self.options.rest_api_host, self.options.rest_api_port, api)
+        except BaseException:
+            self.repository.close()
+            raise
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="http-server",
+            daemon=True,  # a forgotten stop() must not keep the process alive
+        )
+        self._http_thread.start()
+        self._pollers = [
+            _Poller(
+                "file-system-poller",
+                self.options.file_system_poll_wait_seconds,
+                self.repository.poll_filesystem,
+            ),
+            _Poller(
+                "model-config-poller",
+                self.options.model_config_file_poll_wait_seconds,
+                self._poll_config,
+            ),
+        ]
+        for poller in self._pollers:
+            poller.start()
+        models = ", ".join(self.repository.models) or "none"
+        metrics = f", metrics at {self.url}{prometheus.path}" if prometheus.enabled else ""
+        log.info("Exporting HTTP/REST API at %s (models: %s%s)", self.url, models, metrics)
+        return self
+
+    def stop(self) -> None:
+        """Stop polling, finish requests in flight, close the port and unload models."""
+        for poller in self._pollers:
+            poller.stop()
+        self._pollers = []
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.close_idle_connections()
+            self._http.server_close()
+            self._http.join_handlers(timeout=30)
+            if self._http_thread is not None:
+                self._http_thread.join()
+            self._http = None
+        self.repository.close()
+        log.info("Model server stopped")
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._http is None:
+            raise RuntimeError("The server is not running")
+        return int(self._http.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.options.rest_api_host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    # ----------------------------------------------------------------- config
+    def reload_config(self, config_text: str | None = None) -> None:
+        """Apply the config file (or the given text) now, as a whole, or raise ConfigError.
+
+        A rejected config leaves the previous one in force, as in TF Serving.
+        """
+        with self._config_lock:
+            text = self._read_config() if config_text is None else config_text
+            try:
+                self.repository.apply_config(self._resolve(text))
+            except ConfigError:
+                if config_text is None:
+                    self._config_text, self._config_failed = text, True
+                raise
+            if config_text is None:
+                self._config_text, self._config_failed = text, False
+
+    def _read_config(self) -> str:
+        path = self.options.model_config_file
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("NOT_FOUND", f"Cannot read model config file {path}: {exc}") from exc
+
+    def _resolve(self, text: str) -> tuple[ModelConfig, ...]:
+        return resolve_models(
+            parse_model_server_config(text),
+            config_dir=self.options.model_config_file.resolve().parent,
+            models_dir=self.options.models_dir,
+        )
+
+    def _poll_config(self) -> None:
+        # Like TF Serving, a rejected config is retried on every poll; it is logged once.
+        with self._config_lock:
+            try:
+                text = self._read_config()
+            except ConfigError as exc:
+                if not self._config_failed:
+                    log.error("%s; keeping the previous config", exc.message)
+                self._config_failed = True
+                return
+            changed = text != self._config_text
+            if not changed and not self._config_failed:
+                return
+            try:
+                self.repository.apply_config(self._resolve(text))
+            except ConfigError as exc:
+                if changed or not self._config_failed:
+                    log.error(
+                        "Rejected model config %s: %s; keeping the previous config",
+                        self.options.model_config_file,
+                        exc,
+                    )
+                self._config_failed = True
+            else:
+                log.info("Reloaded model config %s", self.options.model_config_file)
+                self._config_failed = False
+            self._config_text = text

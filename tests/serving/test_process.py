@@ -1,0 +1,143 @@
+"""`python -m serving` as a process: ready line, real requests, clean stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serving_testlib import Deployment, expected_digit, predict_digit
+
+from serving import ModelServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY = re.compile(r"Exporting HTTP/REST API at (http://\S+)")
+
+
+class ServerProcess:
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.url = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if match := READY.search(line):
+                self.url = match.group(1)
+                self._ready.set()
+        self._ready.set()
+
+    def wait_closed(self, timeout: float = 10) -> None:
+        """Until stderr is fully read (the process has exited)."""
+        assert self._ready.wait(timeout)
+        self._reader.join(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        assert self._ready.wait(timeout), "no ready line"
+        assert self.url, "".join(self.lines)
+        return self.url
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def processes(
+    tmp_path_factory: pytest.TempPathFactory, model_store
+) -> Iterator[dict[str, ServerProcess]]:
+    """Three servers started at once (TensorFlow imports are slow): two to stop, one refused."""
+    deployment = Deployment(tmp_path_factory.mktemp("cli"), model_store)
+    deployment.add_version(1, "bucket")
+    deployment.add_version(2, "flipped")
+    deployment.write_config(labels={"stable": 1, "canary": 2})
+    args = [
+        "--rest_api_port=0",
+        f"--model_config_file={deployment.config_file}",
+        f"--models_dir={deployment.models_dir}",
+    ]
+    flag = "--allow_version_labels_for_unavailable_models"
+    started = {
+        "SIGTERM": ServerProcess(*args, flag),
+        "SIGINT": ServerProcess(*args, f"{flag}=true"),
+        "no flag": ServerProcess(*args),
+    }
+    yield started
+    for server in started.values():
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_cli_serves_and_stops_cleanly(processes: dict[str, ServerProcess], name: str):
+    server = processes[name]
+    url = server.wait_ready()
+    assert predict_digit(url, 255, "/labels/stable") == expected_digit(255, "bucket")
+    assert predict_digit(url, 255) == expected_digit(255, "flipped")
+    # An idle keep-alive connection must not hold up the shutdown.
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    idle = http.client.HTTPConnection(host, int(port), timeout=10)
+    idle.request("GET", "/v1/models/mnist")
+    assert json.loads(idle.getresponse().read())["model_version_status"]
+    started = time.monotonic()
+    server.process.send_signal(getattr(signal, name))
+    assert server.process.wait(timeout=30) == 0, server.log()
+    assert time.monotonic() - started < 10
+    assert "Model server stopped" in server.log()
+    assert "Traceback" not in server.log()
+    idle.close()
+
+
+def test_cli_refuses_labels_on_unloaded_versions_without_the_flag(
+    processes: dict[str, ServerProcess],
+):
+    server = processes["no flag"]
+    assert server.process.wait(timeout=60) == 1
+    server.wait_closed()
+    assert re.search(
+        r"Failed to start server\. Error: FAILED_PRECONDITION: Request to assign label to "
+        r"version [12] of model mnist, which is not currently available for inference",
+        server.log(),
+    ), server.log()
+
+
+def test_in_process_stop_closes_the_port_despite_idle_connections(
+    deployment: Deployment, start_server
+):
+    deployment.add_version(1, "bucket")
+    deployment.write_config(policy="latest {}")
+    threads_before = set(threading.enumerate())
+    server: ModelServer = start_server(deployment)
+    port = server.port
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    idle.request("GET", "/v1/models/mnist")
+    assert idle.getresponse().read()
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5
+    with pytest.raises(ConnectionRefusedError):
+        http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/v1/models/mnist")
+    leftover = [t.name for t in threading.enumerate() if t not in threads_before]
+    assert leftover == []
+    idle.close()

@@ -1,0 +1,455 @@
+"""The production prediction log: one Cassandra table, one partition per UTC day.
+
+functions-framework imports this module in gunicorn's master and then forks, and a
+driver `Cluster` made before the fork is broken in the worker. So nothing touches the
+network until first use; the Cluster/Session is then made once per process, under a
+lock (the server runs many threads), reused by every invocation and shut down at exit.
+The schema lives in infra/cassandra/schema.cql. Only cassandra-driver and the standard
+library are imported: this ships in the light function.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import ssl
+import struct
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from cassandra import ConsistencyLevel, DriverException
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
+from cassandra.connection import ConnectionException
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.pool import NoConnectionsAvailable
+from cassandra.protocol import ErrorMessage
+from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
+
+from .records import Record, StoreUnavailable, Upload
+
+_log = logging.getLogger(__name__)
+
+TABLE = "predictions"
+
+# What the driver raises when Cassandra cannot serve a request: all of it means "503".
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    DriverException,  # Unavailable, Read/WriteTimeout, OperationTimedOut, InvalidRequest...
+    NoHostAvailable,
+    ConnectionException,
+    NoConnectionsAvailable,
+    ErrorMessage,
+    OSError,  # sockets, DNS, TLS
+)
+
+_COLUMNS = (
+    "day",
+    "id",
+    "created_at",
+    "digit",
+    "confidence",
+    "probabilities",
+    "model_name",
+    "model_version",
+    "model_label",
+    "input_image",
+    "upload",
+    "upload_content_type",
+    "upload_sha256",
+    "upload_size",
+    "latency_ms",
+)
+_READ_COLUMNS = ", ".join(_COLUMNS[1:])  # `day` is known from the id
+PING_QUERY = "SELECT release_version FROM system.local"
+MAX_RECENT = 10_000
+
+_CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "TWO", "THREE", "ALL")
+_PROTOCOL_VERSIONS = (4, 5)  # v4+ so unset values leave no tombstones
+_KEYSPACE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_UUID_EPOCH = 0x01B21DD213814000  # 1970-01-01 in 100 ns intervals since 1582-10-15
+_TICKS_PER_DAY = 86_400 * 10_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CassandraSettings:
+    """Connection settings, usually from the CASSANDRA_* environment variables."""
+
+    contact_points: tuple[tuple[str, int], ...]
+    port: int = 9042
+    keyspace: str = "mnist"
+    local_dc: str = "datacenter1"
+    consistency: str = "LOCAL_QUORUM"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs or reprs
+    ssl_ca_file: str | None = None
+    ssl_verify_hostname: bool = True
+    protocol_version: int = 5
+    request_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    lookback_days: int = 7
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CassandraSettings:
+        """Read CASSANDRA_* (default: os.environ); empty means unset; bad values: ValueError."""
+        environ = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = environ.get(name, "").strip()
+            return value or None
+
+        port = _int(get("CASSANDRA_PORT"), "CASSANDRA_PORT", 9042, 1, 65535)
+        points = get("CASSANDRA_CONTACT_POINTS")
+        if points is None:
+            raise ValueError("CASSANDRA_CONTACT_POINTS is required (comma-separated host[:port])")
+        keyspace = get("CASSANDRA_KEYSPACE") or "mnist"
+        if not _KEYSPACE_RE.fullmatch(keyspace):
+            raise ValueError(
+                f"CASSANDRA_KEYSPACE={keyspace!r}: use letters, digits and _ (at most 48)"
+            )
+        consistency = (get("CASSANDRA_CONSISTENCY") or "LOCAL_QUORUM").upper()
+        if consistency not in _CONSISTENCY_LEVELS:
+            raise ValueError(
+                f"CASSANDRA_CONSISTENCY={consistency!r}: "
+                f"use one of {', '.join(_CONSISTENCY_LEVELS)}"
+            )
+        username = get("CASSANDRA_USERNAME")
+        password = environ.get("CASSANDRA_PASSWORD") or None  # verbatim: spaces may be meant
+        if (username is None) != (password is None):
+            raise ValueError("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD together")
+        ca_file = get("CASSANDRA_SSL_CA_FILE")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise ValueError(f"CASSANDRA_SSL_CA_FILE={ca_file!r} is not a readable file")
+        protocol = _int(get("CASSANDRA_PROTOCOL_VERSION"), "CASSANDRA_PROTOCOL_VERSION", 5, 4, 5)
+        return cls(
+            contact_points=_contact_points(points, port),
+            port=port,
+            keyspace=keyspace,
+            local_dc=get("CASSANDRA_LOCAL_DC") or "datacenter1",
+            consistency=consistency,
+            username=username,
+            password=password,
+            ssl_ca_file=ca_file,
+            ssl_verify_hostname=_bool(get("CASSANDRA_SSL_VERIFY_HOSTNAME"), True),
+            protocol_version=protocol,
+            request_timeout=_seconds(get("CASSANDRA_REQUEST_TIMEOUT_SECONDS"), "REQUEST", 5.0),
+            connect_timeout=_seconds(get("CASSANDRA_CONNECT_TIMEOUT_SECONDS"), "CONNECT", 5.0),
+            lookback_days=_int(
+                get("CASSANDRA_RECENT_LOOKBACK_DAYS"), "CASSANDRA_RECENT_LOOKBACK_DAYS", 7, 1, 366
+            ),
+        )
+
+
+def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+def _seconds(raw: str | None, kind: str, default: float) -> float:
+    name = f"CASSANDRA_{kind}_TIMEOUT_SECONDS"
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise ValueError(f"{name}={raw!r} must be more than 0 and at most 3600")
+    return value
+
+
+def _bool(raw: str | None, default: bool) -> bool:
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE + _FALSE:
+        return raw.lower() in _TRUE
+    raise ValueError(f"CASSANDRA_SSL_VERIFY_HOSTNAME={raw!r}: use true or false")
+
+
+def _contact_points(raw: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """'a, b:9043, [::1]:9044' -> (('a', 9042), ('b', 9043), ('::1', 9044))."""
+    points = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            raise ValueError(f"CASSANDRA_CONTACT_POINTS={raw!r} has an empty entry")
+        host, port = item, None
+        if item.startswith("["):  # [ipv6] or [ipv6]:port
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest or None
+        elif item.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+            host, port = item.split(":")
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"CASSANDRA_CONTACT_POINTS entry {item!r} has no valid host")
+        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"CASSANDRA_CONTACT_POINTS entry {item!r}: port must be 1 to 65535")
+        points.append((host, default_port if port is None else int(port)))
+    return tuple(points)
+
+
+def build_cluster(settings: CassandraSettings) -> Cluster:
+    """A driver Cluster for these settings; it touches the network only on connect()."""
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc)),
+        consistency_level=ConsistencyLevel.name_to_value[settings.consistency],
+        request_timeout=settings.request_timeout,
+        row_factory=dict_factory,
+    )
+    auth = None
+    if settings.username is not None:
+        auth = PlainTextAuthProvider(username=settings.username, password=settings.password)
+    ssl_context = None
+    if settings.ssl_ca_file is not None:
+        ssl_context = ssl.create_default_context(cafile=settings.ssl_ca_file)
+        ssl_context.check_hostname = settings.ssl_verify_hostname
+    return Cluster(
+        contact_points=list(settings.contact_points),
+        port=settings.port,
+        protocol_version=settings.protocol_version,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        auth_provider=auth,
+        ssl_context=ssl_context,
+        connect_timeout=settings.connect_timeout,
+    )
+
+
+def day_of(record_id: uuid.UUID) -> date:
+    """The UTC day bucket of a version-1 UUID, from its timestamp (exact integer math)."""
+    days = (record_id.time - _UUID_EPOCH) // _TICKS_PER_DAY
+    return date(1970, 1, 1) + timedelta(days=days)
+
+
+def _float32(value: float) -> float:
+    """The shortest decimal with the same float32: 0.998 reads back as 0.998, not 0.99800002."""
+    packed = struct.pack("<f", value)
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack("<f", candidate) == packed:
+            return candidate
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """The driver returns naive UTC datetimes; records carry aware ones, to the millisecond."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    micros = (value - _EPOCH) // timedelta(microseconds=1)
+    return _EPOCH + timedelta(milliseconds=(micros + 500) // 1000)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class _Connection:
+    cluster: Any
+    session: Any
+    insert: PreparedStatement
+    select_one: PreparedStatement
+    select_day: PreparedStatement
+    pid: int
+
+
+class CassandraLog:
+    """PredictionLog on Cassandra. Every driver failure surfaces as StoreUnavailable."""
+
+    def __init__(
+        self,
+        settings: CassandraSettings,
+        *,
+        cluster_factory: Callable[[CassandraSettings], Any] = build_cluster,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self._cluster_factory = cluster_factory
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: _Connection | None = None
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CassandraLog:
+        """A log configured from CASSANDRA_* (default: os.environ); connects on first use."""
+        return cls(CassandraSettings.from_env(environ))
+
+    def __repr__(self) -> str:
+        return f"CassandraLog({self.settings!r})"
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and conn.pid == os.getpid():
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the Cassandra prediction log is closed")
+            # A connection inherited through fork() is unusable: make this process its own.
+            if self._conn is None or self._conn.pid != os.getpid():
+                self._conn = self._connect()
+            return self._conn
+
+    def _connect(self) -> _Connection:
+        ks, cluster = self.settings.keyspace, None
+        try:
+            cluster = self._cluster_factory(self.settings)
+            session = cluster.connect()
+            insert = session.prepare(
+                f"INSERT INTO {ks}.{TABLE} ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+            )
+            select_one = session.prepare(
+                f"SELECT {_READ_COLUMNS} FROM {ks}.{TABLE} WHERE day = ? AND id = ?"
+            )
+            select_day = session.prepare(
+                f"SELECT {_READ_COLUMNS} FROM {ks}.{TABLE} WHERE day = ? LIMIT ?"
+            )
+        except DRIVER_ERRORS as exc:
+            if cluster is not None:
+                cluster.shutdown()  # a failed start is retried on the next call
+            raise StoreUnavailable(f"cannot connect to Cassandra: {_describe(exc)}") from exc
+        for statement in (insert, select_one, select_day):
+            statement.is_idempotent = True  # same id, same row: safe for the driver to retry
+        if self._conn is None:  # first connection of this object
+            atexit.register(self.close)
+        _log.info(
+            "connected to Cassandra %s (local DC %s, keyspace %s, consistency %s)",
+            ", ".join(f"{h}:{p}" for h, p in self.settings.contact_points),
+            self.settings.local_dc,
+            ks,
+            self.settings.consistency,
+        )
+        return _Connection(cluster, session, insert, select_one, select_day, os.getpid())
+
+    @staticmethod
+    def _query(conn: _Connection, statement: PreparedStatement, values: Sequence[Any]) -> list:
+        bound = statement.bind(values)  # a TypeError here is a bug, not an outage
+        try:
+            return list(conn.session.execute(bound))
+        except DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Cassandra read failed: {_describe(exc)}") from exc
+
+    # -- PredictionLog ----------------------------------------------------------------
+
+    def save(self, records: Sequence[Record]) -> None:
+        """Write all records concurrently (no multi-partition batch: blobs, size limits)."""
+        if not records:
+            return
+        conn = self._connection()
+        unset = UNSET_VALUE  # a null would write a tombstone; unset writes nothing
+        statements = [
+            conn.insert.bind([unset if v is None else v for v in self._values(r)]) for r in records
+        ]
+        try:
+            futures = [conn.session.execute_async(s) for s in statements]
+        except DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Cassandra write failed: {_describe(exc)}") from exc
+        failures = []
+        for future in futures:  # wait for every write, even after a failure
+            try:
+                future.result()
+            except DRIVER_ERRORS as exc:
+                failures.append(exc)
+        if failures:
+            raise StoreUnavailable(
+                f"Cassandra did not record {len(failures)} of {len(records)} predictions: "
+                f"{_describe(failures[0])}"
+            ) from failures[0]
+
+    def get(self, record_id: uuid.UUID) -> Record | None:
+        if record_id.version != 1:  # only time-based ids are ever stored
+            return None
+        conn = self._connection()
+        rows = self._query(conn, conn.select_one, (day_of(record_id), record_id))
+        return self._record(rows[0]) if rows else None
+
+    def recent(self, limit: int) -> list[Record]:
+        """Today's bucket first, then earlier days, at most `lookback_days` buckets."""
+        if limit <= 0:
+            return []
+        limit = min(limit, MAX_RECENT)  # LIMIT is a 32-bit int; a page this big is plenty
+        conn = self._connection()
+        today = self._clock().astimezone(UTC).date()
+        records: list[Record] = []
+        for back in range(self.settings.lookback_days):
+            day = today - timedelta(days=back)
+            rows = self._query(conn, conn.select_day, (day, limit - len(records)))
+            records.extend(self._record(row) for row in rows)
+            if len(records) >= limit:
+                break
+        return records[:limit]
+
+    def ping(self) -> None:
+        """Connects (preparing the statements checks the table exists) and asks the node."""
+        conn = self._connection()
+        try:
+            conn.session.execute(PING_QUERY)
+        except DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Cassandra does not answer: {_describe(exc)}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn, self._closed = self._conn, None, True
+        atexit.unregister(self.close)
+        if conn is not None and conn.pid == os.getpid():
+            conn.cluster.shutdown()
+
+    # -- rows -------------------------------------------------------------------------
+
+    @staticmethod
+    def _values(record: Record) -> tuple[Any, ...]:
+        if record.id.version != 1:
+            raise ValueError(f"record id {record.id} is not a time-based (version 1) UUID")
+        upload = record.upload
+        return (
+            day_of(record.id),
+            record.id,
+            record.created_at,
+            record.digit,
+            record.confidence,
+            list(record.probabilities),
+            record.model_name,
+            record.model_version,
+            record.model_label,
+            record.input_image,
+            upload.content,
+            upload.content_type,
+            upload.sha256,
+            upload.size,
+            record.latency_ms,
+        )
+
+    @staticmethod
+    def _record(row: Mapping[str, Any]) -> Record:
+        return Record(
+            id=row["id"],
+            created_at=_utc(row["created_at"]),
+            digit=row["digit"],
+            confidence=_float32(row["confidence"]),
+            probabilities=tuple(_float32(p) for p in row["probabilities"] or ()),
+            model_name=row["model_name"],
+            model_version=row["model_version"],
+            model_label=row["model_label"],
+            input_image=bytes(row["input_image"] or b""),
+            upload=Upload(
+                content=None if row["upload"] is None else bytes(row["upload"]),
+                content_type=row["upload_content_type"],
+                sha256=row["upload_sha256"],
+                size=row["upload_size"],
+            ),
+            latency_ms=row["latency_ms"],
+        )

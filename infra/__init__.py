@@ -1,0 +1,1 @@
+"""Infrastructure: Cassandra schema, deployment and rollout tools."""

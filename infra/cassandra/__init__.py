@@ -1,0 +1,1 @@
+"""The prediction-log schema and the tool that applies it."""

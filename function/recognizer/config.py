@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1024 * 1024
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what TF Serving and our URLs accept
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,8 @@ class Settings:
     model_server_url: str = "http://localhost:8501"
     model_name: str = "mnist"
     model_label: str = "stable"
+    canary_label: str = "canary"
+    canary_percent: float = 0.0  # share of unpinned clients sent to canary_label, 0-100
     model_timeout_seconds: float = 5.0
     label_cache_seconds: float = 5.0
     prediction_store: str = "sqlite"
@@ -35,10 +39,14 @@ class Settings:
         )
         if store not in {"sqlite", "cassandra"}:
             raise ValueError(f"PREDICTION_STORE must be 'sqlite' or 'cassandra', not {store!r}")
+        model_label = env.get("MODEL_LABEL", default.model_label)
+        canary_label, canary_percent = _canary(env, model_label, default)
         return cls(
             model_server_url=env.get("MODEL_SERVER_URL", default.model_server_url).rstrip("/"),
             model_name=env.get("MODEL_NAME", default.model_name),
-            model_label=env.get("MODEL_LABEL", default.model_label),
+            model_label=model_label,
+            canary_label=canary_label,
+            canary_percent=canary_percent,
             model_timeout_seconds=_number(
                 env, "MODEL_SERVER_TIMEOUT_SECONDS", default.model_timeout_seconds
             ),
@@ -55,6 +63,21 @@ class Settings:
             ),
             history_max_limit=int(_number(env, "HISTORY_MAX_LIMIT", default.history_max_limit)),
         )
+
+
+def _canary(env: Mapping[str, str], model_label: str, default: Settings) -> tuple[str, float]:
+    """CANARY_LABEL and CANARY_PERCENT, checked against each other and MODEL_LABEL."""
+    label = env.get("CANARY_LABEL") or default.canary_label
+    percent = _number(env, "CANARY_PERCENT", default.canary_percent)
+    if not 0 <= percent <= 100:  # also refuses nan
+        raise ValueError(f"CANARY_PERCENT must be between 0 and 100, not {env['CANARY_PERCENT']!r}")
+    if not LABEL_PATTERN.fullmatch(label):
+        raise ValueError(f"CANARY_LABEL must be 1-64 letters, digits, '_' or '-', not {label!r}")
+    if percent > 0 and label == model_label:
+        raise ValueError(
+            f"CANARY_LABEL and MODEL_LABEL are both {label!r}: give the canary its own"
+        )
+    return label, percent
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

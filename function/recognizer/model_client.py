@@ -77,8 +77,9 @@ class ModelClient:
 
     def predict_label(self, images: np.ndarray, label: str) -> ModelAnswer:
         """Ask the version `label` points at about `images` (uint8 [n, 28, 28])."""
+        version = self.resolve(label)  # an unknown label fails here, and retrying is pointless
         try:
-            return self._predict(images, self.resolve(label), label)
+            return self._predict(images, version, label)
         except UnknownModel:
             # The label moved and the old version was unloaded since we cached it.
             self._forget(label)

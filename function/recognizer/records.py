@@ -41,7 +41,7 @@ class Record:
     probabilities: tuple[float, ...]  # ten floats
     model_name: str
     model_version: int
-    model_label: str | None  # the label the request was routed by; None when pinned to a version
+    model_label: str | None  # the label whose version answered (stable after a canary fallback)
     input_image: bytes  # the 28x28 uint8 input the model saw, row-major (784 bytes)
     upload: Upload
     latency_ms: float

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import math
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from recognizer import preprocess
-from recognizer.model_client import ModelAnswer, ModelClient
+from recognizer.model_client import ModelAnswer, ModelClient, ModelUnavailable, UnknownModel
 from recognizer.records import PredictionLog, Record, Upload, new_record_id, time_of
+from recognizer.routing import Route
 
+__all__ = ["Recognizer", "Route"]
 
-@dataclass(frozen=True)
-class Route:
-    """Which model answers: a pinned version, else the version a label points at."""
-
-    label: str
-    version: int | None = None
+log = logging.getLogger(__name__)
+FALLBACK_WARNING_SECONDS = 60.0
 
 
 class Recognizer:
@@ -38,6 +38,9 @@ class Recognizer:
         self._model_name = model_name
         self._max_pixels = max_image_pixels
         self._upload_cap = upload_store_max_bytes
+        self._fallback_lock = threading.Lock()
+        self._fallbacks = 0
+        self._fallback_warned = -math.inf
 
     def recognize(self, images: Sequence[bytes], route: Route) -> list[Record]:
         """Predict a digit for each image and record every prediction before returning.
@@ -47,16 +50,48 @@ class Recognizer:
         """
         started = time.perf_counter()
         inputs = np.stack([self._prepare(image, n, len(images)) for n, image in enumerate(images)])
-        if route.version is not None:
-            answer = self._model.predict_version(inputs, route.version)
-        else:
-            answer = self._model.predict_label(inputs, route.label)
+        answer = self._ask(inputs, route)
         latency_ms = (time.perf_counter() - started) * 1000
         records = [
             self._record(image, inputs[n], answer, n, latency_ms) for n, image in enumerate(images)
         ]
         self._log.save(records)
         return records
+
+    def _ask(self, inputs: np.ndarray, route: Route) -> ModelAnswer:
+        """The model's answer; a canary that cannot answer hands the request to its fallback.
+
+        The answer (and so the record) then carries the fallback's label and version: the
+        label names what actually routed the request, so per-label and per-version figures
+        in the log never mix one version's answers into another's. A timeout does not fall
+        back: a second call would double the wait the client already had.
+        """
+        if route.version is not None:
+            return self._model.predict_version(inputs, route.version)
+        try:
+            return self._model.predict_label(inputs, route.label)
+        except (UnknownModel, ModelUnavailable) as error:
+            if route.fallback is None:
+                raise
+            self._note_fallback(route, error)
+            return self._model.predict_label(inputs, route.fallback)
+
+    def _note_fallback(self, route: Route, error: Exception) -> None:
+        """Warn at most once a minute: a missing canary would otherwise log every request."""
+        with self._fallback_lock:
+            self._fallbacks += 1
+            now = time.monotonic()
+            if now - self._fallback_warned < FALLBACK_WARNING_SECONDS:
+                return
+            count, self._fallbacks, self._fallback_warned = self._fallbacks, 0, now
+        log.warning(
+            "label %r cannot answer (%s); answered with %r instead (%d request(s) since the "
+            "last warning)",
+            route.label,
+            error,
+            route.fallback,
+            count,
+        )
 
     def _prepare(self, image: bytes, position: int, count: int) -> np.ndarray:
         try:

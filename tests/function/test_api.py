@@ -122,6 +122,36 @@ def test_every_prediction_in_a_200_can_be_read_back(client, samples):
     assert upload.data == image
 
 
+def test_include_input_adds_the_28x28_the_model_saw_and_matches_the_record(client, samples):
+    images = [(io.BytesIO(image), f"digit{n}.png") for n, (image, _) in enumerate(samples[:2])]
+    response = client.post(
+        "/predict?include=input", data={"image": images}, content_type="multipart/form-data"
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    predictions = response.get_json()["predictions"]
+    assert [p["digit"] for p in predictions] == [y for _, y in samples[:2]]
+    for prediction in predictions:
+        seen = Image.open(io.BytesIO(base64.b64decode(prediction["input_png"])))
+        assert seen.format == "PNG" and seen.size == (28, 28) and seen.mode == "L"
+        assert np.asarray(seen).max() > 0  # the digit's ink, not an empty frame
+        record = client.get(f"/predictions/{prediction['id']}").get_json()
+        assert record["input_png"] == prediction["input_png"]
+
+
+def test_the_default_answer_stays_lean_without_input_png(client, samples):
+    body = client.post("/predict", data=samples[0][0], content_type="image/png").get_json()
+    assert "input_png" not in body["predictions"][0]
+    history = client.get("/predictions?limit=1").get_json()["predictions"]
+    assert "input_png" not in history[0]
+
+
+@pytest.mark.parametrize("query", ["include=everything", "include=", "include=input,upload"])
+def test_unknown_includes_are_400_before_anything_is_recorded(client, samples, query):
+    response = client.post(f"/predict?{query}", data=samples[0][0], content_type="image/png")
+    assert_error(response, 400, "invalid_parameter")
+    assert client.get("/predictions").get_json()["predictions"] == []
+
+
 def test_history_is_newest_first_and_limited(client, samples):
     ids = []
     for image, _ in samples[:3]:

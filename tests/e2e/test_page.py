@@ -1,0 +1,492 @@
+"""The web page at `GET /`, in a real browser (Debian's Chromium via Playwright), on the real stack.
+
+Each test leaves a screenshot under test-artifacts/page/. `DOC_SCREENSHOTS=1` also rewrites
+docs/screenshots/{desktop,phone}.png from the screenshot test. Without Chromium at
+/usr/bin/chromium or without Playwright the module is skipped, saying which is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from PIL import Image, ImageOps
+
+from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page, Route
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"Chromium is not installed at {CHROMIUM} (`make test` installs Debian's chromium)",
+        allow_module_level=True,
+    )
+playwright_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="Playwright is not importable (`make test` installs it from requirements-dev.txt)",
+)
+expect = playwright_api.expect
+
+# No browser download is possible here: Debian's Chromium, and flags that keep it off the network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 375, "height": 740}
+ARTIFACTS = ROOT / "test-artifacts" / "page"
+DOC_SCREENSHOTS = ROOT / "docs" / "screenshots"
+SAMPLES = ROOT / "tests" / "data" / "samples"
+DIGIT_NAMES = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4}
+DIGIT_NAMES |= {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
+
+# Strokes as fractions of the pad: mouse paths the committed model reads with ~100% confidence.
+Stroke = list[tuple[float, float]]
+SEVEN: list[Stroke] = [[(0.25, 0.22), (0.75, 0.22), (0.45, 0.82)]]
+THREE: list[Stroke] = [
+    [(0.30, 0.25), (0.45, 0.17), (0.62, 0.20), (0.68, 0.32), (0.60, 0.45), (0.45, 0.50)],
+    [(0.45, 0.50), (0.62, 0.55), (0.70, 0.68), (0.62, 0.80), (0.45, 0.84), (0.30, 0.77)],
+]
+SAMPLE_FILES = sorted(SAMPLES.glob("*.[pj][np]g"))
+PREDICT = re.compile(r"/predict\?")
+HISTORY = re.compile(r"/predictions\?")
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory) -> Iterator[BrowserContext]:
+    """One Chromium for the session, with a fresh profile (no state from any earlier run)."""
+    with playwright_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport=DESKTOP,
+            locale="en-US",
+            timezone_id="UTC",
+        )
+        context.set_default_timeout(15_000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser, function_url, request) -> Iterator[Page]:
+    """The page, freshly loaded; fails the test on any uncaught script error, keeps a screenshot."""
+    tab = browser.new_page()
+    tab.set_viewport_size(DESKTOP)
+    script_errors: list[str] = []
+    tab.on("pageerror", lambda error: script_errors.append(str(error)))
+    tab.goto(f"{function_url}/")
+    expect(tab.locator("#history")).to_have_attribute("aria-busy", "false")
+    yield tab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", request.node.name)
+    tab.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+    tab.close()
+    assert not script_errors, f"uncaught errors in the page: {script_errors}"
+
+
+def draw(page: Page, strokes: list[Stroke]) -> None:
+    """Trace strokes with real mouse events, as a person would on the pad."""
+    box = page.locator("#pad").bounding_box()
+    assert box is not None
+    for stroke in strokes:
+        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point, steps=8)
+        page.mouse.up()
+
+
+def ink(page: Page) -> int:
+    """How many pad pixels are inked: what Undo and Clear must change."""
+    return page.evaluate(
+        """() => {
+            const pad = document.getElementById("pad");
+            const { data } = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height);
+            let dark = 0;
+            for (let i = 0; i < data.length; i += 4) if (data[i] < 128) dark++;
+            return dark;
+        }"""
+    )
+
+
+def is_predict(response: Any) -> bool:
+    return response.request.method == "POST" and "/predict" in response.url
+
+
+def submitted(page: Page, action: Callable[[], None]) -> dict[str, Any]:
+    """Do `action`, wait until the page shows the prediction it caused, return what it shows.
+
+    Read from the page, not the response: that is what the person sees, and Chromium may
+    already have dropped a response body from its inspector cache.
+    """
+    shown = page.locator("#answer")
+    before = shown.get_attribute("data-id")
+    with page.expect_response(is_predict) as answer:
+        action()
+    assert answer.value.status == 200, f"POST /predict answered {answer.value.status}"
+    expect(shown).to_be_visible()
+    if before:
+        expect(shown).not_to_have_attribute("data-id", before)
+    expect(shown).to_have_attribute("data-id", UUID)
+    return {"id": shown.get_attribute("data-id"), "digit": int(page.inner_text("#digit"))}
+
+
+def failed(page: Page, action: Callable[[], None]) -> None:
+    """Do `action` and wait until the page shows an error."""
+    action()
+    expect(page.locator("#error")).to_be_visible()
+
+
+def natural_size(page: Page, selector: str) -> list[int]:
+    locator = page.locator(selector)
+    expect(locator).to_have_js_property("complete", True)
+    return locator.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+
+
+def file_payload(name: str, mime_type: str, content: bytes) -> dict[str, Any]:
+    return {"name": name, "mimeType": mime_type, "buffer": content}
+
+
+def digit_of(sample: Path) -> int:
+    return DIGIT_NAMES[sample.stem.split("-")[0]]
+
+
+def api_error(route: Route, status: int, code: str, message: str, **headers: str) -> None:
+    route.fulfill(
+        status=status,
+        content_type="application/json",
+        headers=headers,
+        body=json.dumps({"error": {"code": code, "message": message}}),
+    )
+
+
+def test_the_page_stands_alone_and_never_inserts_api_text_as_html():
+    """It must work offline inside a function: nothing fetched from elsewhere, no HTML sinks."""
+    html = (ROOT / "function" / "recognizer" / "static" / "index.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", html)
+
+
+@pytest.mark.parametrize(("strokes", "digit"), [(SEVEN, 7), (THREE, 3)], ids=["seven", "three"])
+def test_a_drawn_digit_is_recognized_shown_and_added_to_history(page, function_url, strokes, digit):
+    draw(page, strokes)
+    prediction = submitted(page, lambda: page.click("#send"))
+    assert prediction["digit"] == digit
+    recorded = requests.get(f"{function_url}/predictions/{prediction['id']}", timeout=10).json()
+    model = recorded["model"]
+    answered_by = f"{model['name']} v{model['version']} · {model['label']}"
+
+    expect(page.locator("#digit")).to_have_text(str(digit))
+    expect(page.locator("#bars li")).to_have_count(10)
+    expect(page.locator("#bars li.top .bar-digit")).to_have_text(str(digit))
+    expect(page.locator("#model")).to_have_text(answered_by)
+    expect(page.locator("#elapsed")).to_have_text(re.compile(r"^\d+ ms$"))
+    expect(page.locator("#status")).to_contain_text(f"Recognized {digit} with")
+    assert natural_size(page, "#seen") == [28, 28]
+
+    newest = page.locator("#history li").first
+    expect(newest).to_have_attribute("data-id", prediction["id"])
+    expect(newest.locator(".h-digit")).to_have_text(str(digit))
+    expect(newest).to_contain_text(answered_by)
+    expect(newest.locator("img.thumb")).to_be_visible()
+
+
+def test_undo_removes_the_last_stroke_and_clear_empties_the_pad(page):
+    draw(page, SEVEN[:1])
+    one_stroke = ink(page)
+    draw(page, [[(0.2, 0.5), (0.8, 0.5)]])
+    assert ink(page) > one_stroke > 0
+    page.click("#undo")
+    assert ink(page) == one_stroke
+    page.click("#clear")
+    assert ink(page) == 0
+
+    posted: list[str] = []
+    page.on("request", lambda sent: posted.append(sent.url) if sent.method == "POST" else None)
+    failed(page, lambda: page.click("#send"))
+    expect(page.locator("#error-title")).to_have_text("Nothing to recognize yet")
+    assert posted == []
+
+
+@pytest.mark.parametrize("sample", SAMPLE_FILES, ids=[s.name for s in SAMPLE_FILES])
+def test_an_uploaded_photo_or_scan_is_recognized_next_to_what_the_model_saw(page, sample):
+    prediction = submitted(page, lambda: page.set_input_files("#file", sample))
+    assert prediction["digit"] == digit_of(sample)
+    expect(page.locator("#digit")).to_have_text(str(digit_of(sample)))
+    expect(page.locator("#upload-caption")).to_contain_text(sample.name)
+    assert natural_size(page, "#upload") == list(ImageOps.exif_transpose(Image.open(sample)).size)
+    assert natural_size(page, "#seen") == [28, 28]
+    expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])
+
+
+def test_a_file_dropped_on_the_drop_zone_is_recognized(page):
+    content = base64.b64encode((SAMPLES / "seven.png").read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """(content) => {
+            const bytes = Uint8Array.from(atob(content), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            return transfer;
+        }""",
+        content,
+    )
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    expect(page.locator("#drop")).to_have_class(re.compile(r"\bover\b"))
+    prediction = submitted(
+        page, lambda: page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    )
+    assert prediction["digit"] == 7
+    expect(page.locator("#upload-caption")).to_contain_text("dropped.png")
+    expect(page.locator("#drop")).not_to_have_class(re.compile(r"\bover\b"))
+
+
+def blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("upload", "title", "code"),
+    [
+        (
+            file_payload("notes.png", "image/png", b"just some text, renamed .png"),
+            "That file is not a picture we can read",
+            "not_an_image",
+        ),
+        (
+            file_payload("notes.txt", "text/plain", b"just some text"),
+            "That kind of file is not supported",
+            "unsupported_media_type",
+        ),
+        (
+            file_payload("blank.png", "image/png", blank_png()),
+            "The picture looks blank",
+            "blank_image",
+        ),
+        (
+            file_payload("huge.png", "image/png", b"\x89PNG" + bytes(11 * 1024 * 1024)),
+            "That file is too large",
+            "request_too_large",
+        ),
+    ],
+    ids=["not-an-image", "unsupported-type", "blank", "too-large"],
+)
+def test_errors_from_the_real_api_are_explained(page, upload, title, code):
+    failed(page, lambda: page.set_input_files("#file", files=[upload]))
+    expect(page.locator("#error-title")).to_have_text(title)
+    expect(page.locator("#error-code")).to_have_text(code)
+    expect(page.locator("#error-message")).not_to_be_empty()
+    expect(page.locator("#answer")).to_be_hidden()
+
+
+@pytest.mark.parametrize(
+    ("answer", "title", "detail"),
+    [
+        (
+            lambda route: api_error(
+                route, 503, "model_unavailable", "model server down", **{"Retry-After": "5"}
+            ),
+            "The recognizer is not available right now",
+            "Try again in 5 s",
+        ),
+        (
+            lambda route: api_error(route, 504, "model_timeout", "no answer within 5 s"),
+            "The model took too long to answer",
+            "no answer within 5 s",
+        ),
+        (
+            lambda route: api_error(route, 413, "image_too_large", "40,000,001 pixels"),
+            "That picture has too many pixels",
+            "40,000,001 pixels",
+        ),
+        (
+            lambda route: route.abort("connectionrefused"),
+            "Could not reach the service",
+            "Check your connection",
+        ),
+        (
+            lambda route: route.fulfill(status=502, content_type="text/html", body="<h1>Bad</h1>"),
+            "Something went wrong",
+            "HTTP 502",
+        ),
+    ],
+    ids=["503", "504", "413-pixels", "network", "502-not-json"],
+)
+def test_every_failure_the_network_can_bring_is_shown(page, answer, title, detail):
+    """Failures the local stack cannot be made to produce on demand, answered by the browser."""
+    page.route(PREDICT, answer)
+    failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    expect(page.locator("#error-title")).to_have_text(title)
+    expect(page.locator("#error")).to_contain_text(detail)
+
+
+def test_text_from_the_api_is_shown_as_text_never_run_as_html(page):
+    markup = '<img src=x onerror="window.injected = true">'
+    page.route(PREDICT, lambda route: api_error(route, 400, "not_an_image", markup))
+    failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    expect(page.locator("#error-message")).to_contain_text(markup)
+    expect(page.locator("#error img")).to_have_count(0)
+    assert page.evaluate("window.injected") is None
+
+
+def test_history_falls_back_when_the_upload_was_not_stored(page, function_url):
+    seven = (SAMPLES / "seven.png").read_bytes()
+    posted = requests.post(
+        f"{function_url}/predict", data=seven, headers={"Content-Type": "image/png"}, timeout=30
+    )
+    posted.raise_for_status()
+    record_id = posted.json()["predictions"][0]["id"]
+    page.route(
+        "**/predictions/*/image",
+        lambda route: api_error(route, 404, "upload_not_stored", "over the storage cap"),
+    )
+    page.click("#refresh")
+    newest = page.locator("#history li").first
+    expect(newest).to_have_attribute("data-id", record_id)
+    expect(newest.locator(".thumb.missing")).to_have_text("upload not kept")
+
+
+def test_history_that_cannot_be_read_says_so(page):
+    page.route(
+        HISTORY,
+        lambda route: api_error(
+            route, 503, "store_unavailable", "log down", **{"Retry-After": "5"}
+        ),
+    )
+    page.click("#refresh")
+    expect(page.locator("#history-status")).to_contain_text("Recent predictions are not available")
+
+
+def test_api_paths_resolve_below_the_path_the_function_is_mounted_at(page, function_url):
+    """Deployed, the function may live at …/recognize: the page must not call the host's root."""
+    mount = "/mounted/recognize"
+
+    def through_mount(route: Route) -> None:
+        route.fulfill(response=route.fetch(url=route.request.url.replace(mount, "", 1)))
+
+    page.route(re.compile(rf"^{re.escape(function_url)}/predict"), lambda r: r.abort())
+    page.route(re.compile(rf"^{re.escape(function_url + mount)}"), through_mount)
+    page.goto(function_url + mount)
+    prediction = submitted(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    assert prediction["digit"] == 7
+    expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])
+    expect(page.locator("#history li").first.locator("img.thumb")).to_be_visible()
+
+
+def no_horizontal_scroll(page: Page) -> None:
+    scroll, width = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert scroll <= width, f"the page scrolls sideways: {scroll} px wide in {width} px"
+
+
+def test_the_phone_layout_fits_a_narrow_screen(page):
+    page.set_viewport_size(PHONE)
+    no_horizontal_scroll(page)
+    submitted(page, lambda: page.set_input_files("#file", SAMPLES / "three-photo.jpg"))
+    no_horizontal_scroll(page)
+    expect(page.locator("#result")).to_be_in_viewport()
+    for control in ("#pad", "#undo", "#clear", "#send", "label[for=file]", "#bars"):
+        box = page.locator(control).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    for button in ("#undo", "#clear", "#send", "label[for=file]"):
+        assert page.locator(button).bounding_box()["height"] >= 44, f"{button}: small touch target"
+    failed(
+        page, lambda: page.set_input_files("#file", files=[file_payload("x.txt", "text/x", b"x")])
+    )
+    no_horizontal_scroll(page)
+
+
+def tab_to(page: Page, element_id: str, limit: int = 20) -> None:
+    """Press Tab until the element has focus, as a keyboard user would."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == element_id:
+            return
+    raise AssertionError(f"#{element_id} is not reachable with Tab")
+
+
+def test_every_control_is_reachable_and_works_from_the_keyboard(page):
+    order = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id"))
+    assert order[:6] == ["pad", "undo", "clear", "send", "file", "refresh"], order
+    outline = "(element) => getComputedStyle(element).outlineStyle"
+    tab_to(page, "send")
+    assert page.locator("#send").evaluate(outline) != "none", "no visible focus on buttons"
+    tab_to(page, "file")
+    assert page.locator("label[for=file]").evaluate(outline) != "none", "no focus on the picker"
+
+    draw(page, SEVEN)
+    page.locator("body").focus()
+    tab_to(page, "send")
+    assert submitted(page, lambda: page.keyboard.press("Enter"))["digit"] == 7
+    expect(page.locator("#status")).to_contain_text("Recognized 7")
+    page.keyboard.press("Shift+Tab")  # to Clear
+    page.keyboard.press("Space")
+    assert ink(page) == 0
+
+    tab_to(page, "file")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    prediction = submitted(page, lambda: chooser.value.set_files(SAMPLES / "five-marker.png"))
+    assert prediction["digit"] == 5
+
+
+def test_the_pad_has_keyboard_shortcuts(page):
+    draw(page, THREE[:1])
+    one_stroke = ink(page)
+    draw(page, THREE[1:])
+    page.locator("#pad").focus()
+    page.keyboard.press("Control+z")
+    assert ink(page) == one_stroke
+    draw(page, THREE[1:])
+    page.locator("#pad").focus()
+    assert submitted(page, lambda: page.keyboard.press("Enter"))["digit"] == 3
+    page.keyboard.press("Delete")
+    assert ink(page) == 0
+
+
+def test_screenshots_of_the_desktop_and_phone_layouts(page):
+    """The pictures in docs/screenshots/; `DOC_SCREENSHOTS=1` refreshes the committed ones."""
+    for sample in ("two-sideways.jpg", "five-marker.png", "three-photo.jpg"):
+        submitted(page, lambda sample=sample: page.set_input_files("#file", SAMPLES / sample))
+    draw(page, SEVEN)
+    prediction = submitted(page, lambda: page.click("#send"))
+    expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])
+    expect(page.locator("#history li").first.locator("img.thumb")).to_be_visible()
+    targets = [ARTIFACTS]
+    if os.environ.get("DOC_SCREENSHOTS") == "1":
+        targets.append(DOC_SCREENSHOTS)
+    for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(viewport)
+        page.evaluate("window.scrollTo(0, 0)")
+        no_horizontal_scroll(page)
+        for target in targets:
+            target.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=target / f"{name}.png", full_page=True)

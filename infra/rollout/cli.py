@@ -1,0 +1,334 @@
+"""`python -m infra.rollout`: the shell around the plans -- files, model server, gRPC, output.
+
+    status                 versions on disk, served, labelled, loaded; per-version log figures
+    canary <version>       load a version, wait until AVAILABLE, point `canary` at it
+    promote                point `stable` at the canary's version
+    rollback               point `canary` back at stable's version, unload the rejected one
+    rollback --stable      point `stable` (and a canary that followed it) at the previous version
+
+Each step re-reads models.config, checks nobody else changed it, validates the new
+state (disk, signature, TF Serving's label rule, the server's own config rules), writes
+it atomically, optionally pushes it over gRPC, and waits until the model server reports
+it before the next step. Defaults come from the same variables as the function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from infra.rollout import logstats, plan, report
+from infra.rollout.errors import RolloutError
+from infra.rollout.plan import Facts, Step
+from infra.rollout.push import push_config
+from infra.rollout.served import (
+    ModelServerConfig,
+    Served,
+    model_entry,
+    parse,
+    render,
+    served_of,
+    with_served,
+    write_atomically,
+)
+from infra.rollout.server import ModelServer, wait_for
+from infra.rollout.signature import check_version, versions_on_disk
+from serving.config import resolve_models
+from serving.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Deployment:
+    """One model's config file, version directories and model server."""
+
+    config_file: Path
+    models_dir: Path
+    model: str
+    server: ModelServer
+    grpc: str | None
+    timeout: float
+    poll_seconds: float
+    drain_seconds: float
+    say: Callable[[str], None] = print
+
+    def read(self) -> tuple[str, ModelServerConfig]:
+        try:
+            text = self.config_file.read_text(encoding="utf-8")
+        except OSError as error:
+            raise RolloutError(f"cannot read {self.config_file}: {error.strerror}") from None
+        return text, parse(text)
+
+    def facts(self, config: ModelServerConfig) -> Facts:
+        return Facts(self.on_disk(config), self.server.available())
+
+    def on_disk(self, config: ModelServerConfig) -> dict[int, list[str]]:
+        base_path = model_entry(config, self.model).base_path
+        found = versions_on_disk(base_path, self.config_file, self.models_dir)
+        return {version: check_version(directory) for version, directory in found.items()}
+
+    def apply(self, steps: Sequence[Step]) -> None:
+        """Write each step's state, validated, and wait for the server to reach it."""
+        if not steps:
+            self.say("nothing to do")
+            return
+        expected = served_of(self.read()[1], self.model)
+        for number, step in enumerate(steps, 1):
+            self.say(f"step {number}/{len(steps)}: {step.why}")
+            if step.drain_first and self.drain_seconds > 0:
+                # The function caches label -> version; no endpoint tells when every cache
+                # has expired, so wait longer than MODEL_LABEL_CACHE_SECONDS.
+                self.say(f"  waiting {self.drain_seconds:g} s for label caches to expire")
+                time.sleep(self.drain_seconds)
+            text, config = self.read()
+            current = served_of(config, self.model)
+            if current != expected:
+                raise RolloutError(
+                    f"{self.config_file} changed during the rollout (now {current.describe()}); "
+                    "check it and run the command again"
+                )
+            updated = self.validated(config, current, step.target)
+            write_atomically(self.config_file, render(updated, text))
+            if self.grpc:
+                try:
+                    push_config(self.grpc, updated, self.timeout)
+                except RolloutError as error:
+                    write_atomically(self.config_file, text)  # the file and server agree again
+                    raise RolloutError(f"{error} ({self.config_file} restored)") from None
+            try:
+                took = wait_for(
+                    converged(self.server, current, step.target), self.timeout, self.poll_seconds
+                )
+            except RolloutError as error:
+                raise RolloutError(
+                    f"{error}. The config is written; a model server that rejects a config "
+                    "keeps the previous one and says why in its log"
+                ) from None
+            self.say(f"  done in {took:.1f} s: {step.target.describe()}")
+            expected = step.target
+
+    def validated(
+        self, config: ModelServerConfig, current: Served, target: Served
+    ) -> ModelServerConfig:
+        """The config to write for `target`, or RolloutError saying why it must not be."""
+        found = plan.problems(current, target, self.facts(config))
+        updated = with_served(config, self.model, target)
+        try:
+            resolve_models(
+                updated, config_dir=self.config_file.resolve().parent, models_dir=self.models_dir
+            )
+        except ConfigError as error:
+            found.append(error.message)
+        if found:
+            raise RolloutError("refused, nothing written: " + "; ".join(found))
+        return updated
+
+
+def converged(server: ModelServer, current: Served, target: Served) -> Callable[[], str | None]:
+    """A check for wait_for: None once the server serves `target`, else what is missing."""
+    attempted: set[int] = set()
+
+    def check() -> str | None:
+        states = server.versions()
+        for version in sorted(target.versions - current.versions):
+            state = states.get(version)
+            if state is not None and state.state in ("START", "LOADING"):
+                attempted.add(version)
+            if state is not None and state.state == "END" and version in attempted:
+                raise RolloutError(f"version {version} failed to load: {state.error or 'END'}")
+            if state is None or state.state != "AVAILABLE":
+                shown = "unknown" if state is None else state.state
+                return f"version {version} is {shown} on the model server, not AVAILABLE"
+        for version in sorted(current.versions - target.versions):
+            if version in states and states[version].state == "AVAILABLE":
+                return f"version {version} is still loaded"
+        for label, version in sorted(target.labels.items()):
+            if current.labels.get(label) != version:
+                serving = server.label_version(label)
+                if serving != version:
+                    return f"label {label!r} serves version {serving}, not {version}"
+        return None
+
+    return check
+
+
+def status(deployment: Deployment, args: argparse.Namespace) -> str:
+    _, config = deployment.read()
+    served = served_of(config, deployment.model)
+    labels = sorted(set(served.labels) | {args.stable_label, args.canary_label})
+    try:
+        server_versions: dict | str = deployment.server.versions()
+        server_labels = {label: deployment.server.label_version(label) for label in labels}
+    except RolloutError as error:
+        server_versions, server_labels = str(error), {}
+    since = datetime.now(UTC) - timedelta(hours=args.window_hours)
+    source, read_rows = _log_reader(args)
+    try:
+        figures: list | str = logstats.summarize(read_rows(since), args.low_confidence)
+    except RolloutError as error:
+        figures = str(error)
+    return report.render_status(
+        report.StatusFacts(
+            model=deployment.model,
+            config_file=str(deployment.config_file),
+            served=served,
+            on_disk=deployment.on_disk(config),
+            server_url=deployment.server.url,
+            server_versions=server_versions,
+            server_labels=server_labels,
+            log_source=source,
+            figures=figures,
+            window_hours=args.window_hours,
+            low_confidence=args.low_confidence,
+        )
+    )
+
+
+def _log_reader(args: argparse.Namespace) -> tuple[str, Callable[[datetime], list]]:
+    if args.store == "cassandra":
+        return "Cassandra (CASSANDRA_* settings)", logstats.cassandra_rows
+    return f"SQLite {args.sqlite}", lambda since: logstats.sqlite_rows(args.sqlite, since)
+
+
+def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=REPO_ROOT / "serving" / "models.config",
+        help="the ModelServerConfig file the model server reads (default: serving/models.config)",
+    )
+    common.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path(env.get("MODELS_DIR") or REPO_ROOT / "models"),
+        help="local directory standing in for /models in base paths ($MODELS_DIR, models/)",
+    )
+    common.add_argument("--model", default=env.get("MODEL_NAME") or "mnist")
+    common.add_argument(
+        "--server",
+        default=env.get("MODEL_SERVER_URL") or "http://localhost:8501",
+        help="model server REST URL ($MODEL_SERVER_URL)",
+    )
+    common.add_argument("--stable-label", default=env.get("MODEL_LABEL") or "stable")
+    common.add_argument("--canary-label", default=env.get("CANARY_LABEL") or "canary")
+    changing = argparse.ArgumentParser(add_help=False, parents=[common])
+    changing.add_argument(
+        "--grpc", metavar="HOST:PORT", help="also push each config to TF Serving over gRPC"
+    )
+    changing.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for each step (300)"
+    )
+    changing.add_argument("--poll-seconds", type=float, default=0.5, help=argparse.SUPPRESS)
+    changing.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=10.0,
+        help="wait before unloading a version a label just left; longer than the function's "
+        "MODEL_LABEL_CACHE_SECONDS (10)",
+    )
+    changing.add_argument(
+        "--dry-run", action="store_true", help="print the plan, check its first step, write nothing"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.rollout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("status", parents=[common], help="what is served and how it does")
+    show.add_argument("--window-hours", type=float, default=24.0)
+    show.add_argument("--low-confidence", type=float, default=0.9)
+    show.add_argument(
+        "--store",
+        choices=("sqlite", "cassandra"),
+        default=env.get("PREDICTION_STORE")
+        or ("cassandra" if env.get("CASSANDRA_CONTACT_POINTS") else "sqlite"),
+    )
+    show.add_argument(
+        "--sqlite", type=Path, default=Path(env.get("SQLITE_PATH") or _sqlite_default())
+    )
+    start = commands.add_parser("canary", parents=[changing], help="start a canary")
+    start.add_argument("version", type=int)
+    commands.add_parser("promote", parents=[changing], help="make the canary stable")
+    back = commands.add_parser("rollback", parents=[changing], help="undo the canary or stable")
+    back.add_argument("--stable", action="store_true", help="roll stable back instead")
+    back.add_argument("--to", type=int, help="with --stable: this version, not the previous one")
+    back.add_argument(
+        "--keep-loaded", action="store_true", help="leave the rejected version loaded"
+    )
+    return parser
+
+
+def _sqlite_default() -> Path:
+    from function.recognizer.config import Settings  # the function's own default path
+
+    return Settings().sqlite_path
+
+
+def plan_for(deployment: Deployment, args: argparse.Namespace) -> list[Step]:
+    _, config = deployment.read()
+    current = served_of(config, deployment.model)
+    if args.command == "canary":
+        return plan.canary(current, args.version, args.canary_label)
+    if args.command == "promote":
+        return plan.promote(current, args.stable_label, args.canary_label)
+    if not args.stable:
+        if args.to is not None:
+            raise RolloutError("--to only goes with --stable")
+        return plan.rollback_canary(current, args.stable_label, args.canary_label, args.keep_loaded)
+    if args.to is not None:
+        previous = args.to
+    else:
+        previous = plan.previous_version(current, args.stable_label, deployment.facts(config))
+    return plan.rollback_stable(
+        current, previous, args.stable_label, args.canary_label, args.keep_loaded
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    deployment = Deployment(
+        config_file=args.config,
+        models_dir=args.models_dir,
+        model=args.model,
+        server=ModelServer(args.server, args.model),
+        grpc=getattr(args, "grpc", None),  # status takes no change options
+        timeout=getattr(args, "timeout", 0.0),
+        poll_seconds=getattr(args, "poll_seconds", 0.0),
+        drain_seconds=getattr(args, "drain_seconds", 0.0),
+    )
+    try:
+        if args.command == "status":
+            print(status(deployment, args))
+            return 0
+        steps = plan_for(deployment, args)
+        if args.dry_run:
+            return _dry_run(deployment, steps)
+        deployment.apply(steps)
+    except RolloutError as error:
+        print(f"rollout: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dry_run(deployment: Deployment, steps: Sequence[Step]) -> int:
+    _, config = deployment.read()
+    current = served_of(config, deployment.model)
+    for number, step in enumerate(steps, 1):
+        print(f"step {number}/{len(steps)}: {step.why} -> {step.target.describe()}")
+    if steps:
+        deployment.validated(config, current, steps[0].target)
+        print("the first step is valid now; later ones are checked when they run")
+    else:
+        print("nothing to do")
+    print("dry run: nothing written")
+    return 0

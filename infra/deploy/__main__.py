@@ -1,0 +1,116 @@
+"""`python -m infra.deploy TARGET [--build] [--dry-run]`: plan the commands, then run them.
+
+Targets:
+  function      Cloud Functions (2nd gen) from the function/ source directory
+  run-function  the function container (Dockerfile.function) on Cloud Run
+  run-serving   TensorFlow Serving with the models baked in (Dockerfile.serving) on Cloud Run
+
+Every setting is an environment variable (README, "Deploy"). --dry-run prints the exact
+commands and runs nothing; a missing or malformed variable stops before any command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from infra.deploy import commands
+from infra.deploy.settings import ConfigError, load_function, load_serving
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ("function", "run-function", "run-serving")
+
+
+def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> list[list[str]]:
+    """The commands deploying `target`, in order; ConfigError names every bad variable."""
+    if target == "function":
+        if build:
+            raise ConfigError(["--build: the function target deploys source, there is no image"])
+        return [commands.cloud_functions_deploy(load_function(environ, container=False))]
+    if target == "run-function":
+        settings = load_function(environ, container=True)
+        steps = (
+            commands.build_and_push(commands.FUNCTION_DOCKERFILE, settings.image) if build else []
+        )
+        return [*steps, commands.cloud_run_function(settings)]
+    if target == "run-serving":
+        settings = load_serving(environ)
+        steps = (
+            commands.build_and_push(commands.SERVING_DOCKERFILE, settings.image) if build else []
+        )
+        return [*steps, commands.cloud_run_serving(settings)]
+    raise ConfigError([f"unknown target {target!r}: use one of {', '.join(TARGETS)}"])
+
+
+def warnings(target: str, environ: Mapping[str, str]) -> list[str]:
+    """Likely mistakes that are not errors."""
+    notes = []
+    url = environ.get("MODEL_SERVER_URL", "")
+    if target != "run-serving" and ".run.app" in url and environ.get("VPC_EGRESS") != "all-traffic":
+        notes.append(
+            "MODEL_SERVER_URL is a Cloud Run URL: if that service has internal ingress (the "
+            "run-serving default), the function reaches it only with VPC_CONNECTOR and "
+            "VPC_EGRESS=all-traffic"
+        )
+    return notes
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    run: Callable[[list[str]], int] | None = None,
+) -> int:
+    """Exit status: 0 done, 1 a command failed, 2 configuration refused."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.deploy",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("target", choices=TARGETS)
+    parser.add_argument("--build", action="store_true", help="build and push the image first")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+
+    try:
+        steps = plan(args.target, environ, build=args.build)
+    except ConfigError as exc:
+        print(f"infra.deploy {args.target}: refused:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    for note in warnings(args.target, environ):
+        print(f"infra.deploy: warning: {note}", file=sys.stderr)
+
+    if args.dry_run:
+        print(f"# run from {ROOT}")
+        for step in steps:
+            print(shlex.join(step))
+        return 0
+
+    run = run or _run
+    for step in steps:
+        print(f"+ {shlex.join(step)}", flush=True)
+        status = run(step)
+        if status != 0:
+            print(f"infra.deploy: {step[0]} exited with {status}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _run(step: list[str]) -> int:
+    if shutil.which(step[0]) is None:
+        print(f"infra.deploy: {step[0]} is not on PATH", file=sys.stderr)
+        return 127
+    return subprocess.run(step, cwd=ROOT, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

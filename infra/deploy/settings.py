@@ -1,0 +1,321 @@
+"""Deployment settings from environment variables, validated before any command runs.
+
+Every problem is collected and reported at once, naming the variable, so a deploy
+never starts half-configured. Secrets are accepted only as Secret Manager references
+(`name:version`); a password given by value is refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Function settings copied to the deployed function when set (see function/recognizer/
+# config.py and cassandra_log.py). Not here: CASSANDRA_PASSWORD and CASSANDRA_SSL_CA_FILE
+# (secrets, by reference below), SQLITE_PATH and PREDICTION_STORE (always Cassandra in
+# the cloud), PORT (the platform sets it), MODEL_SERVER_URL and CASSANDRA_CONTACT_POINTS
+# (required, validated).
+FUNCTION_PASSTHROUGH = (
+    "MODEL_NAME",
+    "MODEL_LABEL",
+    "CANARY_LABEL",
+    "CANARY_PERCENT",
+    "MODEL_SERVER_TIMEOUT_SECONDS",
+    "MODEL_LABEL_CACHE_SECONDS",
+    "MAX_REQUEST_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_BATCH_IMAGES",
+    "UPLOAD_STORE_MAX_BYTES",
+    "HISTORY_MAX_LIMIT",
+    "CASSANDRA_PORT",
+    "CASSANDRA_KEYSPACE",
+    "CASSANDRA_LOCAL_DC",
+    "CASSANDRA_CONSISTENCY",
+    "CASSANDRA_USERNAME",
+    "CASSANDRA_SSL_VERIFY_HOSTNAME",
+    "CASSANDRA_PROTOCOL_VERSION",
+    "CASSANDRA_REQUEST_TIMEOUT_SECONDS",
+    "CASSANDRA_CONNECT_TIMEOUT_SECONDS",
+    "CASSANDRA_RECENT_LOOKBACK_DAYS",
+)
+# Where a CA bundle given by CASSANDRA_SSL_CA_SECRET is mounted in the function.
+CA_MOUNT_DIR = "/etc/secrets/cassandra-ca"
+CA_FILE_NAME = "ca.pem"
+
+_SECRET_REF = re.compile(
+    r"(projects/[a-z0-9-]+/secrets/)?[A-Za-z0-9_-]{1,255}:(latest|[1-9][0-9]*)"
+)
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_NAME = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+_MEMORY = re.compile(r"[1-9][0-9]*(Mi|Gi)")
+_IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+class ConfigError(Exception):
+    """One or more variables are missing or malformed; `problems` names each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where a service runs and as whom."""
+
+    project: str
+    region: str
+    service_account: str | None = None
+    vpc_connector: str | None = None
+    vpc_egress: str = "private-ranges-only"  # Cloud Run's spelling
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Instance count, per-instance concurrency and size."""
+
+    min_instances: int
+    max_instances: int
+    concurrency: int
+    cpu: str
+    memory: str
+    timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """The recognize function, as source (Cloud Functions) or container (Cloud Run)."""
+
+    platform: Platform
+    name: str
+    scaling: Scaling
+    allow_unauthenticated: bool
+    env: dict[str, str]
+    secrets: dict[str, str] = field(default_factory=dict)  # env var -> name:version
+    ca_secret: str | None = None
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """TensorFlow Serving with the models baked in, on Cloud Run."""
+
+    platform: Platform
+    name: str
+    scaling: Scaling
+    ingress: str
+    image: str
+
+
+class _Reader:
+    """Reads variables and collects every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def get(self, name: str) -> str:
+        return self.environ.get(name, "").strip()
+
+    def required(self, name: str, what: str) -> str:
+        value = self.get(name)
+        if not value:
+            self.problems.append(f"{name} is required: {what}")
+        return value
+
+    def matching(self, name: str, pattern: re.Pattern[str], default: str, example: str) -> str:
+        value = self.get(name) or default
+        if value and not pattern.fullmatch(value):
+            self.problems.append(f"{name}={value!r} is malformed, e.g. {example}")
+        return value
+
+    def required_matching(
+        self, name: str, what: str, pattern: re.Pattern[str], example: str
+    ) -> str:
+        value = self.required(name, what)
+        return self.matching(name, pattern, "", example) if value else value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get(name)
+        if not raw:
+            return default
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            self.problems.append(f"{name}={raw!r} must be a whole number from {low} to {high}")
+            return default
+        return int(raw)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(name) or default
+        if value not in choices:
+            self.problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.get(name).lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return default if raw == "" else False
+        self.problems.append(f"{name}={raw!r} must be true or false")
+        return default
+
+    def secret_ref(self, name: str) -> str | None:
+        value = self.get(name)
+        if value and not _SECRET_REF.fullmatch(value):
+            # Never echo the value: it may be the secret itself, pasted by mistake.
+            self.problems.append(
+                f"{name} is not a Secret Manager reference such as "
+                "cassandra-password:3 or projects/p/secrets/cassandra-password:latest"
+            )
+        return value or None
+
+    def done(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+def _platform(read: _Reader) -> Platform:
+    connector = read.get("VPC_CONNECTOR") or None
+    egress = read.choice(
+        "VPC_EGRESS", "private-ranges-only", ("private-ranges-only", "all-traffic")
+    )
+    if read.get("VPC_EGRESS") and connector is None:
+        read.problems.append("VPC_EGRESS needs VPC_CONNECTOR (the connector the traffic leaves by)")
+    return Platform(
+        project=read.required_matching(
+            "GCP_PROJECT", "the Google Cloud project id", _PROJECT, "my-project-123"
+        ),
+        region=read.required_matching(
+            "GCP_REGION", "the region, e.g. europe-west1", _REGION, "europe-west1"
+        ),
+        service_account=read.get("SERVICE_ACCOUNT") or None,
+        vpc_connector=connector,
+        vpc_egress=egress,
+    )
+
+
+def _image(read: _Reader, variable: str, name: str, project: str, region: str) -> str:
+    """VARIABLE if set, else REGION-docker.pkg.dev/PROJECT/ARTIFACT_REPOSITORY/NAME:IMAGE_TAG."""
+    explicit = read.get(variable)
+    if explicit:
+        if not _IMAGE.fullmatch(explicit) or explicit.endswith(":latest"):
+            read.problems.append(
+                f"{variable}={explicit!r} must be a registry path with a version tag (not latest)"
+            )
+        return explicit
+    tag = read.required(
+        "IMAGE_TAG", f"the image tag, e.g. $(git rev-parse --short HEAD) (or set {variable})"
+    )
+    if tag and (not _TAG.fullmatch(tag) or tag == "latest"):
+        read.problems.append(f"IMAGE_TAG={tag!r} must be a version tag, not latest")
+    repository = read.matching("ARTIFACT_REPOSITORY", _NAME, "digit-recognizer", "digit-recognizer")
+    return f"{region}-docker.pkg.dev/{project}/{repository}/{name}:{tag}"
+
+
+def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSettings:
+    """Settings for `function` (container=False) or `run-function` (container=True)."""
+    read = _Reader(environ)
+    platform = _platform(read)
+    scaling = Scaling(
+        min_instances=read.integer("MIN_INSTANCES", 0, 0, 1000),
+        max_instances=read.integer("MAX_INSTANCES", 10, 1, 1000),
+        concurrency=read.integer("CONCURRENCY", 8, 1, 1000),
+        cpu=read.choice("CPU", "1", ("1", "2", "4", "6", "8")),
+        memory=read.matching("MEMORY", _MEMORY, "512Mi", "512Mi or 1Gi"),
+        timeout_seconds=read.integer("TIMEOUT_SECONDS", 60, 1, 3600),
+    )
+    if scaling.min_instances > scaling.max_instances:
+        read.problems.append("MIN_INSTANCES must not exceed MAX_INSTANCES")
+
+    if read.environ.get("CASSANDRA_PASSWORD"):
+        read.problems.append(
+            "CASSANDRA_PASSWORD holds a value: secrets are deployed by reference only. "
+            "Store it in Secret Manager, set CASSANDRA_PASSWORD_SECRET=name:version "
+            "and unset CASSANDRA_PASSWORD"
+        )
+    model_server = read.required("MODEL_SERVER_URL", "the TensorFlow Serving REST URL")
+    if model_server and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", model_server):
+        read.problems.append(f"MODEL_SERVER_URL={model_server!r} must be an http(s) URL")
+    contact_points = read.required(
+        "CASSANDRA_CONTACT_POINTS", "comma-separated Cassandra hosts (the prediction log)"
+    )
+    password = read.secret_ref("CASSANDRA_PASSWORD_SECRET")
+    if (password is None) != (not read.get("CASSANDRA_USERNAME")):
+        read.problems.append("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD_SECRET together")
+    ca_secret = read.secret_ref("CASSANDRA_SSL_CA_SECRET")
+
+    env = {
+        "MODEL_SERVER_URL": model_server.rstrip("/"),
+        "PREDICTION_STORE": "cassandra",
+        "CASSANDRA_CONTACT_POINTS": contact_points,
+    }
+    env.update({name: read.get(name) for name in FUNCTION_PASSTHROUGH if read.get(name)})
+    if ca_secret:
+        env["CASSANDRA_SSL_CA_FILE"] = f"{CA_MOUNT_DIR}/{CA_FILE_NAME}"
+    # functions-framework's gunicorn: one process, a thread per concurrent request.
+    env["WORKERS"] = str(read.integer("WORKERS", 1, 1, 16))
+    env["THREADS"] = str(scaling.concurrency)
+    for name, value in env.items():
+        if "\n" in value:
+            read.problems.append(f"{name} must be a single line")
+
+    name = read.matching("FUNCTION_NAME", _NAME, "digit-recognizer", "digit-recognizer")
+    image = (
+        _image(
+            read, "FUNCTION_IMAGE", "digit-recognizer-function", platform.project, platform.region
+        )
+        if container
+        else None
+    )
+    allow = read.flag("ALLOW_UNAUTHENTICATED", False)
+    read.done()
+    return FunctionSettings(
+        platform=platform,
+        name=name,
+        scaling=scaling,
+        allow_unauthenticated=allow,
+        env=env,
+        secrets={"CASSANDRA_PASSWORD": password} if password else {},
+        ca_secret=ca_secret,
+        image=image,
+    )
+
+
+def load_serving(environ: Mapping[str, str]) -> ServingSettings:
+    """Settings for `run-serving`: TensorFlow Serving on Cloud Run, reachable only inside."""
+    read = _Reader(environ)
+    platform = _platform(read)
+    scaling = Scaling(
+        min_instances=read.integer("SERVING_MIN_INSTANCES", 1, 0, 1000),
+        max_instances=read.integer("SERVING_MAX_INSTANCES", 5, 1, 1000),
+        concurrency=read.integer("SERVING_CONCURRENCY", 32, 1, 1000),
+        cpu=read.choice("SERVING_CPU", "2", ("1", "2", "4", "6", "8")),
+        memory=read.matching("SERVING_MEMORY", _MEMORY, "2Gi", "2Gi"),
+        timeout_seconds=read.integer("SERVING_TIMEOUT_SECONDS", 60, 1, 3600),
+    )
+    if scaling.min_instances > scaling.max_instances:
+        read.problems.append("SERVING_MIN_INSTANCES must not exceed SERVING_MAX_INSTANCES")
+    # TF Serving has no authentication and the function sends no identity token, so the
+    # service is deployed without IAM checks: only internal ingress keeps it private.
+    ingress = read.get("SERVING_INGRESS") or "internal"
+    if ingress == "all":
+        read.problems.append(
+            "SERVING_INGRESS=all would put TensorFlow Serving on the internet without "
+            "authentication; use internal or internal-and-cloud-load-balancing"
+        )
+    else:
+        ingress = read.choice(
+            "SERVING_INGRESS", "internal", ("internal", "internal-and-cloud-load-balancing")
+        )
+    name = read.matching("SERVING_NAME", _NAME, "tf-serving", "tf-serving")
+    image = _image(
+        read, "SERVING_IMAGE", "digit-recognizer-serving", platform.project, platform.region
+    )
+    read.done()
+    return ServingSettings(
+        platform=platform, name=name, scaling=scaling, ingress=ingress, image=image
+    )

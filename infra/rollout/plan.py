@@ -40,16 +40,7 @@ class Facts:
 
 def canary(current: Served, version: int, canary_label: str) -> list[Step]:
     """Load `version` if needed, then point the canary label at it."""
-    if current.labels.get(canary_label) == version:
-        return []
-    steps, state = [], current
-    if version not in state.versions:
-        state = state.loading(version)
-        steps.append(Step(f"load version {version}", state))
-    steps.append(
-        Step(f"point {canary_label} at version {version}", state.pointing({canary_label: version}))
-    )
-    return steps
+    return _point_label(current, canary_label, version)
 
 
 def promote(current: Served, stable_label: str, canary_label: str) -> list[Step]:
@@ -57,15 +48,18 @@ def promote(current: Served, stable_label: str, canary_label: str) -> list[Step]
     version = current.labels.get(canary_label)
     if version is None:
         raise RolloutError(f"there is no {canary_label!r} label to promote")
-    if current.labels.get(stable_label) == version:
+    return _point_label(current, stable_label, version)
+
+
+def _point_label(current: Served, label: str, version: int) -> list[Step]:
+    """Load `version` if it is not served, then move `label` to it: TF Serving's two steps."""
+    if current.labels.get(label) == version:
         return []
     steps, state = [], current
     if version not in state.versions:
         state = state.loading(version)
         steps.append(Step(f"load version {version}", state))
-    steps.append(
-        Step(f"point {stable_label} at version {version}", state.pointing({stable_label: version}))
-    )
+    steps.append(Step(f"point {label} at version {version}", state.pointing({label: version})))
     return steps
 
 

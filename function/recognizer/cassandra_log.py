@@ -32,7 +32,7 @@ from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage
 from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
 
-from .records import Record, StoreUnavailable, Upload
+from .records import Record, StoreUnavailable, Upload, time_of
 
 _log = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ _CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "TWO", "THR
 _PROTOCOL_VERSIONS = (4, 5)  # v4+ so unset values leave no tombstones
 _KEYSPACE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-_UUID_EPOCH = 0x01B21DD213814000  # 1970-01-01 in 100 ns intervals since 1582-10-15
-_TICKS_PER_DAY = 86_400 * 10_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -227,9 +225,8 @@ def build_cluster(settings: CassandraSettings) -> Cluster:
 
 
 def day_of(record_id: uuid.UUID) -> date:
-    """The UTC day bucket of a version-1 UUID, from its timestamp (exact integer math)."""
-    days = (record_id.time - _UUID_EPOCH) // _TICKS_PER_DAY
-    return date(1970, 1, 1) + timedelta(days=days)
+    """The UTC day bucket of a version-1 UUID: the day of the time inside it."""
+    return time_of(record_id).date()
 
 
 def _float32(value: float) -> float:

@@ -216,20 +216,26 @@ def _image(read: _Reader, variable: str, name: str, project: str, region: str) -
     return f"{region}-docker.pkg.dev/{project}/{repository}/{name}:{tag}"
 
 
+def _scaling(read: _Reader, prefix: str, default: Scaling, memory_example: str) -> Scaling:
+    """Instance bounds and sizes from `<prefix>MIN_INSTANCES`, `<prefix>CPU`, ..."""
+    scaling = Scaling(
+        min_instances=read.integer(f"{prefix}MIN_INSTANCES", default.min_instances, 0, 1000),
+        max_instances=read.integer(f"{prefix}MAX_INSTANCES", default.max_instances, 1, 1000),
+        concurrency=read.integer(f"{prefix}CONCURRENCY", default.concurrency, 1, 1000),
+        cpu=read.choice(f"{prefix}CPU", default.cpu, ("1", "2", "4", "6", "8")),
+        memory=read.matching(f"{prefix}MEMORY", _MEMORY, default.memory, memory_example),
+        timeout_seconds=read.integer(f"{prefix}TIMEOUT_SECONDS", default.timeout_seconds, 1, 3600),
+    )
+    if scaling.min_instances > scaling.max_instances:
+        read.problems.append(f"{prefix}MIN_INSTANCES must not exceed {prefix}MAX_INSTANCES")
+    return scaling
+
+
 def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSettings:
     """Settings for `function` (container=False) or `run-function` (container=True)."""
     read = _Reader(environ)
     platform = _platform(read)
-    scaling = Scaling(
-        min_instances=read.integer("MIN_INSTANCES", 0, 0, 1000),
-        max_instances=read.integer("MAX_INSTANCES", 10, 1, 1000),
-        concurrency=read.integer("CONCURRENCY", 8, 1, 1000),
-        cpu=read.choice("CPU", "1", ("1", "2", "4", "6", "8")),
-        memory=read.matching("MEMORY", _MEMORY, "512Mi", "512Mi or 1Gi"),
-        timeout_seconds=read.integer("TIMEOUT_SECONDS", 60, 1, 3600),
-    )
-    if scaling.min_instances > scaling.max_instances:
-        read.problems.append("MIN_INSTANCES must not exceed MAX_INSTANCES")
+    scaling = _scaling(read, "", Scaling(0, 10, 8, "1", "512Mi", 60), "512Mi or 1Gi")
 
     if read.environ.get("CASSANDRA_PASSWORD"):
         read.problems.append(
@@ -289,16 +295,7 @@ def load_serving(environ: Mapping[str, str]) -> ServingSettings:
     """Settings for `run-serving`: TensorFlow Serving on Cloud Run, reachable only inside."""
     read = _Reader(environ)
     platform = _platform(read)
-    scaling = Scaling(
-        min_instances=read.integer("SERVING_MIN_INSTANCES", 1, 0, 1000),
-        max_instances=read.integer("SERVING_MAX_INSTANCES", 5, 1, 1000),
-        concurrency=read.integer("SERVING_CONCURRENCY", 32, 1, 1000),
-        cpu=read.choice("SERVING_CPU", "2", ("1", "2", "4", "6", "8")),
-        memory=read.matching("SERVING_MEMORY", _MEMORY, "2Gi", "2Gi"),
-        timeout_seconds=read.integer("SERVING_TIMEOUT_SECONDS", 60, 1, 3600),
-    )
-    if scaling.min_instances > scaling.max_instances:
-        read.problems.append("SERVING_MIN_INSTANCES must not exceed SERVING_MAX_INSTANCES")
+    scaling = _scaling(read, "SERVING_", Scaling(1, 5, 32, "2", "2Gi", 60), "2Gi")
     # TF Serving has no authentication and the function sends no identity token, so the
     # service is deployed without IAM checks: only internal ingress keeps it private.
     ingress = read.get("SERVING_INGRESS") or "internal"

@@ -100,16 +100,38 @@ class SqliteLog:
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self._path, timeout=self._timeout, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            with self._lock:
+            connection = self._connect()
+            self._local.connection = connection
+        return connection
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open this thread's connection; the first one also sets up the file.
+
+        Setup (WAL, schema) happens once, under the lock, before any other thread
+        connects: switching the journal mode while another connection writes fails
+        with "database is locked" without waiting. IMMEDIATE transactions take the
+        write lock up front, so a writer waits its turn (up to the timeout) instead
+        of failing on a snapshot that another writer made stale.
+        """
+        with self._lock:
+            if not self._schema_ready:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self._path,
+                timeout=self._timeout,
+                check_same_thread=False,
+                isolation_level="IMMEDIATE",
+            )
+            try:
+                connection.execute("PRAGMA synchronous=FULL")
                 if not self._schema_ready:
+                    connection.execute("PRAGMA journal_mode=WAL")
                     connection.executescript(_SCHEMA)
                     self._schema_ready = True
-                self._connections.append(connection)
-            self._local.connection = connection
+            except sqlite3.Error:
+                connection.close()
+                raise
+            self._connections.append(connection)
         return connection
 
     def _errors(self, action: str) -> AbstractContextManager[None]:

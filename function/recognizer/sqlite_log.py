@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -107,9 +108,8 @@ class SqliteLog:
     def _connect(self) -> sqlite3.Connection:
         """Open this thread's connection; the first one also sets up the file.
 
-        Setup (WAL, schema) happens once, under the lock, before any other thread
-        connects: switching the journal mode while another connection writes fails
-        with "database is locked" without waiting. IMMEDIATE transactions take the
+        Setup (WAL, schema) happens once per process, under the lock, before any
+        other thread connects. IMMEDIATE transactions take the
         write lock up front, so a writer waits its turn (up to the timeout) instead
         of failing on a snapshot that another writer made stale.
         """
@@ -125,7 +125,7 @@ class SqliteLog:
             try:
                 connection.execute("PRAGMA synchronous=FULL")
                 if not self._schema_ready:
-                    connection.execute("PRAGMA journal_mode=WAL")
+                    _switch_to_wal(connection, self._timeout)
                     connection.executescript(_SCHEMA)
                     self._schema_ready = True
             except sqlite3.Error:
@@ -136,6 +136,20 @@ class SqliteLog:
 
     def _errors(self, action: str) -> AbstractContextManager[None]:
         return _store_errors(f"could not {action} predictions in {self._path}")
+
+
+def _switch_to_wal(connection: sqlite3.Connection, timeout_seconds: float) -> None:
+    """Retry the switch while the file is busy: SQLite fails it at once, without
+    waiting, if another process is setting up or writing the same new file."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager

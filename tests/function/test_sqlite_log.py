@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
@@ -82,6 +83,22 @@ def test_many_threads_write_without_losing_a_record(log):
         thread.join()
     assert len(saved) == 200
     assert {r.id for r in log.recent(200)} == set(saved)
+
+
+def test_setting_up_waits_for_another_process_writing_the_new_file(tmp_path):
+    """Worker processes open the same new file together; SQLite refuses the switch to WAL
+    at once, without waiting, while another connection holds the write lock."""
+    path = tmp_path / "predictions.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE other_process_setup (x)")
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, other.execute, args=("COMMIT",)).start()
+    log = SqliteLog(path)
+    record = make_record()
+    log.save([record])
+    assert log.get(record.id) == record
+    log.close()
+    other.close()
 
 
 def test_an_unusable_path_is_store_unavailable_not_a_crash(tmp_path):

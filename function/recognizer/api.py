@@ -154,7 +154,7 @@ class Api:
         with_input = "input" in _include_parameter(request.args)
         request.max_content_length = self._settings.max_request_bytes
         images = uploads.read_images(request, self._settings.max_batch_images)
-        records = self._connect().recognizer.recognize(images, route)
+        records = self._connect().recognizer.recognize(images, route).records
         predictions = [
             {**_prediction_json(r), **({"input_png": _input_png(r)} if with_input else {})}
             for r in records

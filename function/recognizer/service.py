@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -18,10 +19,32 @@ from recognizer.model_client import ModelAnswer, ModelClient, ModelUnavailable, 
 from recognizer.records import PredictionLog, Record, Upload, new_record_id, time_of
 from recognizer.routing import Route
 
-__all__ = ["Recognizer", "Route"]
+__all__ = ["Recognition", "Recognizer", "Route"]
 
 log = logging.getLogger(__name__)
 FALLBACK_WARNING_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Recognition:
+    records: list[Record]
+    timings_ms: dict[str, float]  # decode, preprocess, model, store: where the time went
+
+
+class _StageClock:
+    """Milliseconds spent in each stage of one request, for the request log."""
+
+    def __init__(self) -> None:
+        self._started = self._last = time.perf_counter()
+        self.laps_ms: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps_ms[stage] = (now - self._last) * 1000
+        self._last = now
+
+    def total_ms(self) -> float:
+        return (time.perf_counter() - self._started) * 1000
 
 
 class Recognizer:
@@ -42,21 +65,26 @@ class Recognizer:
         self._fallbacks = 0
         self._fallback_warned = -math.inf
 
-    def recognize(self, images: Sequence[bytes], route: Route) -> list[Record]:
+    def recognize(self, images: Sequence[bytes], route: Route) -> Recognition:
         """Predict a digit for each image and record every prediction before returning.
 
         Raises an ImageError for an unusable image (naming which one), a ModelServerError
         when no prediction could be had, StoreUnavailable when it could not be recorded.
         """
-        started = time.perf_counter()
-        inputs = np.stack([self._prepare(image, n, len(images)) for n, image in enumerate(images)])
+        clock = _StageClock()
+        decoded = [self._decode(image, n, len(images)) for n, image in enumerate(images)]
+        clock.lap("decode")
+        inputs = np.stack([preprocess.from_image(image) for image in decoded])
+        clock.lap("preprocess")
         answer = self._ask(inputs, route)
-        latency_ms = (time.perf_counter() - started) * 1000
+        clock.lap("model")
+        latency_ms = clock.total_ms()
         records = [
             self._record(image, inputs[n], answer, n, latency_ms) for n, image in enumerate(images)
         ]
         self._log.save(records)
-        return records
+        clock.lap("store")
+        return Recognition(records, clock.laps_ms)
 
     def _ask(self, inputs: np.ndarray, route: Route) -> ModelAnswer:
         """The model's answer; a canary that cannot answer hands the request to its fallback.
@@ -93,9 +121,9 @@ class Recognizer:
             count,
         )
 
-    def _prepare(self, image: bytes, position: int, count: int) -> np.ndarray:
+    def _decode(self, image: bytes, position: int, count: int) -> Image.Image:
         try:
-            return preprocess.to_mnist(image, self._max_pixels)
+            return preprocess.decode(image, self._max_pixels)
         except preprocess.ImageError as error:
             if count == 1:
                 raise

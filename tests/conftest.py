@@ -24,6 +24,14 @@ def mnist() -> Mnist:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+# Settings a developer's shell may hold that would change what the tests see.
+SHELL_SETTINGS = (
+    "CASSANDRA_CONTACT_POINTS",
+    "PREDICTION_STORE",
+    "API_TOKEN",
+    "PREDICT_REQUIRES_TOKEN",
+    "CORS_ALLOWED_ORIGINS",
+)
 PYTHON = sys.executable
 
 
@@ -81,8 +89,8 @@ def function_env(model_server, tmp_path, monkeypatch) -> Path:
     sqlite_path = tmp_path / "predictions.sqlite3"
     monkeypatch.setenv("MODEL_SERVER_URL", model_server)
     monkeypatch.setenv("SQLITE_PATH", str(sqlite_path))
-    monkeypatch.delenv("CASSANDRA_CONTACT_POINTS", raising=False)
-    monkeypatch.delenv("PREDICTION_STORE", raising=False)
+    for name in SHELL_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
     return sqlite_path
 
 

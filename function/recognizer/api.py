@@ -1,4 +1,5 @@
-"""HTTP: routing on the request path, JSON bodies, and the one place errors become responses.
+"""HTTP: routing on the request path, access rules, JSON bodies, the one place errors become
+responses, and one log line per request (request_log.py).
 
 Clients (the model server, the prediction log) are created on the first request, not at
 import: functions-framework imports the module in gunicorn's master and then forks, and
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import atexit
 import base64
+import hmac
 import io
 import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +28,11 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.routing import Map, Rule
 
-from recognizer import model_client, preprocess, routing, uploads
+from recognizer import model_client, preprocess, request_log, routing, uploads
 from recognizer.config import Settings
 from recognizer.model_client import ModelClient
 from recognizer.records import PredictionLog, Record, StoreUnavailable
-from recognizer.service import Recognizer, Route
+from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey, Recognizer, Route
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,12 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 RETRY_AFTER_SECONDS = 5
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add to each prediction
+# Endpoints anyone may call even when API_TOKEN is set; /predict is open unless
+# PREDICT_REQUIRES_TOKEN; every other endpoint (the prediction history) needs the token.
+OPEN_ENDPOINTS = frozenset({"page", "health", "ready"})
+CORS_ALLOWED_HEADERS = "Content-Type, Authorization, Idempotency-Key, X-Client-Id, X-Request-Id"
+CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"
+CORS_MAX_AGE_SECONDS = 600
 
 
 class InvalidParameter(ValueError):
@@ -49,6 +58,18 @@ class UnknownPrediction(LookupError):
 
 class UploadNotStored(LookupError):
     """The record exists, but its upload was over the storage cap."""
+
+
+class NotAuthorized(PermissionError):
+    """API_TOKEN is set and the request does not carry it."""
+
+
+class NotReady(RuntimeError):
+    """A dependency of the function cannot be reached; `checks` says which."""
+
+    def __init__(self, message: str, checks: dict[str, str]) -> None:
+        super().__init__(message)
+        self.checks = checks
 
 
 # Exception type -> (HTTP status, machine-readable code). The most specific class wins.
@@ -64,21 +85,26 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     preprocess.BlankImage: (400, "blank_image"),
     preprocess.ImageTooLarge: (413, "image_too_large"),
     InvalidParameter: (400, "invalid_parameter"),
+    InvalidIdempotencyKey: (400, "invalid_idempotency_key"),
+    IdempotencyKeyReused: (422, "idempotency_key_reused"),
+    NotAuthorized: (401, "unauthorized"),
     UnknownPrediction: (404, "unknown_prediction"),
     UploadNotStored: (404, "upload_not_stored"),
     model_client.UnknownModel: (404, "unknown_model_version"),
     model_client.ModelUnavailable: (503, "model_unavailable"),
     model_client.ModelTimeout: (504, "model_timeout"),
     StoreUnavailable: (503, "store_unavailable"),
+    NotReady: (503, "not_ready"),
 }
 
 _URLS = Map(
     [
         Rule("/", endpoint="page", methods=["GET"]),
-        Rule("/predict", endpoint="predict", methods=["POST"]),
-        Rule("/predictions", endpoint="history", methods=["GET"]),
-        Rule("/predictions/<prediction_id>", endpoint="prediction", methods=["GET"]),
-        Rule("/predictions/<prediction_id>/image", endpoint="upload", methods=["GET"]),
+        # OPTIONS marks the paths a browser may call from another origin (CORS preflight).
+        Rule("/predict", endpoint="predict", methods=["POST", "OPTIONS"]),
+        Rule("/predictions", endpoint="history", methods=["GET", "OPTIONS"]),
+        Rule("/predictions/<prediction_id>", endpoint="prediction", methods=["GET", "OPTIONS"]),
+        Rule("/predictions/<prediction_id>/image", endpoint="upload", methods=["GET", "OPTIONS"]),
         Rule("/healthz", endpoint="health", methods=["GET"]),
         Rule("/readyz", endpoint="ready", methods=["GET"]),
     ],
@@ -102,7 +128,6 @@ class Api:
         self._clients: _Clients | None = None
         self._endpoints: dict[str, Callable[..., flask.Response]] = {
             "page": self._page,
-            "predict": self._predict,
             "history": self._history,
             "prediction": self._prediction,
             "upload": self._upload,
@@ -111,11 +136,87 @@ class Api:
         }
 
     def handle(self, request: flask.Request) -> flask.Response:
+        """Answer one request and write its log line, whatever happened."""
+        started = time.perf_counter()
+        facts = request_log.Facts()
         try:
-            endpoint, arguments = _URLS.bind("function").match(request.path, request.method)
-            return self._endpoints[endpoint](request, **arguments)
+            response, outcome = self._dispatch(request, facts), "ok"
         except Exception as error:  # every failure leaves here as a JSON error
-            return _error_response(error)
+            status, outcome = _classify(error)
+            response = _error_response(error, status, outcome)
+        self._allow_origin(request, response)
+        request_id = request_log.request_id(request.headers.get("X-Request-Id"))
+        response.headers["X-Request-Id"] = request_id
+        client = routing.client_key(request.headers.get("X-Client-Id"), request.remote_addr)
+        request_log.emit(
+            request_log.line(
+                request_id=request_id,
+                client=client,
+                method=request.method,
+                path=request.path,
+                query_names=request.args.keys(),
+                status=response.status_code,
+                outcome=outcome,
+                total_ms=(time.perf_counter() - started) * 1000,
+                facts=facts,
+            )
+        )
+        return response
+
+    def _dispatch(self, request: flask.Request, facts: request_log.Facts) -> flask.Response:
+        # Every body is capped, not only /predict's: functions-framework reads the whole body
+        # of a request after answering it, and would otherwise buffer any size it is sent.
+        request.max_content_length = self._settings.max_request_bytes
+        if (request.content_length or 0) > self._settings.max_request_bytes:
+            raise RequestEntityTooLarge(
+                f"the request body is {request.content_length:,} bytes; "
+                f"the limit is {self._settings.max_request_bytes:,}"
+            )
+        adapter = _URLS.bind("function")
+        endpoint, arguments = adapter.match(request.path, request.method)
+        if request.method == "OPTIONS":
+            methods = ", ".join(sorted(adapter.allowed_methods(request.path)))
+            return flask.Response(status=204, headers={"Allow": methods})
+        self._authorize(request, endpoint)
+        if endpoint == "predict":  # the one endpoint with model facts for the log
+            return self._predict(request, facts)
+        return self._endpoints[endpoint](request, **arguments)
+
+    def _authorize(self, request: flask.Request, endpoint: str) -> None:
+        """With API_TOKEN set, the history (and /predict if so configured) needs the token."""
+        token = self._settings.api_token
+        if token is None or endpoint in OPEN_ENDPOINTS:
+            return
+        if endpoint == "predict" and not self._settings.predict_requires_token:
+            return
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise NotAuthorized("this needs the API token: send 'Authorization: Bearer <token>'")
+        # Constant time: how much of a guess matched must not show in how long a refusal takes.
+        if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+            raise NotAuthorized("the API token sent is not the right one")
+
+    def _allow_origin(self, request: flask.Request, response: flask.Response) -> None:
+        """CORS: the configured origins may call the API from their pages; others get nothing.
+
+        The origin is echoed rather than answered with `*`, so a `*` setting works for
+        requests that carry an Authorization header too.
+        """
+        allowed = self._settings.cors_allowed_origins
+        methods = _URLS.bind("function").allowed_methods(request.path)
+        if not allowed or "OPTIONS" not in methods:
+            return
+        response.vary.add("Origin")  # the answer differs by Origin: caches must keep them apart
+        origin = request.headers.get("Origin")
+        if origin is None or ("*" not in allowed and origin not in allowed):
+            return
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = ", ".join(sorted(methods))
+            response.headers["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
+            response.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_SECONDS)
+        else:
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
 
     def close(self) -> None:
         with self._lock:
@@ -133,6 +234,8 @@ class Api:
                     settings.model_name,
                     settings.model_timeout_seconds,
                     settings.label_cache_seconds,
+                    retries=settings.model_retries,
+                    retry_backoff_seconds=settings.model_retry_backoff_seconds,
                 )
                 prediction_log = _open_log(settings)
                 recognizer = Recognizer(
@@ -149,12 +252,18 @@ class Api:
     def _page(self, request: flask.Request) -> flask.Response:
         return flask.Response(PAGE.read_bytes(), mimetype="text/html")
 
-    def _predict(self, request: flask.Request) -> flask.Response:
+    def _predict(self, request: flask.Request, facts: request_log.Facts) -> flask.Response:
         route = _route(request, self._settings)
         with_input = "input" in _include_parameter(request.args)
-        request.max_content_length = self._settings.max_request_bytes
         images = uploads.read_images(request, self._settings.max_batch_images)
-        records = self._connect().recognizer.recognize(images, route).records
+        facts.images = len(images)
+        recognition = self._connect().recognizer.recognize(
+            images, route, request.headers.get("Idempotency-Key")
+        )
+        records = recognition.records
+        facts.model = {"version": records[0].model_version, "label": records[0].model_label}
+        facts.timings_ms = recognition.timings_ms
+        facts.replayed = recognition.replayed
         predictions = [
             {**_prediction_json(r), **({"input_png": _input_png(r)} if with_input else {})}
             for r in records
@@ -204,13 +313,9 @@ class Api:
         except StoreUnavailable as error:
             checks["prediction_store"] = f"failing: {error}"
         failing = [name for name, result in checks.items() if result.startswith("failing")]
-        if not failing:
-            return _json({"status": "ready", "checks": checks})
-        body = {
-            "error": {"code": "not_ready", "message": f"not ready: {', '.join(failing)}"},
-            "checks": checks,
-        }
-        return _json(body, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if failing:
+            raise NotReady(f"not ready: {', '.join(failing)}", checks)
+        return _json({"status": "ready", "checks": checks})
 
     def _find(self, prediction_id: str) -> Record:
         try:
@@ -324,8 +429,8 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def _error_response(error: Exception) -> flask.Response:
-    status, code = _classify(error)
+def _error_response(error: Exception, status: int, code: str) -> flask.Response:
+    """The JSON error for `error`, classified by `_classify` as (`status`, `code`)."""
     if code == "internal":
         log.exception("unexpected error")
         message = "internal error; it has been logged"
@@ -334,14 +439,18 @@ def _error_response(error: Exception) -> flask.Response:
     else:
         message = str(error)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(error.valid_methods)
-    response = _json({"error": {"code": code, "message": message}}, status, headers)
-    if isinstance(error, RequestEntityTooLarge):
-        # functions-framework reads the whole body into memory after any non-streamed
-        # response, which for a body refused for its size fails (and would buffer it).
-        # A streamed response skips that; the server discards the unread body itself.
-        response.response = iter([response.get_data()])
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    if isinstance(error, NotReady):
+        body["checks"] = error.checks
+    response = _json(body, status, headers)
+    # functions-framework reads the whole body into memory after any non-streamed response:
+    # for a refused request that is wasted work (and for one refused for its size, it
+    # fails). A streamed response skips that; the server discards the unread body itself.
+    response.response = iter([response.get_data()])
     return response
 
 

@@ -1,9 +1,22 @@
-"""The production prediction log: one Cassandra table, one partition per UTC day.
+"""The production prediction log: one partition per UTC day, and the idempotency keys.
 
 functions-framework imports this module in gunicorn's master and then forks, and a
 driver `Cluster` made before the fork is broken in the worker. So nothing touches the
 network until first use; the Cluster/Session is then made once per process, under a
 lock (the server runs many threads), reused by every invocation and shut down at exit.
+
+Idempotency keys live in a second table, claimed with a lightweight transaction
+(INSERT ... IF NOT EXISTS, so the first of racing claims wins) and forgotten after
+records.IDEMPOTENCY_WINDOW_SECONDS through a TTL; a record is written with a plain
+INSERT, an upsert, so a retry writing the same id adds no second row.
+
+Retries are bounded everywhere: the driver's default RetryPolicy retries a read timeout
+at most once (and only when enough replicas answered), never a timed-out write (except
+a batch log write, once), an Unavailable once on the next host, and a connection or
+server error on the next host of the query plan, each host at most once; all of it
+within `request_timeout`, which bounds the whole request. A failed connect is retried
+only by the next call.
+
 The schema lives in infra/cassandra/schema.cql. Only cassandra-driver and the standard
 library are imported: this ships in the light function.
 """
@@ -32,11 +45,19 @@ from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage
 from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
 
-from .records import Record, StoreUnavailable, Upload, time_of
+from .records import (
+    IDEMPOTENCY_WINDOW_SECONDS,
+    IdempotencyClaim,
+    Record,
+    StoreUnavailable,
+    Upload,
+    time_of,
+)
 
 _log = logging.getLogger(__name__)
 
 TABLE = "predictions"
+IDEMPOTENCY_TABLE = "idempotency_keys"
 
 # What the driver raises when Cassandra cannot serve a request: all of it means "503".
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
@@ -258,6 +279,7 @@ class _Connection:
     insert: PreparedStatement
     select_one: PreparedStatement
     select_day: PreparedStatement
+    claim: PreparedStatement
     pid: int
 
 
@@ -315,12 +337,22 @@ class CassandraLog:
             select_day = session.prepare(
                 f"SELECT {_READ_COLUMNS} FROM {ks}.{TABLE} WHERE day = ? LIMIT ?"
             )
+            claim = session.prepare(
+                f"INSERT INTO {ks}.{IDEMPOTENCY_TABLE} "
+                "(key_sha256, request_sha256, record_ids, created_at) VALUES (?, ?, ?, ?) "
+                f"IF NOT EXISTS USING TTL {IDEMPOTENCY_WINDOW_SECONDS}"
+            )
         except DRIVER_ERRORS as exc:
             if cluster is not None:
                 cluster.shutdown()  # a failed start is retried on the next call
             raise StoreUnavailable(f"cannot connect to Cassandra: {_describe(exc)}") from exc
-        for statement in (insert, select_one, select_day):
-            statement.is_idempotent = True  # same id, same row: safe for the driver to retry
+        # Same id, same row; a claim that ran already answers with itself: safe to retry.
+        for statement in (insert, select_one, select_day, claim):
+            statement.is_idempotent = True
+        local = self.settings.consistency.startswith("LOCAL_")
+        claim.serial_consistency_level = (
+            ConsistencyLevel.LOCAL_SERIAL if local else ConsistencyLevel.SERIAL
+        )
         if self._conn is None:  # first connection of this object
             atexit.register(self.close)
         _log.info(
@@ -330,15 +362,17 @@ class CassandraLog:
             ks,
             self.settings.consistency,
         )
-        return _Connection(cluster, session, insert, select_one, select_day, os.getpid())
+        return _Connection(cluster, session, insert, select_one, select_day, claim, os.getpid())
 
     @staticmethod
-    def _query(conn: _Connection, statement: PreparedStatement, values: Sequence[Any]) -> list:
+    def _query(
+        conn: _Connection, statement: PreparedStatement, values: Sequence[Any], action: str = "read"
+    ) -> list:
         bound = statement.bind(values)  # a TypeError here is a bug, not an outage
         try:
             return list(conn.session.execute(bound))
         except DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"Cassandra read failed: {_describe(exc)}") from exc
+            raise StoreUnavailable(f"Cassandra {action} failed: {_describe(exc)}") from exc
 
     # -- PredictionLog ----------------------------------------------------------------
 
@@ -366,6 +400,16 @@ class CassandraLog:
                 f"Cassandra did not record {len(failures)} of {len(records)} predictions: "
                 f"{_describe(failures[0])}"
             ) from failures[0]
+
+    def claim(self, key_sha256: str, claim: IdempotencyClaim) -> IdempotencyClaim:
+        """A lightweight transaction: applied, the claim is ours; not applied, Cassandra
+        answers with the row that holds the key (a claim that expired is gone)."""
+        conn = self._connection()
+        values = (key_sha256, claim.request_sha256, list(claim.record_ids), self._clock())
+        [row] = self._query(conn, conn.claim, values, action="idempotency claim")
+        if row["[applied]"]:
+            return claim
+        return IdempotencyClaim(row["request_sha256"], tuple(row["record_ids"]))
 
     def get(self, record_id: uuid.UUID) -> Record | None:
         if record_id.version != 1:  # only time-based ids are ever stored

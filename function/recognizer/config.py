@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MiB = 1024 * 1024
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what TF Serving and our URLs accept
+ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")  # scheme://host[:port], no path
+FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class Settings:
     canary_label: str = "canary"
     canary_percent: float = 0.0  # share of unpinned clients sent to canary_label, 0-100
     model_timeout_seconds: float = 5.0
+    model_retries: int = 2  # retries of a refused connection or a 502/503, within the timeout
+    model_retry_backoff_seconds: float = 0.05  # first backoff; doubles, with jitter
     label_cache_seconds: float = 5.0
     prediction_store: str = "sqlite"
     sqlite_path: Path = Path(tempfile.gettempdir()) / "digit-predictions.sqlite3"
@@ -29,6 +34,10 @@ class Settings:
     max_batch_images: int = 64
     upload_store_max_bytes: int = 256 * 1024
     history_max_limit: int = 100
+    # repr=False: a Settings printed in a log or a traceback must not carry the secret.
+    api_token: str | None = field(default=None, repr=False)
+    predict_requires_token: bool = False
+    cors_allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -50,18 +59,23 @@ class Settings:
             model_timeout_seconds=_number(
                 env, "MODEL_SERVER_TIMEOUT_SECONDS", default.model_timeout_seconds
             ),
+            model_retries=int(_number(env, "MODEL_SERVER_RETRIES", default.model_retries)),
+            model_retry_backoff_seconds=_number(
+                env, "MODEL_SERVER_RETRY_BACKOFF_SECONDS", default.model_retry_backoff_seconds
+            ),
             label_cache_seconds=_number(
                 env, "MODEL_LABEL_CACHE_SECONDS", default.label_cache_seconds
             ),
             prediction_store=store,
             sqlite_path=Path(env.get("SQLITE_PATH", str(default.sqlite_path))),
-            max_request_bytes=int(_number(env, "MAX_REQUEST_BYTES", default.max_request_bytes)),
-            max_image_pixels=int(_number(env, "MAX_IMAGE_PIXELS", default.max_image_pixels)),
-            max_batch_images=int(_number(env, "MAX_BATCH_IMAGES", default.max_batch_images)),
+            max_request_bytes=_limit(env, "MAX_REQUEST_BYTES", default.max_request_bytes),
+            max_image_pixels=_limit(env, "MAX_IMAGE_PIXELS", default.max_image_pixels),
+            max_batch_images=_limit(env, "MAX_BATCH_IMAGES", default.max_batch_images),
             upload_store_max_bytes=int(
                 _number(env, "UPLOAD_STORE_MAX_BYTES", default.upload_store_max_bytes)
             ),
-            history_max_limit=int(_number(env, "HISTORY_MAX_LIMIT", default.history_max_limit)),
+            history_max_limit=_limit(env, "HISTORY_MAX_LIMIT", default.history_max_limit),
+            **_access(env),
         )
 
 
@@ -78,6 +92,50 @@ def _canary(env: Mapping[str, str], model_label: str, default: Settings) -> tupl
             f"CANARY_LABEL and MODEL_LABEL are both {label!r}: give the canary its own"
         )
     return label, percent
+
+
+def _access(env: Mapping[str, str]) -> dict[str, object]:
+    """API_TOKEN, PREDICT_REQUIRES_TOKEN and CORS_ALLOWED_ORIGINS, checked against each other."""
+    token = env.get("API_TOKEN") or None
+    if token is not None and (token != token.strip() or not token.isprintable()):
+        raise ValueError("API_TOKEN must not have spaces around it or control characters in it")
+    predict_requires_token = _flag(env, "PREDICT_REQUIRES_TOKEN", default=False)
+    if predict_requires_token and token is None:
+        raise ValueError("PREDICT_REQUIRES_TOKEN is true but API_TOKEN is unset: set API_TOKEN")
+    origins = frozenset(
+        origin.strip().rstrip("/")
+        for origin in env.get("CORS_ALLOWED_ORIGINS", "").split(",")
+        if origin.strip()
+    )
+    for origin in origins - {"*"}:
+        if not ORIGIN_PATTERN.fullmatch(origin):
+            raise ValueError(
+                "CORS_ALLOWED_ORIGINS must be '*' or comma-separated origins like "
+                f"https://example.com:8443, not {origin[:80]!r}"
+            )
+    return {
+        "api_token": token,
+        "predict_requires_token": predict_requires_token,
+        "cors_allowed_origins": origins,
+    }
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return FLAGS[raw.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{name} must be true or false, not {raw[:20]!r}") from None
+
+
+def _limit(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number of at least 1: a limit of 0 would refuse every request."""
+    value = _number(env, name, default)
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise ValueError(f"{name} must be a whole number of at least 1, not {env[name]!r}")
+    return int(value)
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

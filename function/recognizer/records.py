@@ -14,6 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 _UUID_EPOCH = datetime(1582, 10, 15, tzinfo=UTC)  # where version-1 UUID time starts
+# How long an idempotency key is remembered: a retry within this window gets the first
+# attempt's records; after it the key is forgotten and the same request records anew.
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
 
 
 class StoreUnavailable(Exception):
@@ -47,6 +50,18 @@ class Record:
     latency_ms: float
 
 
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """What an idempotency key is held for: a digest of the request and its record ids.
+
+    The ids are chosen before the model is asked, so every attempt of the request writes
+    the same rows; the stores keep a digest of the key, never the key itself.
+    """
+
+    request_sha256: str
+    record_ids: tuple[uuid.UUID, ...]
+
+
 def new_record_id() -> uuid.UUID:
     """A time-based UUID (Cassandra's timeuuid) for now, with a random node, not the host's MAC."""
     return uuid.uuid1(node=secrets.randbits(48) | 0x010000000000)
@@ -63,7 +78,14 @@ class PredictionLog(Protocol):
     """An append-only, time-ordered log of predictions."""
 
     def save(self, records: Sequence[Record]) -> None:
-        """Durably record every one of `records`, or raise StoreUnavailable."""
+        """Durably record every one of `records`, or raise StoreUnavailable.
+
+        Saving an id that is already stored adds no second record: retries are safe.
+        """
+
+    def claim(self, key_sha256: str, claim: IdempotencyClaim) -> IdempotencyClaim:
+        """Hold the key for `claim` unless a claim made within the idempotency window
+        already holds it; the claim that holds it now either way (the first writer wins)."""
 
     def get(self, record_id: uuid.UUID) -> Record | None:
         """The record with this id, or None."""

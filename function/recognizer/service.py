@@ -1,4 +1,10 @@
-"""The recognize use case: images in, recorded predictions out."""
+"""The recognize use case: images in, recorded predictions out.
+
+A request may carry an idempotency key. Its first attempt claims the key in the
+prediction log together with a digest of the request and the record ids it will write;
+a retry finds that claim and either returns those records (when they were written) or
+predicts again into the same ids, so no retry, however timed, records twice.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,10 @@ import hashlib
 import io
 import logging
 import math
+import re
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,19 +24,42 @@ from PIL import Image
 
 from recognizer import preprocess
 from recognizer.model_client import ModelAnswer, ModelClient, ModelUnavailable, UnknownModel
-from recognizer.records import PredictionLog, Record, Upload, new_record_id, time_of
+from recognizer.records import (
+    IdempotencyClaim,
+    PredictionLog,
+    Record,
+    Upload,
+    new_record_id,
+    time_of,
+)
 from recognizer.routing import Route
 
-__all__ = ["Recognition", "Recognizer", "Route"]
+__all__ = [
+    "IdempotencyKeyReused",
+    "InvalidIdempotencyKey",
+    "Recognition",
+    "Recognizer",
+    "Route",
+]
 
 log = logging.getLogger(__name__)
 FALLBACK_WARNING_SECONDS = 60.0
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as headers carry it
+
+
+class InvalidIdempotencyKey(ValueError):
+    """The idempotency key is not 1-255 printable ASCII characters."""
+
+
+class IdempotencyKeyReused(Exception):
+    """The idempotency key already stands for a different request (other images or pin)."""
 
 
 @dataclass(frozen=True)
 class Recognition:
     records: list[Record]
-    timings_ms: dict[str, float]  # decode, preprocess, model, store: where the time went
+    timings_ms: dict[str, float]  # decode, preprocess, claim, model, store: where the time went
+    replayed: bool = False  # the records of an earlier attempt with the same key; none new
 
 
 class _StageClock:
@@ -65,26 +96,59 @@ class Recognizer:
         self._fallbacks = 0
         self._fallback_warned = -math.inf
 
-    def recognize(self, images: Sequence[bytes], route: Route) -> Recognition:
+    def recognize(
+        self, images: Sequence[bytes], route: Route, idempotency_key: str | None = None
+    ) -> Recognition:
         """Predict a digit for each image and record every prediction before returning.
 
-        Raises an ImageError for an unusable image (naming which one), a ModelServerError
-        when no prediction could be had, StoreUnavailable when it could not be recorded.
+        With an `idempotency_key`, a retry of the same request records nothing new and
+        gets the same record ids. Raises InvalidIdempotencyKey or IdempotencyKeyReused for
+        a key that cannot be used, an ImageError for an unusable image (naming which one),
+        a ModelServerError when no prediction could be had, StoreUnavailable when it could
+        not be recorded.
         """
+        key_sha256 = None if idempotency_key is None else _key_digest(idempotency_key)
         clock = _StageClock()
         decoded = [self._decode(image, n, len(images)) for n, image in enumerate(images)]
         clock.lap("decode")
         inputs = np.stack([preprocess.from_image(image) for image in decoded])
         clock.lap("preprocess")
+        record_ids = tuple(new_record_id() for _ in images)
+        if key_sha256 is not None:
+            record_ids, earlier = self._claim(key_sha256, images, route, record_ids)
+            clock.lap("claim")
+            if earlier is not None:
+                return Recognition(earlier, clock.laps_ms, replayed=True)
         answer = self._ask(inputs, route)
         clock.lap("model")
         latency_ms = clock.total_ms()
         records = [
-            self._record(image, inputs[n], answer, n, latency_ms) for n, image in enumerate(images)
+            self._record(record_ids[n], image, inputs[n], answer, n, latency_ms)
+            for n, image in enumerate(images)
         ]
         self._log.save(records)
         clock.lap("store")
         return Recognition(records, clock.laps_ms)
+
+    def _claim(
+        self,
+        key_sha256: str,
+        images: Sequence[bytes],
+        route: Route,
+        record_ids: tuple[uuid.UUID, ...],
+    ) -> tuple[tuple[uuid.UUID, ...], list[Record] | None]:
+        """The record ids this key stands for, and their records if an earlier attempt
+        wrote them all (None otherwise: predict again, into the same ids)."""
+        request = _request_digest(images, route)
+        claim = self._log.claim(key_sha256, IdempotencyClaim(request, record_ids))
+        if claim.request_sha256 != request:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used for a different request; "
+                "use a new key for new images"
+            )
+        earlier = [self._log.get(record_id) for record_id in claim.record_ids]
+        found = [record for record in earlier if record is not None]
+        return claim.record_ids, found if len(found) == len(earlier) else None
 
     def _ask(self, inputs: np.ndarray, route: Route) -> ModelAnswer:
         """The model's answer; a canary that cannot answer hands the request to its fallback.
@@ -130,9 +194,14 @@ class Recognizer:
             raise type(error)(f"image {position + 1}: {error}") from None
 
     def _record(
-        self, image: bytes, pixels: np.ndarray, answer: ModelAnswer, n: int, latency_ms: float
+        self,
+        record_id: uuid.UUID,
+        image: bytes,
+        pixels: np.ndarray,
+        answer: ModelAnswer,
+        n: int,
+        latency_ms: float,
     ) -> Record:
-        record_id = new_record_id()
         probabilities = tuple(float(p) for p in answer.probabilities[n])
         return Record(
             id=record_id,
@@ -152,6 +221,30 @@ class Recognizer:
             ),
             latency_ms=latency_ms,
         )
+
+
+def _key_digest(key: str) -> str:
+    """What the log keeps of a key: its SHA-256, so the log never holds a client's secret."""
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII characters")
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def _request_digest(images: Sequence[bytes], route: Route) -> str:
+    """What a retry must repeat to reuse its key: the images, in order, and the pin.
+
+    An unpinned request counts as asking for the label it falls back to, so a retry is
+    not refused because its client landed in (or out of) the canary between attempts.
+    """
+    if route.version is not None:
+        pin = f"version={route.version}"
+    else:
+        pin = f"label={route.fallback or route.label}"
+    digest = hashlib.sha256(pin.encode())
+    for image in images:
+        digest.update(len(image).to_bytes(8, "big"))
+        digest.update(image)
+    return digest.hexdigest()
 
 
 def _content_type(image: bytes) -> str:

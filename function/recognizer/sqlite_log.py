@@ -4,11 +4,16 @@ One SQLite file in WAL mode (readers never block the writer) with `synchronous=F
 so a committed record survives a power cut: a 200 means recorded. Connections are
 opened lazily, one per thread, because functions-framework forks after import and
 serves each request on a thread of its own.
+
+SQLite goes on writing to a file that was deleted or moved away (the open descriptor
+still works), so a write commits only while its file is still the one at the path;
+otherwise the store answers StoreUnavailable once and starts a new file at the path.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -18,7 +23,13 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from recognizer.records import Record, StoreUnavailable, Upload
+from recognizer.records import (
+    IDEMPOTENCY_WINDOW_SECONDS,
+    IdempotencyClaim,
+    Record,
+    StoreUnavailable,
+    Upload,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -38,6 +49,13 @@ CREATE TABLE IF NOT EXISTS predictions (
     latency_ms REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS predictions_newest_first ON predictions (created_at_ms DESC);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key_sha256 TEXT PRIMARY KEY,
+    request_sha256 TEXT NOT NULL,
+    record_ids TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_oldest_first ON idempotency_keys (created_at_ms);
 """
 _COLUMNS = (
     "id, created_at_ms, digit, confidence, probabilities, model_name, model_version, "
@@ -48,9 +66,15 @@ _COLUMNS = (
 class SqliteLog:
     """PredictionLog on a local SQLite file."""
 
-    def __init__(self, path: Path, timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        timeout_seconds: float = 5.0,
+        idempotency_window_seconds: float = IDEMPOTENCY_WINDOW_SECONDS,
+    ) -> None:
         self._path = path
         self._timeout = timeout_seconds
+        self._idempotency_window_ms = int(idempotency_window_seconds * 1000)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -61,10 +85,33 @@ class SqliteLog:
             return
         rows = [_to_row(record) for record in records]
         placeholders = ", ".join("?" * len(rows[0]))
-        with self._errors("record"), self._connection() as connection:
+        with self._errors("record"), self._transaction() as connection:
             connection.executemany(
-                f"INSERT INTO predictions ({_COLUMNS}) VALUES ({placeholders})", rows
+                f"INSERT INTO predictions ({_COLUMNS}) VALUES ({placeholders}) "
+                "ON CONFLICT (id) DO NOTHING",
+                rows,
             )
+
+    def claim(self, key_sha256: str, claim: IdempotencyClaim) -> IdempotencyClaim:
+        """Insert-if-absent, then read the holder, in one IMMEDIATE transaction: racing
+        claims queue on the write lock and all but the first read the first one's row."""
+        now_ms = int(time.time() * 1000)
+        ids = json.dumps([str(record_id) for record_id in claim.record_ids])
+        with self._errors("claim an idempotency key"), self._transaction() as connection:
+            connection.execute(
+                "DELETE FROM idempotency_keys WHERE created_at_ms <= ?",
+                (now_ms - self._idempotency_window_ms,),
+            )
+            connection.execute(
+                "INSERT INTO idempotency_keys (key_sha256, request_sha256, record_ids, "
+                "created_at_ms) VALUES (?, ?, ?, ?) ON CONFLICT (key_sha256) DO NOTHING",
+                (key_sha256, claim.request_sha256, ids, now_ms),
+            )
+            request_sha256, held_ids = connection.execute(
+                "SELECT request_sha256, record_ids FROM idempotency_keys WHERE key_sha256 = ?",
+                (key_sha256,),
+            ).fetchone()
+        return IdempotencyClaim(request_sha256, tuple(uuid.UUID(i) for i in json.loads(held_ids)))
 
     def get(self, record_id: uuid.UUID) -> Record | None:
         with self._errors("read"):
@@ -91,6 +138,7 @@ class SqliteLog:
     def ping(self) -> None:
         with self._errors("reach"):
             self._connection().execute("SELECT 1 FROM predictions LIMIT 1").fetchall()
+            self._check_file()
 
     def close(self) -> None:
         with self._lock:
@@ -102,8 +150,40 @@ class SqliteLog:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._connect()
+            self._local.file = _file_identity(self._path)
             self._local.connection = connection
         return connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that commits only if its file is still the one at the path."""
+        connection = self._connection()
+        with connection:
+            yield connection
+            if not self._moved():
+                return
+            connection.rollback()
+        self._discard_moved(connection)
+
+    def _check_file(self) -> None:
+        if self._moved():
+            self._discard_moved(self._local.connection)
+
+    def _moved(self) -> bool:
+        """Whether this thread's file was deleted or replaced since it was opened."""
+        try:
+            return _file_identity(self._path) != self._local.file
+        except OSError:  # gone, or its directory is: either way not the file we hold
+            return True
+
+    def _discard_moved(self, connection: sqlite3.Connection) -> None:
+        """Drop this thread's connection to a moved file; the next use sets up a new one."""
+        self._local.connection = None
+        with self._lock:
+            self._connections.remove(connection)
+            self._schema_ready = False
+        connection.close()
+        raise StoreUnavailable(f"{self._path} was deleted or replaced while in use")
 
     def _connect(self) -> sqlite3.Connection:
         """Open this thread's connection; the first one also sets up the file.
@@ -136,6 +216,11 @@ class SqliteLog:
 
     def _errors(self, action: str) -> AbstractContextManager[None]:
         return _store_errors(f"could not {action} predictions in {self._path}")
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def _switch_to_wal(connection: sqlite3.Connection, timeout_seconds: float) -> None:

@@ -12,22 +12,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Function settings copied to the deployed function when set (see function/recognizer/
-# config.py and cassandra_log.py). Not here: CASSANDRA_PASSWORD and CASSANDRA_SSL_CA_FILE
-# (secrets, by reference below), SQLITE_PATH and PREDICTION_STORE (always Cassandra in
-# the cloud), PORT (the platform sets it), MODEL_SERVER_URL and CASSANDRA_CONTACT_POINTS
-# (required, validated).
+# config.py and cassandra_log.py). Not here: CASSANDRA_PASSWORD, API_TOKEN and
+# CASSANDRA_SSL_CA_FILE (secrets, by reference below), SQLITE_PATH and PREDICTION_STORE
+# (always Cassandra in the cloud), PORT (the platform sets it), MODEL_SERVER_URL and
+# CASSANDRA_CONTACT_POINTS (required, validated).
 FUNCTION_PASSTHROUGH = (
     "MODEL_NAME",
     "MODEL_LABEL",
     "CANARY_LABEL",
     "CANARY_PERCENT",
     "MODEL_SERVER_TIMEOUT_SECONDS",
+    "MODEL_SERVER_RETRIES",
+    "MODEL_SERVER_RETRY_BACKOFF_SECONDS",
     "MODEL_LABEL_CACHE_SECONDS",
     "MAX_REQUEST_BYTES",
     "MAX_IMAGE_PIXELS",
     "MAX_BATCH_IMAGES",
     "UPLOAD_STORE_MAX_BYTES",
     "HISTORY_MAX_LIMIT",
+    "PREDICT_REQUIRES_TOKEN",
+    "CORS_ALLOWED_ORIGINS",
     "CASSANDRA_PORT",
     "CASSANDRA_KEYSPACE",
     "CASSANDRA_LOCAL_DC",
@@ -39,6 +43,8 @@ FUNCTION_PASSTHROUGH = (
     "CASSANDRA_CONNECT_TIMEOUT_SECONDS",
     "CASSANDRA_RECENT_LOOKBACK_DAYS",
 )
+# Secrets the function reads from its environment; each is deployed from <NAME>_SECRET.
+SECRETS = ("CASSANDRA_PASSWORD", "API_TOKEN")
 # Where a CA bundle given by CASSANDRA_SSL_CA_SECRET is mounted in the function.
 CA_MOUNT_DIR = "/etc/secrets/cassandra-ca"
 CA_FILE_NAME = "ca.pem"
@@ -237,12 +243,13 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     platform = _platform(read)
     scaling = _scaling(read, "", Scaling(0, 10, 8, "1", "512Mi", 60), "512Mi or 1Gi")
 
-    if read.environ.get("CASSANDRA_PASSWORD"):
-        read.problems.append(
-            "CASSANDRA_PASSWORD holds a value: secrets are deployed by reference only. "
-            "Store it in Secret Manager, set CASSANDRA_PASSWORD_SECRET=name:version "
-            "and unset CASSANDRA_PASSWORD"
-        )
+    for secret in SECRETS:
+        if read.environ.get(secret):
+            read.problems.append(
+                f"{secret} holds a value: secrets are deployed by reference only. "
+                f"Store it in Secret Manager, set {secret}_SECRET=name:version "
+                f"and unset {secret}"
+            )
     model_server = read.required("MODEL_SERVER_URL", "the TensorFlow Serving REST URL")
     if model_server and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", model_server):
         read.problems.append(f"MODEL_SERVER_URL={model_server!r} must be an http(s) URL")
@@ -252,6 +259,7 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     password = read.secret_ref("CASSANDRA_PASSWORD_SECRET")
     if (password is None) != (not read.get("CASSANDRA_USERNAME")):
         read.problems.append("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD_SECRET together")
+    api_token = read.secret_ref("API_TOKEN_SECRET")
     ca_secret = read.secret_ref("CASSANDRA_SSL_CA_SECRET")
 
     env = {
@@ -285,7 +293,11 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
         scaling=scaling,
         allow_unauthenticated=allow,
         env=env,
-        secrets={"CASSANDRA_PASSWORD": password} if password else {},
+        secrets={
+            name: ref
+            for name, ref in (("CASSANDRA_PASSWORD", password), ("API_TOKEN", api_token))
+            if ref
+        },
         ca_secret=ca_secret,
         image=image,
     )

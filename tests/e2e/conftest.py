@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, SHELL_SETTINGS, free_port, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,8 @@ def function_url(model_server, tmp_path_factory) -> Iterator[str]:
         "MODEL_SERVER_URL": model_server,
         "SQLITE_PATH": str(tmp_path_factory.mktemp("log") / "predictions.sqlite3"),
     }
-    env.pop("CASSANDRA_CONTACT_POINTS", None)
+    for name in SHELL_SETTINGS:
+        env.pop(name, None)
     executable = Path(os.sys.executable).with_name("functions-framework")
     process = subprocess.Popen(
         [

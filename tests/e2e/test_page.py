@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ import pytest
 import requests
 from PIL import Image, ImageOps
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, wait_until
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, Route
@@ -67,6 +68,7 @@ SAMPLE_FILES = sorted(SAMPLES.glob("*.[pj][np]g"))
 PREDICT = re.compile(r"/predict\?")
 HISTORY = re.compile(r"/predictions\?")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+API_TOKEN = "page-test-token-0123456789"
 
 
 @pytest.fixture(scope="session")
@@ -89,14 +91,48 @@ def browser(tmp_path_factory) -> Iterator[BrowserContext]:
             context.close()
 
 
+@pytest.fixture(scope="module")
+def protected_url(model_server, tmp_path_factory) -> Iterator[str]:
+    """The function with API_TOKEN set and PREDICT_REQUIRES_TOKEN: nothing but the page is open."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODEL_SERVER_URL": model_server,
+        "SQLITE_PATH": str(tmp_path_factory.mktemp("protected") / "predictions.sqlite3"),
+        "API_TOKEN": API_TOKEN,
+        "PREDICT_REQUIRES_TOKEN": "true",
+    }
+    env.pop("CASSANDRA_CONTACT_POINTS", None)
+    executable = Path(os.sys.executable).with_name("functions-framework")
+    command = [str(executable), "--source", "function/main.py", "--target", "recognize"]
+    process = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{url}/readyz", timeout=2).ok, "the protected function")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture
 def page(browser, function_url, request) -> Iterator[Page]:
     """The page, freshly loaded; fails the test on any uncaught script error, keeps a screenshot."""
+    yield from open_page(browser, function_url, request)
+
+
+@pytest.fixture
+def protected_page(browser, protected_url, request) -> Iterator[Page]:
+    """The page of the function that needs the API token."""
+    yield from open_page(browser, protected_url, request)
+
+
+def open_page(browser: BrowserContext, url: str, request: Any) -> Iterator[Page]:
     tab = browser.new_page()
     tab.set_viewport_size(DESKTOP)
     script_errors: list[str] = []
     tab.on("pageerror", lambda error: script_errors.append(str(error)))
-    tab.goto(f"{function_url}/")
+    tab.goto(f"{url}/")
     expect(tab.locator("#history")).to_have_attribute("aria-busy", "false")
     yield tab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -379,6 +415,35 @@ def test_history_that_cannot_be_read_says_so(page):
     )
     page.click("#refresh")
     expect(page.locator("#history-status")).to_contain_text("Recent predictions are not available")
+
+
+def test_with_api_token_set_the_page_asks_for_it_and_then_works(protected_page):
+    page = protected_page
+    expect(page.locator("#history-status")).to_have_text("The history needs the API token.")
+    expect(page.locator("#token-form")).to_be_visible()
+    failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    expect(page.locator("#error-title")).to_have_text("This needs the API token")
+    expect(page.locator("#error-code")).to_have_text("unauthorized")
+
+    page.fill("#token", "not-the-token")
+    page.click("#token-form button")
+    expect(page.locator("#history-status")).to_contain_text("not accepted")
+
+    page.fill("#token", API_TOKEN)
+    page.click("#token-form button")
+    expect(page.locator("#token-form")).to_be_hidden()
+    prediction = submitted(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    assert prediction["digit"] == 7
+    newest = page.locator("#history li").first
+    expect(newest).to_have_attribute("data-id", prediction["id"])
+    expect(newest.locator("img.thumb")).to_be_visible()
+
+    page.reload()  # kept for the tab's session, not typed again
+    expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])
+    expect(page.locator("#token-form")).to_be_hidden()
+    stored = page.evaluate("Object.values(sessionStorage)")
+    assert stored == [API_TOKEN]
+    assert page.evaluate("Object.values(localStorage)") == []
 
 
 def test_api_paths_resolve_below_the_path_the_function_is_mounted_at(page, function_url):

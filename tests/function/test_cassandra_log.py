@@ -35,6 +35,7 @@ from cassandra import (
     ReadTimeout,
     Unavailable,
     WriteTimeout,
+    WriteType,
     cqltypes,
 )
 from cassandra.auth import PlainTextAuthProvider
@@ -49,7 +50,15 @@ from infra.cassandra import apply_schema
 from infra.cassandra.apply_schema import render, split_statements
 from recognizer import cassandra_log
 from recognizer.cassandra_log import PING_QUERY, CassandraLog, CassandraSettings, build_cluster
-from recognizer.records import Record, StoreUnavailable, Upload, new_record_id, time_of
+from recognizer.records import (
+    IDEMPOTENCY_WINDOW_SECONDS,
+    IdempotencyClaim,
+    Record,
+    StoreUnavailable,
+    Upload,
+    new_record_id,
+    time_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_TEXT = (ROOT / "infra" / "cassandra" / "schema.cql").read_text(encoding="utf-8")
@@ -81,34 +90,47 @@ def top_level_split(text: str) -> list[str]:
     return [*parts, text[start:]]
 
 
-def parse_table(schema: str, table: str = "predictions") -> tuple[dict[str, type], str]:
-    """({column: cqltype}, primary key text) of `table` in the schema."""
+def parse_tables(schema: str) -> dict[str, tuple[dict[str, type], str]]:
+    """{table: ({column: cqltype}, primary key text)} of every table in the schema."""
+    tables = {}
     for statement in split_statements(schema):
-        match = re.match(rf"CREATE TABLE IF NOT EXISTS \w+\.{table} \((.*)\) WITH", statement, re.S)
+        match = re.match(r"CREATE TABLE IF NOT EXISTS \w+\.(\w+) \((.*)\) WITH", statement, re.S)
         if match:
             columns, key = {}, ""
-            for item in (part.strip() for part in top_level_split(match[1])):
+            for item in (part.strip() for part in top_level_split(match[2])):
                 if item.upper().startswith("PRIMARY KEY"):
                     key = item
                 else:
                     column, type_name = item.split(None, 1)
                     columns[column] = cql_type(type_name)
-            return columns, key
-    raise AssertionError(f"no CREATE TABLE for {table}")
+            tables[match[1]] = (columns, key)
+    return tables
+
+
+def parse_table(schema: str, table: str = "predictions") -> tuple[dict[str, type], str]:
+    """({column: cqltype}, primary key text) of `table` in the schema."""
+    tables = parse_tables(schema)
+    assert table in tables, f"no CREATE TABLE for {table}"
+    return tables[table]
 
 
 # -- the fake network -----------------------------------------------------------------------
 
-INSERT_RE = re.compile(r"INSERT INTO (\w+)\.(\w+) \(([\w, ]+)\) VALUES \(([?, ]+)\)")
+INSERT_RE = re.compile(
+    r"INSERT INTO (\w+)\.(\w+) \(([\w, ]+)\) VALUES \(([?, ]+)\)( IF NOT EXISTS)?( USING TTL \d+)?"
+)
 SELECT_RE = re.compile(r"SELECT ([\w, ]+) FROM (\w+)\.(\w+) WHERE (.+?)( LIMIT \?)?")
 
 
 class FakeCassandra:
-    """One table's rows as serialized bytes, behind the Session calls the store makes."""
+    """The tables' rows as serialized bytes, behind the Session calls the store makes."""
 
     def __init__(self, schema: str = SCHEMA_TEXT) -> None:
-        self.columns, _ = parse_table(schema)
+        self.tables = {name: columns for name, (columns, _) in parse_tables(schema).items()}
+        self.columns = self.tables.get("predictions", {})
         self.rows: dict[bytes, dict[bytes, dict[str, bytes | None]]] = {}  # day -> id -> cells
+        self.claims: dict[bytes, dict[str, bytes]] = {}  # key_sha256 -> cells
+        self.bound: list[BoundStatement] = []
         self.prepared: list[str] = []
         self.executed: list[str] = []
         self.async_executed: list[BoundStatement] = []
@@ -133,9 +155,9 @@ class FakeCassandra:
             names = re.findall(r"(\w+) = \?", select[4]) + (["[limit]"] * bool(select[5]))
         else:
             raise AssertionError(f"unexpected query {query!r}")
-        if table != "predictions":
+        if table not in self.tables:
             raise InvalidRequest(f"unconfigured table {table}")
-        types = {**self.columns, "[limit]": cqltypes.Int32Type}
+        types = {**self.tables[table], "[limit]": cqltypes.Int32Type}
         unknown = [name for name in names if name not in types]
         if unknown:
             raise InvalidRequest(f"Undefined column name {unknown[0]}")
@@ -152,8 +174,11 @@ class FakeCassandra:
         if query == PING_QUERY:
             return self.profile.row_factory(["release_version"], [("5.0.2",)])
         assert isinstance(statement, BoundStatement), "data statements must be prepared"
+        self.bound.append(statement)
         names = [column.name for column in statement.prepared_statement.column_metadata]
         bound = dict(zip(names, statement.values, strict=True))
+        if "IF NOT EXISTS" in query:  # a lightweight transaction on the idempotency keys
+            return self._insert_if_not_exists(bound)
         partition = self.rows.setdefault(bound["day"], {})
         if query.startswith("INSERT"):  # an upsert; unset values write nothing
             cells = partition.setdefault(bound["id"], {})
@@ -173,6 +198,16 @@ class FakeCassandra:
             for i in ids
         ]
         return self.profile.row_factory(selected, decoded)
+
+    def _insert_if_not_exists(self, bound: dict[str, bytes]) -> list:
+        """Cassandra's answer: [applied] true, or false with the row that is already there."""
+        held = self.claims.setdefault(bound["key_sha256"], bound)
+        if held is bound:
+            return self.profile.row_factory(["[applied]"], [(True,)])
+        types = self.tables["idempotency_keys"]
+        names = sorted(held)
+        values = [types[n].from_binary(held[n], self.protocol_version) for n in names]
+        return self.profile.row_factory(["[applied]", *names], [(False, *values)])
 
     def execute_async(self, statement: Any, *args: Any, **kwargs: Any) -> Future:
         self.async_executed.append(statement)
@@ -352,6 +387,85 @@ def test_get_unknown_or_non_time_ids(store: CassandraLog, server: FakeCassandra)
     assert server.executed == []
 
 
+# -- idempotency claims: a lightweight transaction with a TTL --------------------------------
+
+
+def claim_for(request: str, count: int = 2) -> IdempotencyClaim:
+    return IdempotencyClaim(request, tuple(new_record_id() for _ in range(count)))
+
+
+def test_the_first_claim_of_a_key_wins(store: CassandraLog) -> None:
+    first, second = claim_for("request-a"), claim_for("request-b")
+    assert store.claim("key-1", first) == first
+    assert store.claim("key-1", second) == first  # decoded from Cassandra's not-applied row
+    assert store.claim("key-2", second) == second
+
+
+def test_a_claim_is_insert_if_not_exists_with_the_idempotency_window_as_ttl(
+    store: CassandraLog, server: FakeCassandra
+) -> None:
+    store.claim("key", claim_for("request"))
+    [statement] = server.bound
+    query = statement.prepared_statement.query_string
+    assert query.startswith("INSERT INTO mnist.idempotency_keys ")
+    assert query.endswith(f" IF NOT EXISTS USING TTL {IDEMPOTENCY_WINDOW_SECONDS}")
+    assert IDEMPOTENCY_WINDOW_SECONDS == 24 * 60 * 60
+    assert statement.serial_consistency_level == ConsistencyLevel.LOCAL_SERIAL
+    assert statement.is_idempotent  # a claim that ran already answers with itself
+
+
+def test_a_claim_outside_local_consistency_uses_serial(server: FakeCassandra) -> None:
+    log = CassandraLog(replace(SETTINGS, consistency="QUORUM"), cluster_factory=server.cluster)
+    log.claim("key", claim_for("request"))
+    log.close()
+    assert server.bound[0].serial_consistency_level == ConsistencyLevel.SERIAL
+
+
+def test_a_claim_that_times_out_is_store_unavailable(
+    store: CassandraLog, server: FakeCassandra
+) -> None:
+    server.fail = lambda query: WriteTimeout("timed out", write_type=WriteType.CAS)
+    with pytest.raises(StoreUnavailable, match="idempotency claim failed"):
+        store.claim("key", claim_for("request"))
+
+
+def test_records_written_into_claimed_ids_are_found_by_a_retry(
+    store: CassandraLog, server: FakeCassandra
+) -> None:
+    claim = store.claim("key", claim_for("request", count=1))
+    record = make_record(id=claim.record_ids[0], created_at=time_of(claim.record_ids[0]))
+    store.save([record])
+    store.save([record])  # a racing retry: the same row again, an upsert
+    retry = store.claim("key", claim_for("request", count=1))
+    assert [store.get(record_id) for record_id in retry.record_ids] == [record]
+    assert sum(len(partition) for partition in server.rows.values()) == 1
+
+
+def test_a_schema_without_the_idempotency_table_is_unavailable() -> None:
+    statements = split_statements(SCHEMA_TEXT)
+    server = FakeCassandra(";\n".join(s for s in statements if "idempotency_keys" not in s))
+    log = CassandraLog(SETTINGS, cluster_factory=server.cluster)
+    with pytest.raises(StoreUnavailable, match="idempotency_keys"):
+        log.ping()
+
+
+def test_the_driver_retries_nothing_forever() -> None:
+    """The profile keeps the driver's RetryPolicy: a timed-out write (a claim's CAS, a
+    record's INSERT) is never retried, other failures at most once."""
+    cluster = build_cluster(SETTINGS)
+    try:
+        policy = cluster.profile_manager.default.retry_policy
+    finally:
+        cluster.shutdown()
+    cl = ConsistencyLevel.LOCAL_QUORUM
+    for write_type in (WriteType.SIMPLE, WriteType.CAS):
+        assert policy.on_write_timeout(None, cl, write_type, 2, 1, 0) == (policy.RETHROW, None)
+    assert policy.on_read_timeout(None, cl, 2, 2, False, 0)[0] == policy.RETRY
+    assert policy.on_read_timeout(None, cl, 2, 2, False, 1) == (policy.RETHROW, None)
+    assert policy.on_unavailable(None, cl, 2, 1, 0)[0] == policy.RETRY_NEXT_HOST
+    assert policy.on_unavailable(None, cl, 2, 1, 1) == (policy.RETHROW, None)
+
+
 # -- code and schema must agree: the real serializers refuse mismatches -------------------------
 
 
@@ -517,7 +631,7 @@ def test_first_use_from_many_threads_connects_once(
         thread.join()
     assert errors == []
     assert len(server.clusters) == 1
-    assert len(server.prepared) == 3  # prepared once, reused by every call
+    assert len(server.prepared) == 4  # prepared once, reused by every call
     assert registered == [log.close]
     log.close()
     assert server.clusters[0].shut_down
@@ -683,9 +797,9 @@ def test_cluster_profile_from_full_settings() -> None:
 def test_schema_is_idempotent_and_shaped_for_a_time_ordered_log() -> None:
     statements = split_statements(SCHEMA_TEXT)
     creates = [s for s in statements if s.upper().startswith("CREATE")]
-    assert len(creates) == len(statements) == 2
+    assert len(creates) == len(statements) == 3
     assert all(re.match(r"CREATE \w+ IF NOT EXISTS ", s) for s in creates)
-    keyspace, table = statements
+    keyspace, table, _ = statements
     assert "{'class': 'SimpleStrategy', 'replication_factor': 1}" in keyspace
     assert "CLUSTERING ORDER BY (id DESC)" in table
     assert "'class': 'TimeWindowCompactionStrategy'" in table
@@ -703,6 +817,13 @@ def test_schema_columns_hold_every_record_field() -> None:
     fields = {f for f in Record.__dataclass_fields__ if f != "upload"}
     fields |= {f"upload_{f}" for f in Upload.__dataclass_fields__ if f != "content"} | {"upload"}
     assert set(columns) == fields | {"day"}
+
+
+def test_schema_keeps_idempotency_keys_by_digest_with_their_record_ids() -> None:
+    columns, key = parse_table(SCHEMA_TEXT, "idempotency_keys")
+    assert key == "PRIMARY KEY (key_sha256)"
+    assert columns["record_ids"].cql_parameterized_type() == "list<timeuuid>"
+    assert set(columns) == {"key_sha256", "request_sha256", "record_ids", "created_at"}
 
 
 def test_split_statements_respects_strings_and_comments() -> None:
@@ -723,7 +844,7 @@ def test_split_statements_respects_strings_and_comments() -> None:
 def test_dry_run_prints_the_statements(capsys: pytest.CaptureFixture[str]) -> None:
     assert apply_schema.main(["--dry-run"], environ={}) == 0
     out = capsys.readouterr().out
-    assert "--" not in out and out.count(";") == 2
+    assert "--" not in out and out.count(";") == 3
     assert split_statements(out) == split_statements(SCHEMA_TEXT)
     assert "CREATE KEYSPACE IF NOT EXISTS mnist\n" in out
 
@@ -734,11 +855,12 @@ def test_dry_run_substitutes_keyspace_and_replication(capsys: pytest.CaptureFixt
         ["--dry-run", "--replication", replication], environ={"CASSANDRA_KEYSPACE": "mnist_eu"}
     )
     assert code == 0
-    keyspace, table = split_statements(capsys.readouterr().out)
+    keyspace, table, keys = split_statements(capsys.readouterr().out)
     assert keyspace.startswith("CREATE KEYSPACE IF NOT EXISTS mnist_eu\n")
     assert "replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': '2'}" in keyspace
     assert "SimpleStrategy" not in keyspace
     assert table.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.predictions (")
+    assert keys.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.idempotency_keys (")
 
 
 @pytest.mark.parametrize("bad", ["3", "{'dc1': 3}", "{'class': 'X', 'dc1': [3]}", "{oops"])

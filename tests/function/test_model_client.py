@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -102,3 +106,168 @@ def test_nonsense_from_the_model_server_is_model_unavailable(body, mnist):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- bounded retries ------------------------------------------------------------------------
+
+
+ONE_PREDICTION = json.dumps({"outputs": {"probabilities": [[0.1] * 10], "digit": [0]}}).encode()
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """A stand-in model server: answers the next status of its script (the last repeats)
+    and counts the attempts it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Scripted)
+        self.lock = threading.Lock()
+        self.attempts = 0
+        self.script = [200]
+
+    def next_status(self) -> int:
+        with self.lock:
+            self.attempts += 1
+            return self.script[min(self.attempts, len(self.script)) - 1]
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    server: ScriptedServer
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer()
+
+    def _answer(self) -> None:
+        status = self.server.next_status()
+        body = ONE_PREDICTION if status == 200 else b'{"error": "scripted"}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    server = ScriptedServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def url_of(server: ScriptedServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_a_transient_status_is_retried_until_it_passes(scripted, status, mnist):
+    scripted.script = [status, status, 200]
+    client = ModelClient(url_of(scripted), "mnist", 5.0, 5.0, retries=2, retry_backoff_seconds=0)
+    client.predict_version(mnist.x_test[:1], 2)
+    assert scripted.attempts == 3
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_retries_are_bounded_then_the_client_gives_up(scripted, retries, mnist):
+    scripted.script = [503]
+    client = ModelClient(
+        url_of(scripted), "mnist", 5.0, 5.0, retries=retries, retry_backoff_seconds=0
+    )
+    with pytest.raises(ModelUnavailable, match="503"):
+        client.predict_version(mnist.x_test[:1], 2)
+    assert scripted.attempts == 1 + retries
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, ModelUnavailable), (404, UnknownModel), (500, ModelUnavailable), (504, ModelTimeout)],
+)
+def test_other_failures_are_asked_once(scripted, status, error, mnist):
+    scripted.script = [status, 200]
+    client = ModelClient(url_of(scripted), "mnist", 5.0, 5.0, retries=2, retry_backoff_seconds=0)
+    with pytest.raises(error):
+        client.predict_version(mnist.x_test[:1], 2)
+    assert scripted.attempts == 1
+
+
+def test_backoff_grows_and_never_outlasts_the_timeout(scripted, mnist):
+    scripted.script = [503]
+    client = ModelClient(url_of(scripted), "mnist", 1.0, 5.0, retries=10, retry_backoff_seconds=0.1)
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable):
+        client.predict_version(mnist.x_test[:1], 2)
+    elapsed = time.monotonic() - started
+    # Waits of 0.05-0.1, 0.1-0.2 and 0.2-0.4 s always fit in the 1 s budget, the next
+    # (0.4-0.8 s) only sometimes, the one after (0.8-1.6 s) never: the budget, not the
+    # ten retries allowed, ends it.
+    assert 4 <= scripted.attempts <= 5 and 0.35 <= elapsed < 1.0
+
+
+@pytest.fixture
+def resetting_server() -> Iterator[dict[str, int]]:
+    """Accepts each connection and resets it at once: a server dying under the client."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = {"port": listener.getsockname()[1], "connections": 0}
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            seen["connections"] += 1
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield seen
+    listener.close()
+
+
+def test_a_reset_connection_is_retried_then_unavailable(resetting_server, mnist):
+    url = f"http://127.0.0.1:{resetting_server['port']}"
+    client = ModelClient(url, "mnist", 5.0, 5.0, retries=2, retry_backoff_seconds=0)
+    with pytest.raises(ModelUnavailable, match="unreachable"):
+        client.predict_version(mnist.x_test[:1], 2)
+    assert resetting_server["connections"] == 3
+
+
+def test_a_refused_connection_is_retried_with_backoff(mnist):
+    client = ModelClient(
+        f"http://127.0.0.1:{free_port()}", "mnist", 5.0, 5.0, retries=2, retry_backoff_seconds=0.2
+    )
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="unreachable"):
+        client.predict_version(mnist.x_test[:1], 2)
+    assert 0.3 <= time.monotonic() - started < 2  # two waits: 0.1-0.2 s, then 0.2-0.4 s
+
+
+def test_a_timeout_is_not_retried(mnist):
+    """The listener never answers; the connections it queued count the attempts."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    client = ModelClient(
+        f"http://127.0.0.1:{listener.getsockname()[1]}", "mnist", 0.5, 5.0, retries=2
+    )
+    started = time.monotonic()
+    connections: list[socket.socket] = []
+    try:
+        with pytest.raises(ModelTimeout):
+            client.predict_version(mnist.x_test[:1], 2)
+        elapsed = time.monotonic() - started
+        listener.settimeout(0.3)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                connections.append(listener.accept()[0])
+    finally:
+        for connection in connections:
+            connection.close()
+        listener.close()
+    assert len(connections) == 1
+    assert 0.5 <= elapsed < 1.0  # the budget once, not three times

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
+import time
+from dataclasses import replace
 
 import pytest
 
-from recognizer.records import StoreUnavailable
+from recognizer.records import IdempotencyClaim, StoreUnavailable, Upload, new_record_id
 from recognizer.sqlite_log import SqliteLog
 from tests.function.records_factory import make_record
 
@@ -47,11 +50,55 @@ def test_recent_is_newest_first_and_limited(log):
 def test_a_batch_is_saved_in_one_transaction(log):
     records = [make_record(digit=n) for n in range(3)]
     log.save(records)
-    duplicate_batch = [make_record(), records[0]]  # the second row violates the primary key
+    refused = replace(make_record(), upload=Upload(b"png", None, "00", 3))  # type: ignore[arg-type]
+    failing_batch = [make_record(), refused]  # the database refuses the second row (NOT NULL)
     with pytest.raises(StoreUnavailable):
-        log.save(duplicate_batch)
-    assert log.get(duplicate_batch[0].id) is None  # nothing of the failed batch was kept
+        log.save(failing_batch)
+    assert log.get(failing_batch[0].id) is None  # nothing of the failed batch was kept
     assert len(log.recent(10)) == 3
+
+
+def test_saving_an_id_again_keeps_the_first_record_and_adds_none(log):
+    first = make_record(digit=3)
+    log.save([first])
+    log.save([replace(first, digit=5), make_record(digit=4)])  # a retry, plus one new record
+    assert log.get(first.id) == first
+    assert sorted(r.digit for r in log.recent(10)) == [3, 4]
+
+
+# -- idempotency claims -------------------------------------------------------------------
+
+
+def claim_for(request: str, count: int = 1) -> IdempotencyClaim:
+    return IdempotencyClaim(request, tuple(new_record_id() for _ in range(count)))
+
+
+def test_the_first_claim_of_a_key_wins(log):
+    first, second = claim_for("request-a", 2), claim_for("request-b", 2)
+    assert log.claim("key-1", first) == first
+    assert log.claim("key-1", second) == first
+    assert log.claim("key-2", second) == second
+
+
+def test_claims_survive_reopening_the_file(tmp_path):
+    path = tmp_path / "predictions.sqlite3"
+    first = SqliteLog(path)
+    claim = claim_for("request-a")
+    first.claim("key", claim)
+    first.close()
+    second = SqliteLog(path)
+    assert second.claim("key", claim_for("request-b")) == claim
+    second.close()
+
+
+def test_a_claim_is_forgotten_after_the_idempotency_window(tmp_path):
+    log = SqliteLog(tmp_path / "predictions.sqlite3", idempotency_window_seconds=0.2)
+    old, new = claim_for("request-a"), claim_for("request-b")
+    log.claim("key", old)
+    assert log.claim("key", new) == old
+    time.sleep(0.3)
+    assert log.claim("key", new) == new
+    log.close()
 
 
 def test_records_survive_reopening_the_file(tmp_path):
@@ -113,3 +160,33 @@ def test_an_unusable_path_is_store_unavailable_not_a_crash(tmp_path):
 
 def test_ping_answers_on_a_working_store(log):
     log.ping()
+
+
+def test_a_deleted_file_fails_the_write_then_a_new_file_takes_over(tmp_path):
+    """SQLite would go on writing to the deleted file: a record nobody could ever read."""
+    folder = tmp_path / "log"
+    log = SqliteLog(folder / "predictions.sqlite3")
+    log.save([make_record()])
+    shutil.rmtree(folder)
+    lost = make_record()
+    with pytest.raises(StoreUnavailable, match="deleted or replaced"):
+        log.save([lost])
+    recorded = make_record()
+    log.save([recorded])  # a new, empty file at the same path
+    assert [r.id for r in log.recent(10)] == [recorded.id]
+    assert [r.id for r in SqliteLog(folder / "predictions.sqlite3").recent(10)] == [recorded.id]
+    log.close()
+
+
+def test_a_moved_file_fails_ping_and_claims(tmp_path):
+    path = tmp_path / "predictions.sqlite3"
+    log = SqliteLog(path)
+    log.ping()
+    path.rename(tmp_path / "moved-away.sqlite3")
+    with pytest.raises(StoreUnavailable):
+        log.ping()
+    log.ping()  # recovered on a new file
+    path.rename(tmp_path / "moved-again.sqlite3")
+    with pytest.raises(StoreUnavailable):
+        log.claim("key", claim_for("request"))
+    log.close()

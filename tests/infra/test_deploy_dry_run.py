@@ -163,16 +163,17 @@ def test_secrets_go_by_reference() -> None:
         "CASSANDRA_USERNAME": "recognizer",
         "CASSANDRA_PASSWORD_SECRET": "cassandra-password:3",
         "CASSANDRA_SSL_CA_SECRET": "projects/digits-prod-42/secrets/cassandra-ca:1",
+        "API_TOKEN_SECRET": "history-token:latest",
         "IMAGE_TAG": "abc",
     }
     (functions,) = plan("function", environ)
     assert functions[-1] == (
-        "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,"
+        "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,API_TOKEN=history-token:latest,"
         "/etc/secrets/cassandra-ca:/ca.pem=projects/digits-prod-42/secrets/cassandra-ca:1"
     )
     (run,) = plan("run-function", environ)
     assert run[-1] == (
-        "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,"
+        "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,API_TOKEN=history-token:latest,"
         "/etc/secrets/cassandra-ca/ca.pem=projects/digits-prod-42/secrets/cassandra-ca:1"
     )
     for argv in (functions, run):
@@ -182,19 +183,20 @@ def test_secrets_go_by_reference() -> None:
         assert "CASSANDRA_PASSWORD=" not in env_flag
 
 
-def test_a_password_by_value_is_refused_and_never_printed() -> None:
+@pytest.mark.parametrize("variable", ["CASSANDRA_PASSWORD", "API_TOKEN"])
+def test_a_secret_by_value_is_refused_and_never_printed(variable: str) -> None:
     secret = "hunter2-do-not-print"
     result = subprocess.run(
         [sys.executable, "-m", "infra.deploy", "function", "--dry-run"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", **BASE, "CASSANDRA_PASSWORD": secret},
+        env={"PATH": "/usr/bin:/bin", **BASE, variable: secret},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
     assert result.stdout == ""
-    assert "CASSANDRA_PASSWORD_SECRET=name:version" in result.stderr
+    assert f"{variable}_SECRET=name:version" in result.stderr
     assert secret not in result.stdout + result.stderr
 
 
@@ -302,6 +304,7 @@ def test_every_function_setting_is_deployable() -> None:
         "CASSANDRA_CONTACT_POINTS",  # required
         "PREDICTION_STORE",  # always cassandra in the cloud
         "CASSANDRA_PASSWORD",  # CASSANDRA_PASSWORD_SECRET
+        "API_TOKEN",  # API_TOKEN_SECRET
         "CASSANDRA_SSL_CA_FILE",  # CASSANDRA_SSL_CA_SECRET, mounted
         "SQLITE_PATH",  # local only
     }

@@ -16,6 +16,7 @@ from tests.infra.support import COMPOSE_FILE, ROOT, tool
 
 FUNCTION = ROOT / "Dockerfile.function"
 SERVING = ROOT / "Dockerfile.serving"
+SECRET_NAME = re.compile(r"(^|_)(PASSWORD|SECRET|TOKEN|KEY)(_|$)")
 PINNED_TAG = re.compile(r"[a-z0-9./-]+:\d+\.\d+(\.\d+)?[A-Za-z0-9._-]*")
 
 
@@ -55,6 +56,25 @@ def test_runs_as_a_non_root_uid(path: Path) -> None:
     assert users, "no USER: the container would run as root"
     uid = users[-1].text.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, "a numeric non-zero uid lets runAsNonRoot verify it"
+
+
+@pytest.mark.parametrize("path", [FUNCTION, SERVING], ids=lambda p: p.name)
+def test_the_last_user_comes_after_everything_that_runs_as_root(path: Path) -> None:
+    """Nothing after USER switches back: the process the image starts is the unprivileged one."""
+    keywords = [i.keyword for i in parse(path)]
+    last_user = len(keywords) - 1 - keywords[::-1].index("USER")
+    assert not {"RUN", "COPY", "ADD"} & set(keywords[last_user:]), keywords[last_user:]
+
+
+@pytest.mark.parametrize("path", [FUNCTION, SERVING], ids=lambda p: p.name)
+def test_no_secret_is_baked_into_the_image(path: Path) -> None:
+    """Secrets (API_TOKEN, CASSANDRA_PASSWORD, ...) come from the runtime environment only."""
+    instructions = parse(path)
+    names = set(env_of(instructions)) | {
+        arg.text.split("=")[0] for arg in only(instructions, "ARG")
+    }
+    assert names, "expected ENV settings"
+    assert not [n for n in names if SECRET_NAME.search(n)]
 
 
 def test_function_image_installs_only_the_function_requirements() -> None:

@@ -1,0 +1,306 @@
+"""Faults through the real app: a model server down, slow or talking nonsense, a store gone.
+
+The client always gets a JSON error it can act on: 503 with Retry-After (try again soon)
+or 504 (the model server did not answer in MODEL_SERVER_TIMEOUT_SECONDS); /readyz names
+the failing part; and nothing is recorded for a prediction that did not happen. The real
+development model server cannot be made slow or broken, so those faults come from a
+stand-in that forwards to it and spoils the answer on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import functions_framework
+import pytest
+import requests
+
+from tests.conftest import PYTHON, ROOT, free_port, label_available, wait_until
+
+SEVEN = (ROOT / "tests" / "data" / "samples" / "seven.png").read_bytes()
+TIMEOUT_SECONDS = 1.0
+RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How the stand-in misbehaves: late, and/or with `answer(status, body)` instead."""
+
+    everywhere: bool = False  # every request; else only predictions (labels still resolve)
+    delay: float = 0.0
+    answer: Callable[[int, bytes], tuple[int, bytes]] | None = None
+
+
+class FaultyModelServer(ThreadingHTTPServer):
+    """Forwards to the real model server, applying `fault`; counts the predictions asked."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.upstream = upstream
+        self.fault: Fault | None = None
+        self.predictions_asked = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Forward(BaseHTTPRequestHandler):
+    server: FaultyModelServer
+
+    def do_GET(self) -> None:
+        self._forward("GET", None)
+
+    def do_POST(self) -> None:
+        self._forward("POST", self.rfile.read(int(self.headers["Content-Length"])))
+
+    def _forward(self, method: str, body: bytes | None) -> None:
+        predicting = self.path.endswith(":predict")
+        if predicting:
+            with self.server.lock:
+                self.server.predictions_asked += 1
+        fault = self.server.fault
+        if fault is not None and not (fault.everywhere or predicting):
+            fault = None
+        if fault is not None:
+            time.sleep(fault.delay)
+        real = requests.request(
+            method,
+            self.server.upstream + self.path,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        status, content = real.status_code, real.content
+        if fault is not None and fault.answer is not None:
+            status, content = fault.answer(status, content)
+        with contextlib.suppress(OSError):  # the function may have given up waiting
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def one_probability_short(status: int, body: bytes) -> tuple[int, bytes]:
+    """The real answer with nine probabilities per image instead of ten."""
+    answer = json.loads(body)
+    outputs = answer["outputs"]
+    outputs["probabilities"] = [row[:-1] for row in outputs["probabilities"]]
+    return status, json.dumps(answer).encode()
+
+
+NOT_JSON = Fault(answer=lambda status, body: (200, b"<html><body>Bad Gateway</body></html>"))
+NOT_AN_OBJECT = Fault(answer=lambda status, body: (200, b"[]"))
+WRONG_SHAPE = Fault(answer=one_probability_short)
+INTERNAL_ERROR = Fault(answer=lambda status, body: (500, b'{"error": "Internal: kernel failed"}'))
+UNAVAILABLE = Fault(answer=lambda status, body: (503, b'{"error": "Servable not available"}'))
+
+
+@pytest.fixture
+def faulty(model_server) -> Iterator[FaultyModelServer]:
+    server = FaultyModelServer(model_server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def app_for(model_server_url: str, monkeypatch: pytest.MonkeyPatch):
+    """The real functions-framework app, pointed at `model_server_url`."""
+    monkeypatch.setenv("MODEL_SERVER_URL", model_server_url)
+    monkeypatch.setenv("MODEL_SERVER_TIMEOUT_SECONDS", str(TIMEOUT_SECONDS))
+    monkeypatch.setenv("MODEL_SERVER_RETRIES", str(RETRIES))
+    app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
+    return app.test_client()
+
+
+def predict(client):
+    return client.post("/predict", data=SEVEN, content_type="image/png")
+
+
+def assert_error(response, status: int, code: str) -> str:
+    """The JSON error contract; returns the message."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    if status == 503:
+        assert int(response.headers["Retry-After"]) > 0
+    return error["message"]
+
+
+def recorded(client) -> list[dict]:
+    return client.get("/predictions?limit=100").get_json()["predictions"]
+
+
+def assert_not_ready(client, failing: str) -> dict:
+    ready = client.get("/readyz")
+    assert_error(ready, 503, "not_ready")
+    checks = ready.get_json()["checks"]
+    assert failing in ready.get_json()["error"]["message"]
+    assert checks[failing].startswith("failing")
+    return checks
+
+
+# -- the model server -----------------------------------------------------------------
+
+
+def test_through_the_stand_in_without_a_fault_the_function_answers(
+    faulty, function_env, monkeypatch
+):
+    """The control for every fault below: the stand-in itself breaks nothing."""
+    client = app_for(faulty.url, monkeypatch)
+    assert predict(client).status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert len(recorded(client)) == 1
+
+
+def test_a_model_server_that_is_not_there_is_503_and_not_ready(function_env, monkeypatch):
+    client = app_for(f"http://127.0.0.1:{free_port()}", monkeypatch)
+    assert "unreachable" in assert_error(predict(client), 503, "model_unavailable")
+    assert recorded(client) == []
+    checks = assert_not_ready(client, "model_server")
+    assert checks["prediction_store"].startswith("ok")
+
+
+def serving(process: subprocess.Popen, url: str) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(f"the development model server exited with {process.returncode}")
+    return label_available(url)
+
+
+def test_a_killed_model_server_is_503_and_not_ready(function_env, monkeypatch):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            *(PYTHON, "-m", "serving", "--rest_api_port", str(port)),
+            "--allow_version_labels_for_unavailable_models",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    try:
+        wait_until(lambda: serving(server, url), "the development model server")
+        client = app_for(url, monkeypatch)
+        assert predict(client).status_code == 200
+        server.kill()
+        server.wait(timeout=30)
+        assert_error(predict(client), 503, "model_unavailable")
+        assert_not_ready(client, "model_server")
+        assert len(recorded(client)) == 1  # the prediction before the kill, nothing after
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+def test_a_slow_prediction_is_504_after_the_timeout_and_asked_once(
+    faulty, function_env, monkeypatch
+):
+    client = app_for(faulty.url, monkeypatch)
+    faulty.fault = Fault(delay=TIMEOUT_SECONDS + 3)
+    started = time.monotonic()
+    response = predict(client)
+    elapsed = time.monotonic() - started
+    assert "did not answer within 1 s" in assert_error(response, 504, "model_timeout")
+    assert TIMEOUT_SECONDS <= elapsed < TIMEOUT_SECONDS + 1.5
+    assert faulty.predictions_asked == 1  # a timeout is not retried: the wait would double
+    assert recorded(client) == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [NOT_JSON, NOT_AN_OBJECT, WRONG_SHAPE, INTERNAL_ERROR],
+    ids=["not JSON", "not an object", "wrong shape", "500"],
+)
+def test_a_nonsense_prediction_is_503_asked_once_and_not_recorded(
+    faulty, function_env, monkeypatch, fault
+):
+    client = app_for(faulty.url, monkeypatch)
+    faulty.fault = fault
+    assert_error(predict(client), 503, "model_unavailable")
+    assert faulty.predictions_asked == 1  # the same question would get the same nonsense
+    assert recorded(client) == []
+
+
+def test_an_unavailable_model_server_is_retried_a_bounded_number_of_times(
+    faulty, function_env, monkeypatch
+):
+    client = app_for(faulty.url, monkeypatch)
+    faulty.fault = UNAVAILABLE
+    assert "503" in assert_error(predict(client), 503, "model_unavailable")
+    assert faulty.predictions_asked == 1 + RETRIES
+    assert recorded(client) == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(everywhere=True, delay=TIMEOUT_SECONDS + 3),
+        Fault(everywhere=True, answer=NOT_JSON.answer),
+        Fault(everywhere=True, answer=INTERNAL_ERROR.answer),
+        Fault(everywhere=True, answer=UNAVAILABLE.answer),
+    ],
+    ids=["slow", "not JSON", "500", "503"],
+)
+def test_readiness_names_a_model_server_that_answers_badly(
+    faulty, function_env, monkeypatch, fault
+):
+    client = app_for(faulty.url, monkeypatch)
+    faulty.fault = fault
+    checks = assert_not_ready(client, "model_server")
+    assert checks["prediction_store"].startswith("ok")
+
+
+def test_readiness_comes_back_with_the_model_server(faulty, function_env, monkeypatch):
+    client = app_for(faulty.url, monkeypatch)
+    faulty.fault = Fault(everywhere=True, answer=UNAVAILABLE.answer)
+    assert_not_ready(client, "model_server")
+    faulty.fault = None
+    assert client.get("/readyz").status_code == 200
+    assert predict(client).status_code == 200
+
+
+# -- the prediction store -------------------------------------------------------------
+
+
+def test_a_store_that_cannot_be_opened_is_503_and_not_ready(
+    model_server, tmp_path, function_env, monkeypatch
+):
+    """Its directory cannot be made (a file is in the way); chmod would not stop root."""
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "not-a-directory" / "predictions.sqlite3"))
+    client = app_for(model_server, monkeypatch)
+    assert_error(predict(client), 503, "store_unavailable")
+    checks = assert_not_ready(client, "prediction_store")
+    assert checks["model_server"].startswith("ok")
+
+
+def test_a_store_removed_while_serving_is_503_never_a_200_without_a_record(
+    model_server, function_env, monkeypatch
+):
+    """SQLite would go on writing to the deleted file: the 200 would rest on nothing."""
+    client = app_for(model_server, monkeypatch)
+    assert predict(client).status_code == 200
+    shutil.rmtree(function_env.parent)
+    assert "deleted or replaced" in assert_error(predict(client), 503, "store_unavailable")
+    after = predict(client)  # the store starts a new file at the configured path
+    assert after.status_code == 200
+    [record] = recorded(client)
+    assert record["id"] == after.get_json()["predictions"][0]["id"]

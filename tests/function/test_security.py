@@ -1,0 +1,370 @@
+"""Who may call what (API_TOKEN), from which pages (CORS), and how much (the MAX_* limits).
+
+Through functions-framework's own app against the live model server, with the settings
+read from the environment as in production.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import uuid
+
+import functions_framework
+import numpy as np
+import pytest
+from PIL import Image
+
+from recognizer.config import Settings
+from tests.conftest import ROOT
+
+TOKEN = "t0ken-for-tests-0123456789abcdef"
+ORIGIN = "https://digits.example.org"
+ACCESS_AND_LIMITS = (
+    "API_TOKEN",
+    "PREDICT_REQUIRES_TOKEN",
+    "CORS_ALLOWED_ORIGINS",
+    "MAX_REQUEST_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_BATCH_IMAGES",
+)
+HISTORY_PATHS = [
+    "/predictions",
+    f"/predictions/{uuid.uuid1()}",
+    f"/predictions/{uuid.uuid1()}/image",
+]
+
+
+def png(side: int = 28) -> bytes:
+    """A digit-like picture: a white stroke on black."""
+    pixels = np.zeros((side, side), dtype=np.uint8)
+    pixels[side // 4 : 3 * side // 4, side // 2 - 1 : side // 2 + 2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    return error
+
+
+class CountingStream(io.RawIOBase):
+    """A request body of `size` zero bytes that counts how much of it the server reads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.position = 0
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True  # the test client measures the body by seeking, which reads nothing
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.position = (
+            offset + {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        )
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self.size - self.position))
+        buffer[:n] = b"\0" * n
+        self.position += n
+        self.read_bytes += n
+        return n
+
+
+@pytest.fixture
+def make_client(function_env, monkeypatch):
+    """A test client of the real app, started with these extra environment variables."""
+
+    for name in ACCESS_AND_LIMITS:  # the host's own settings must not leak into a test
+        monkeypatch.delenv(name, raising=False)
+
+    def make(**env: str):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
+        return app.test_client()
+
+    return make
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def test_by_default_nothing_needs_a_token_and_cors_is_off():
+    settings = Settings.from_env({})
+    assert settings.api_token is None and settings.predict_requires_token is False
+    assert settings.cors_allowed_origins == frozenset()
+
+
+def test_the_token_stays_out_of_the_settings_repr():
+    settings = Settings.from_env({"API_TOKEN": TOKEN})
+    assert settings.api_token == TOKEN
+    assert TOKEN not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PREDICT_REQUIRES_TOKEN": "true"}, ["PREDICT_REQUIRES_TOKEN", "API_TOKEN"]),
+        ({"PREDICT_REQUIRES_TOKEN": "maybe", "API_TOKEN": TOKEN}, ["PREDICT_REQUIRES_TOKEN"]),
+        ({"API_TOKEN": f" {TOKEN}"}, ["API_TOKEN"]),
+        ({"CORS_ALLOWED_ORIGINS": "https://ok.example, example.org"}, ["CORS_ALLOWED_ORIGINS"]),
+        ({"CORS_ALLOWED_ORIGINS": "https://example.org/app"}, ["CORS_ALLOWED_ORIGINS"]),
+        ({"MAX_REQUEST_BYTES": "0"}, ["MAX_REQUEST_BYTES"]),
+        ({"MAX_IMAGE_PIXELS": "lots"}, ["MAX_IMAGE_PIXELS"]),
+        ({"MAX_BATCH_IMAGES": "1.5"}, ["MAX_BATCH_IMAGES"]),
+        ({"MAX_BATCH_IMAGES": "nan"}, ["MAX_BATCH_IMAGES"]),
+    ],
+)
+def test_a_bad_setting_is_a_startup_error_naming_the_variables(env, named):
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env(env)
+    for name in named:
+        assert name in str(refused.value)
+    assert TOKEN not in str(refused.value)
+
+
+def test_the_settings_are_read_from_the_environment():
+    settings = Settings.from_env(
+        {
+            "API_TOKEN": TOKEN,
+            "PREDICT_REQUIRES_TOKEN": "TRUE",
+            "CORS_ALLOWED_ORIGINS": f"{ORIGIN}/, http://localhost:3000",
+            "MAX_REQUEST_BYTES": "1000",
+            "MAX_IMAGE_PIXELS": "1e6",
+            "MAX_BATCH_IMAGES": "3",
+        }
+    )
+    assert settings.predict_requires_token is True
+    assert settings.cors_allowed_origins == {ORIGIN, "http://localhost:3000"}
+    assert (settings.max_request_bytes, settings.max_image_pixels) == (1000, 1_000_000)
+    assert settings.max_batch_images == 3
+
+
+def test_the_function_refuses_to_start_when_predict_needs_a_token_that_is_not_set(make_client):
+    with pytest.raises(ValueError, match="API_TOKEN"):
+        make_client(PREDICT_REQUIRES_TOKEN="true")
+
+
+# --- API_TOKEN ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", HISTORY_PATHS)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        bearer("wrong"),
+        bearer(TOKEN + "x"),
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer"},
+    ],
+    ids=["none", "wrong", "longer", "no-scheme", "no-token"],
+)
+def test_the_history_needs_the_token_when_one_is_set(make_client, path, headers):
+    client = make_client(API_TOKEN=TOKEN)
+    response = client.get(path, headers=headers)
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert TOKEN not in response.get_data(as_text=True) and TOKEN not in str(response.headers)
+
+
+def test_with_the_token_the_history_answers(make_client):
+    client = make_client(API_TOKEN=TOKEN)
+    prediction = client.post("/predict", data=png(), content_type="image/png").get_json()
+    (recorded,) = prediction["predictions"]
+    history = client.get("/predictions", headers=bearer())
+    assert [p["id"] for p in history.get_json()["predictions"]] == [recorded["id"]]
+    lowercase = {"Authorization": f"bearer {TOKEN}"}
+    assert client.get(f"/predictions/{recorded['id']}", headers=lowercase).status_code == 200
+    image = client.get(f"/predictions/{recorded['id']}/image", headers=bearer())
+    assert image.status_code == 200 and image.mimetype == "image/png"
+
+
+def test_without_a_token_set_the_history_is_open(make_client):
+    assert make_client().get("/predictions").status_code == 200
+
+
+def test_health_readiness_and_the_page_stay_open(make_client):
+    client = make_client(API_TOKEN=TOKEN, PREDICT_REQUIRES_TOKEN="true")
+    for path in ("/healthz", "/readyz", "/"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_predict_needs_the_token_only_when_configured_to(make_client):
+    open_predict = make_client(API_TOKEN=TOKEN)
+    assert open_predict.post("/predict", data=png(), content_type="image/png").status_code == 200
+
+    client = make_client(API_TOKEN=TOKEN, PREDICT_REQUIRES_TOKEN="true")
+    refused = client.post("/predict", data=png(), content_type="image/png")
+    assert_error(refused, 401, "unauthorized")
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    before = client.get("/predictions", headers=bearer()).get_json()["predictions"]
+    allowed = client.post("/predict", data=png(), content_type="image/png", headers=bearer())
+    assert allowed.status_code == 200
+    after = client.get("/predictions", headers=bearer()).get_json()["predictions"]
+    assert len(after) == len(before) + 1
+
+
+def test_a_refused_predict_is_not_read(make_client):
+    """An unauthenticated client cannot make the function read (and buffer) its upload."""
+    client = make_client(API_TOKEN=TOKEN, PREDICT_REQUIRES_TOKEN="true")
+    body = CountingStream(5 * 1024 * 1024)
+    response = client.post(
+        "/predict", input_stream=body, content_length=body.size, content_type="image/png"
+    )
+    assert_error(response, 401, "unauthorized")
+    assert body.read_bytes == 0
+
+
+# --- CORS ---------------------------------------------------------------------------------
+
+
+def preflight(client, path: str, origin: str = ORIGIN, method: str = "POST"):
+    return client.options(
+        path,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+        },
+    )
+
+
+def cors_headers(response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower().startswith("access-control-")}
+
+
+def test_cors_is_off_by_default(make_client):
+    client = make_client()
+    answer = client.post(
+        "/predict", data=png(), content_type="image/png", headers={"Origin": ORIGIN}
+    )
+    assert answer.status_code == 200 and cors_headers(answer) == {}
+    ask = preflight(client, "/predict")
+    assert ask.status_code == 204 and cors_headers(ask) == {}
+
+
+def test_a_listed_origin_gets_a_preflight_answer(make_client):
+    client = make_client(CORS_ALLOWED_ORIGINS=f"http://localhost:3000,{ORIGIN}")
+    for path, method in [("/predict", "POST"), ("/predictions", "GET")] + [
+        (path, "GET") for path in HISTORY_PATHS[1:]
+    ]:
+        response = preflight(client, path, method=method)
+        assert response.status_code == 204, path
+        assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+        assert method in response.headers["Access-Control-Allow-Methods"].split(", ")
+        allowed = {h.strip() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+        assert {
+            "Content-Type",
+            "Authorization",
+            "Idempotency-Key",
+            "X-Client-Id",
+            "X-Request-Id",
+        } <= allowed
+        assert int(response.headers["Access-Control-Max-Age"]) > 0
+        assert "Origin" in response.headers["Vary"]
+
+
+def test_a_listed_origin_may_read_answers_and_errors(make_client):
+    client = make_client(CORS_ALLOWED_ORIGINS=ORIGIN, API_TOKEN=TOKEN)
+    answer = client.post(
+        "/predict", data=png(), content_type="image/png", headers={"Origin": ORIGIN}
+    )
+    assert answer.status_code == 200
+    assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Origin" in answer.headers["Vary"]
+    assert "X-Request-Id" in answer.headers["Access-Control-Expose-Headers"]
+    refused = client.get("/predictions", headers={"Origin": ORIGIN})
+    assert refused.status_code == 401  # the page can read why, and ask for the token
+    assert refused.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+def test_a_preflight_needs_no_token(make_client):
+    client = make_client(CORS_ALLOWED_ORIGINS=ORIGIN, API_TOKEN=TOKEN, PREDICT_REQUIRES_TOKEN="1")
+    for path in ("/predict", "/predictions"):
+        assert preflight(client, path).status_code == 204
+
+
+def test_an_unlisted_origin_gets_no_cors_headers(make_client):
+    client = make_client(CORS_ALLOWED_ORIGINS=ORIGIN)
+    for origin in ("https://evil.example", ORIGIN + ".evil.example", "null"):
+        ask = preflight(client, "/predict", origin=origin)
+        assert ask.status_code == 204 and cors_headers(ask) == {}, origin
+        answer = client.get("/predictions", headers={"Origin": origin})
+        assert answer.status_code == 200 and cors_headers(answer) == {}, origin
+
+
+def test_a_star_lets_every_origin_in_by_name(make_client):
+    client = make_client(CORS_ALLOWED_ORIGINS="*")
+    for origin in (ORIGIN, "http://localhost:8000"):
+        response = preflight(client, "/predict", origin=origin)
+        assert response.headers["Access-Control-Allow-Origin"] == origin
+
+
+def test_only_the_api_paths_take_part_in_cors(make_client):
+    client = make_client(CORS_ALLOWED_ORIGINS="*")
+    for path in ("/", "/healthz", "/readyz"):
+        response = client.get(path, headers={"Origin": ORIGIN})
+        assert response.status_code == 200 and cors_headers(response) == {}, path
+    assert_error(preflight(client, "/healthz"), 405, "method_not_allowed")
+
+
+# --- limits, all enforced before any image is decoded -------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predictions", "/nowhere"])
+def test_a_body_over_max_request_bytes_is_refused_unread(make_client, path):
+    client = make_client(MAX_REQUEST_BYTES="4096")
+    body = CountingStream(4097)
+    response = client.post(
+        path, input_stream=body, content_length=body.size, content_type="image/png"
+    )
+    error = assert_error(response, 413, "request_too_large")
+    assert "4,096" in error["message"]
+    assert body.read_bytes == 0
+
+
+def test_a_body_within_max_request_bytes_is_read(make_client):
+    image = png()
+    client = make_client(MAX_REQUEST_BYTES=str(len(image)))
+    assert client.post("/predict", data=image, content_type="image/png").status_code == 200
+
+
+def test_max_image_pixels_is_checked_from_the_header_before_decoding(make_client):
+    client = make_client(MAX_IMAGE_PIXELS="100")
+    image = png(28)  # 784 pixels
+    error = assert_error(
+        client.post("/predict", data=image, content_type="image/png"), 413, "image_too_large"
+    )
+    assert "100" in error["message"]
+    # Only the header is intact: decoding would fail with not_an_image, the limit comes first.
+    header_only = image[:64]
+    response = client.post("/predict", data=header_only, content_type="image/png")
+    assert_error(response, 413, "image_too_large")
+
+
+def test_max_batch_images_is_checked_before_decoding(make_client):
+    client = make_client(MAX_BATCH_IMAGES="2")
+    good = base64.b64encode(png()).decode()
+    assert client.post("/predict", json={"images": [good, good]}).status_code == 200
+    not_images = [base64.b64encode(b"not an image").decode()] * 3
+    error = assert_error(
+        client.post("/predict", json={"images": not_images}), 413, "too_many_images"
+    )
+    assert "limit is 2" in error["message"]

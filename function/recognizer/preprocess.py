@@ -25,6 +25,10 @@ INTERMEDIATE_SIDE = 4 * BOX  # stroke-width normalisation happens at this size
 TARGET_STROKE = 0.11  # MNIST strokes are about 2.2 px wide in the 20 px box
 FULL_INK = 0.9  # ink at least this strong is not contrast-stretched
 OTSU_SHARE = 0.5  # in noisy images, ink is what stands above this share of Otsu's threshold
+# The formats we read. Pillow knows dozens more; each is decoder code an upload could
+# reach, and EPS would be handed to Ghostscript.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+JPEG_FORMATS = {"JPEG", "MPO"}  # many phones' JPEGs carry a second picture and open as MPO
 
 
 class ImageError(ValueError):
@@ -58,23 +62,31 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels"
                 )
-            if image.format == "JPEG":
+            if image.format in JPEG_FORMATS:
                 # Decode at a reduced scale: much faster, and we need far fewer pixels.
                 image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
             image.load()
             image = ImageOps.exif_transpose(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageTooLarge(str(error)) from None
+            if image.mode == "LAB":  # a TIFF can be CIELAB; its first channel is lightness
+                image = image.getchannel("L")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own, higher limit, checked while it reads the header.
+        raise ImageTooLarge(
+            f"the image claims more pixels than can be decoded safely; "
+            f"the limit is {max_pixels:,} pixels"
+        ) from None
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise NotAnImage("the upload is not an image in a format we can read") from None
+        raise NotAnImage(
+            "the upload is not an image in a format we read (PNG, JPEG, GIF, BMP, TIFF, WebP)"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise NotAnImage(f"the image could not be decoded: {error}") from None
     if image.width < 1 or image.height < 1:
@@ -90,6 +102,10 @@ def grayscale(image: Image.Image) -> np.ndarray:
     """Lightness in [0, 1] as float32; transparency is composited on white, like paper."""
     if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
         values = np.asarray(image, dtype=np.float32)
+        defined = np.isfinite(values)
+        if not defined.all():  # a float image may hold NaN or infinities: read them as paper
+            paper = float(np.median(values[defined])) if defined.any() else 0.0
+            values = np.where(defined, values, paper)
         top = 65535.0 if values.max() > 255 else 255.0
         return np.clip(values / top, 0, 1)
     has_alpha = image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info
@@ -162,7 +178,9 @@ def _otsu_threshold(values: np.ndarray) -> float:
     total_mean = mean_below[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (total_mean * below - mean_below) ** 2 / (below * (1 - below))
-    return float(centres[int(np.nanargmax(between))])
+    # Levels with every value on one side split nothing (0/0); all of them do when the
+    # values fill a single bin, and then the lowest level is as good as any.
+    return float(centres[int(np.argmax(np.nan_to_num(between, nan=0.0)))])
 
 
 def _without_specks(ink: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ import binascii
 import json
 
 import flask
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 FIELD = "image"
 
@@ -48,11 +50,11 @@ def read_images(request: flask.Request, max_images: int) -> list[bytes]:
     """The image files in the request body, in request order."""
     mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype == "application/octet-stream":
-        images = [request.get_data(cache=False)]
+        images = [_body(request)]
     elif mimetype == "multipart/form-data":
         images = _from_multipart(request)
     elif mimetype == "application/json" or mimetype.endswith("+json"):
-        images = _from_json(request.get_data(cache=False))
+        images = _from_json(_body(request))
     elif not mimetype:
         raise UnsupportedMediaType(
             "the request has no Content-Type: send image/*, multipart/form-data or application/json"
@@ -71,6 +73,20 @@ def read_images(request: flask.Request, max_images: int) -> list[bytes]:
     return images
 
 
+def _body(request: flask.Request) -> bytes:
+    """The whole body; a chunked one (no Content-Length) that reached the limit is refused.
+
+    Werkzeug stops reading a chunked body at `max_content_length` without saying so, and
+    what was read would be taken for the whole upload: a truncated image, cut-off JSON.
+    (Multipart bodies need no check: Werkzeug's form parser raises by itself.)
+    """
+    data = request.get_data(cache=False)
+    stream = request.stream
+    if request.content_length is None and isinstance(stream, LimitedStream) and stream.is_exhausted:
+        raise RequestEntityTooLarge(f"the request body is over the limit of {stream.limit:,} bytes")
+    return data
+
+
 def _from_multipart(request: flask.Request) -> list[bytes]:
     files = request.files.getlist(FIELD)
     if not files:
@@ -85,8 +101,10 @@ def _from_json(body: bytes) -> list[bytes]:
         raise EmptyBody("the request body is empty")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # UnicodeDecodeError included: the body is not UTF-8
         raise InvalidJson("the request body is not valid JSON") from None
+    except RecursionError:  # thousands of nested arrays or objects
+        raise InvalidJson("the JSON body is nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidJson('the JSON body must be an object: {"image": "<base64>"}')
     if FIELD in document:
@@ -95,6 +113,8 @@ def _from_json(body: bytes) -> list[bytes]:
         encoded = document["images"]
         if not isinstance(encoded, list):
             raise InvalidJson('"images" must be a list of base64 strings')
+        if not encoded:
+            raise MissingImage('"images" is an empty list: send at least one base64 image')
     else:
         raise MissingImage('the JSON body has neither "image" nor "images"')
     return [_decode_base64(value, position) for position, value in enumerate(encoded)]

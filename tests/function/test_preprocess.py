@@ -180,3 +180,29 @@ def test_errors_are_value_errors_the_http_layer_can_map():
     assert issubclass(preprocess.ImageError, ValueError)
     for kind in (NotAnImage, ImageTooLarge, BlankImage):
         assert issubclass(kind, preprocess.ImageError)
+
+
+def test_a_cielab_tiff_is_read_by_its_lightness(mnist):
+    """Pillow cannot convert LAB to gray; its L channel is the lightness we need."""
+    lightness = Image.fromarray(255 - mnist.x_test[0]).resize((112, 112))
+    neutral = Image.new("L", lightness.size, 128)
+    lab = encode(Image.merge("LAB", (lightness, neutral, neutral)), "TIFF")
+    assert np.array_equal(to_mnist(lab), to_mnist(encode(lightness)))
+
+
+def test_nan_and_infinite_pixels_in_a_float_image_are_not_a_crash(mnist):
+    values = np.asarray(Image.fromarray(255 - mnist.x_test[0]).resize((112, 112)), np.float32)
+    values[:4, :4] = np.nan
+    values[-4:, -4:] = np.inf
+    pixels = to_mnist(encode(Image.fromarray(values, mode="F"), "TIFF"))
+    assert similarity(pixels, mnist.x_test[0]) > 0.9
+    with pytest.raises(BlankImage):
+        to_mnist(encode(Image.fromarray(np.full((9, 9), np.nan, np.float32), mode="F"), "TIFF"))
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "ICO", "PCX", "TGA"])
+def test_formats_pillow_knows_but_we_do_not_accept_are_not_an_image(mnist, fmt):
+    """Only PNG, JPEG, GIF, BMP, TIFF and WebP reach a decoder: less code for uploads to hit."""
+    digit = Image.fromarray(255 - mnist.x_test[0]).convert("RGB")
+    with pytest.raises(NotAnImage, match="PNG, JPEG, GIF, BMP, TIFF, WebP"):
+        to_mnist(encode(digit, fmt))

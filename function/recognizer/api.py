@@ -243,6 +243,7 @@ class Api:
                     prediction_log,
                     settings.model_name,
                     settings.max_image_pixels,
+                    settings.max_request_pixels,
                     settings.upload_store_max_bytes,
                 )
                 self._clients = _Clients(recognizer, model, prediction_log)

@@ -31,6 +31,7 @@ class Settings:
     sqlite_path: Path = Path(tempfile.gettempdir()) / "digit-predictions.sqlite3"
     max_request_bytes: int = 10 * MiB
     max_image_pixels: int = 40_000_000
+    max_request_pixels: int = 40_000_000  # all images of one request, from their headers
     max_batch_images: int = 64
     upload_store_max_bytes: int = 256 * 1024
     history_max_limit: int = 100
@@ -70,6 +71,7 @@ class Settings:
             sqlite_path=Path(env.get("SQLITE_PATH", str(default.sqlite_path))),
             max_request_bytes=_limit(env, "MAX_REQUEST_BYTES", default.max_request_bytes),
             max_image_pixels=_limit(env, "MAX_IMAGE_PIXELS", default.max_image_pixels),
+            max_request_pixels=_limit(env, "MAX_REQUEST_PIXELS", default.max_request_pixels),
             max_batch_images=_limit(env, "MAX_BATCH_IMAGES", default.max_batch_images),
             upload_store_max_bytes=int(
                 _number(env, "UPLOAD_STORE_MAX_BYTES", default.upload_store_max_bytes)

@@ -13,7 +13,9 @@ that the HTTP layer maps to responses.
 from __future__ import annotations
 
 import io
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -57,26 +59,67 @@ def from_image(image: Image.Image) -> np.ndarray:
     return center_in_field(fit_in_box(crop_to_ink(ink_map(image))))
 
 
+@dataclass(frozen=True)
+class Header:
+    """What an image file says about itself before a pixel is decoded."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def mime_type(self) -> str:
+        """The type we store and serve: the decoded format's, not what the client claimed."""
+        return Image.MIME.get(self.format, "application/octet-stream")
+
+
+def read_header(data: bytes, max_pixels: int) -> Header:
+    """The format and size from the header alone, so limits hold before any decoding."""
+    with _decoder_errors(max_pixels), Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        _check_size(image, max_pixels)
+        return Header(image.format or "", image.width, image.height)
+
+
 def decode(data: bytes, max_pixels: int) -> Image.Image:
     """Decode the first frame, upright (EXIF orientation applied), at most ~WORKING_SIDE px."""
+    with _decoder_errors(max_pixels):
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        _check_size(image, max_pixels)
+        if image.format in JPEG_FORMATS:
+            # Decode at a reduced scale: much faster, and we need far fewer pixels.
+            image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode == "LAB":  # a TIFF can be CIELAB; its first channel is lightness
+            image = image.getchannel("L")
+    if image.width < 1 or image.height < 1:
+        raise NotAnImage("the image has no pixels")
+    if max(image.size) > WORKING_SIDE:
+        scale = WORKING_SIDE / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BOX)
+    return image
+
+
+def _check_size(image: Image.Image, max_pixels: int) -> None:
+    if image.width * image.height > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {image.width}x{image.height} pixels; the limit is {max_pixels:,} pixels"
+        )
+
+
+@contextmanager
+def _decoder_errors(max_pixels: int) -> Iterator[None]:
+    """Pillow's many failure modes, as the two that mean something to a client."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels"
-                )
-            if image.format in JPEG_FORMATS:
-                # Decode at a reduced scale: much faster, and we need far fewer pixels.
-                image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            if image.mode == "LAB":  # a TIFF can be CIELAB; its first channel is lightness
-                image = image.getchannel("L")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        # Pillow's own, higher limit, checked while it reads the header.
+        yield
+    except Image.DecompressionBombError:
+        # Pillow's own limit (twice Image.MAX_IMAGE_PIXELS), checked while it reads the
+        # header; ours is normally lower and checked right after.
         raise ImageTooLarge(
             f"the image claims more pixels than can be decoded safely; "
             f"the limit is {max_pixels:,} pixels"
@@ -89,13 +132,6 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise NotAnImage(f"the image could not be decoded: {error}") from None
-    if image.width < 1 or image.height < 1:
-        raise NotAnImage("the image has no pixels")
-    if max(image.size) > WORKING_SIDE:
-        scale = WORKING_SIDE / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BOX)
-    return image
 
 
 def grayscale(image: Image.Image) -> np.ndarray:

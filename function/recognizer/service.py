@@ -9,18 +9,17 @@ predicts again into the same ids, so no retry, however timed, records twice.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-from PIL import Image
 
 from recognizer import preprocess
 from recognizer.model_client import ModelAnswer, ModelClient, ModelUnavailable, UnknownModel
@@ -43,6 +42,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FALLBACK_WARNING_SECONDS = 60.0
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as headers carry it
 
@@ -85,12 +85,14 @@ class Recognizer:
         log: PredictionLog,
         model_name: str,
         max_image_pixels: int,
+        max_request_pixels: int,
         upload_store_max_bytes: int,
     ) -> None:
         self._model = model
         self._log = log
         self._model_name = model_name
         self._max_pixels = max_image_pixels
+        self._max_request_pixels = max_request_pixels
         self._upload_cap = upload_store_max_bytes
         self._fallback_lock = threading.Lock()
         self._fallbacks = 0
@@ -109,7 +111,9 @@ class Recognizer:
         """
         key_sha256 = None if idempotency_key is None else _key_digest(idempotency_key)
         clock = _StageClock()
-        decoded = [self._decode(image, n, len(images)) for n, image in enumerate(images)]
+        headers = _each(images, lambda image: preprocess.read_header(image, self._max_pixels))
+        self._check_request_pixels(headers)
+        decoded = _each(images, lambda image: preprocess.decode(image, self._max_pixels))
         clock.lap("decode")
         inputs = np.stack([preprocess.from_image(image) for image in decoded])
         clock.lap("preprocess")
@@ -123,7 +127,7 @@ class Recognizer:
         clock.lap("model")
         latency_ms = clock.total_ms()
         records = [
-            self._record(record_ids[n], image, inputs[n], answer, n, latency_ms)
+            self._record(record_ids[n], image, headers[n], inputs[n], answer, n, latency_ms)
             for n, image in enumerate(images)
         ]
         self._log.save(records)
@@ -185,18 +189,20 @@ class Recognizer:
             count,
         )
 
-    def _decode(self, image: bytes, position: int, count: int) -> Image.Image:
-        try:
-            return preprocess.decode(image, self._max_pixels)
-        except preprocess.ImageError as error:
-            if count == 1:
-                raise
-            raise type(error)(f"image {position + 1}: {error}") from None
+    def _check_request_pixels(self, headers: Sequence[preprocess.Header]) -> None:
+        """Decoding costs memory and CPU by the pixel: bound a whole batch, from its headers."""
+        pixels = sum(header.pixels for header in headers)
+        if pixels > self._max_request_pixels:
+            raise preprocess.ImageTooLarge(
+                f"the {len(headers)} images hold {pixels:,} pixels in all; the limit per "
+                f"request is {self._max_request_pixels:,}: send them in smaller batches"
+            )
 
     def _record(
         self,
         record_id: uuid.UUID,
         image: bytes,
+        header: preprocess.Header,
         pixels: np.ndarray,
         answer: ModelAnswer,
         n: int,
@@ -215,7 +221,7 @@ class Recognizer:
             input_image=pixels.tobytes(),
             upload=Upload(
                 content=image if len(image) <= self._upload_cap else None,
-                content_type=_content_type(image),
+                content_type=header.mime_type,
                 sha256=hashlib.sha256(image).hexdigest(),
                 size=len(image),
             ),
@@ -247,7 +253,14 @@ def _request_digest(images: Sequence[bytes], route: Route) -> str:
     return digest.hexdigest()
 
 
-def _content_type(image: bytes) -> str:
-    """The MIME type of the decoded format: what we store and serve, not what the client said."""
-    with Image.open(io.BytesIO(image)) as opened:
-        return Image.MIME.get(opened.format or "", "application/octet-stream")
+def _each(images: Sequence[bytes], step: Callable[[bytes], T]) -> list[T]:
+    """`step` of every image; in a batch, an ImageError says which image it was."""
+    results = []
+    for position, image in enumerate(images):
+        try:
+            results.append(step(image))
+        except preprocess.ImageError as error:
+            if len(images) == 1:
+                raise
+            raise type(error)(f"image {position + 1}: {error}") from None
+    return results

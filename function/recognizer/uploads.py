@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import TypeVar
 
 import flask
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
 FIELD = "image"
+T = TypeVar("T")
 
 
 class RequestError(ValueError):
@@ -47,14 +50,20 @@ class TooManyImages(RequestError):
 
 
 def read_images(request: flask.Request, max_images: int) -> list[bytes]:
-    """The image files in the request body, in request order."""
+    """The image files in the request body, in request order.
+
+    Images are counted before any is read out of its part or base64, so an oversized
+    batch costs no more than its (already size-limited) body.
+    """
     mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype == "application/octet-stream":
         images = [_body(request)]
     elif mimetype == "multipart/form-data":
-        images = _from_multipart(request)
+        files = _check_count(_from_multipart(request), max_images)
+        images = [file.read() for file in files]
     elif mimetype == "application/json" or mimetype.endswith("+json"):
-        images = _from_json(_body(request))
+        encoded = _check_count(_from_json(_body(request)), max_images)
+        images = [_decode_base64(value, position) for position, value in enumerate(encoded)]
     elif not mimetype:
         raise UnsupportedMediaType(
             "the request has no Content-Type: send image/*, multipart/form-data or application/json"
@@ -64,13 +73,17 @@ def read_images(request: flask.Request, max_images: int) -> list[bytes]:
             f"Content-Type {mimetype!r} is not accepted: "
             "send image/*, multipart/form-data or application/json"
         )
-    if len(images) > max_images:
-        raise TooManyImages(f"{len(images)} images in one request; the limit is {max_images}")
     for position, image in enumerate(images):
         if not image:
             where = f"image {position + 1}" if len(images) > 1 else "the image"
             raise EmptyBody(f"{where} is empty")
     return images
+
+
+def _check_count(items: list[T], max_images: int) -> list[T]:
+    if len(items) > max_images:
+        raise TooManyImages(f"{len(items)} images in one request; the limit is {max_images}")
+    return items
 
 
 def _body(request: flask.Request) -> bytes:
@@ -87,16 +100,17 @@ def _body(request: flask.Request) -> bytes:
     return data
 
 
-def _from_multipart(request: flask.Request) -> list[bytes]:
+def _from_multipart(request: flask.Request) -> list[FileStorage]:
     files = request.files.getlist(FIELD)
     if not files:
         named = sorted(set(request.files) | set(request.form))
         got = f"; the request has {', '.join(map(repr, named))}" if named else ""
         raise MissingImage(f"no file field named {FIELD!r}{got}")
-    return [file.read() for file in files]
+    return files
 
 
-def _from_json(body: bytes) -> list[bytes]:
+def _from_json(body: bytes) -> list[object]:
+    """The JSON body's images, still base64-encoded."""
     if not body:
         raise EmptyBody("the request body is empty")
     try:
@@ -117,7 +131,7 @@ def _from_json(body: bytes) -> list[bytes]:
             raise MissingImage('"images" is an empty list: send at least one base64 image')
     else:
         raise MissingImage('the JSON body has neither "image" nor "images"')
-    return [_decode_base64(value, position) for position, value in enumerate(encoded)]
+    return encoded
 
 
 def _decode_base64(value: object, position: int) -> bytes:

@@ -137,6 +137,7 @@ def test_the_memory_probe_does_see_a_decode(function_env, monkeypatch):
     """Control: with the pixel limit raised, the same 2 KB WebP is decoded and the probe
     sees it (164 MB of RGBA pixels; the peak grew 627 MiB when measured)."""
     monkeypatch.setenv("MAX_IMAGE_PIXELS", "50000000")
+    monkeypatch.setenv("MAX_REQUEST_PIXELS", "50000000")
     webp = BY_NAME["pixel-limit-webp-6400x6400"]
     ((status, growth),) = measure_in_fresh_process([webp])
     assert status == 400  # decoded, and found blank (it is fully transparent)

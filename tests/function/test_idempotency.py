@@ -40,7 +40,7 @@ def log(tmp_path) -> Iterator[SqliteLog]:
 
 def recognizer_for(model_server: str, log: object) -> Recognizer:
     model = ModelClient(model_server, "mnist", timeout_seconds=30, label_cache_seconds=5)
-    return Recognizer(model, log, "mnist", 40_000_000, 256 * 1024)  # type: ignore[arg-type]
+    return Recognizer(model, log, "mnist", 40_000_000, 40_000_000, 256 * 1024)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from recognizer import preprocess
-from recognizer.preprocess import BlankImage, ImageTooLarge, NotAnImage, to_mnist
+from recognizer.preprocess import (
+    BlankImage,
+    Header,
+    ImageTooLarge,
+    NotAnImage,
+    read_header,
+    to_mnist,
+)
 from tests.support import renderings
 
 
@@ -206,3 +213,15 @@ def test_formats_pillow_knows_but_we_do_not_accept_are_not_an_image(mnist, fmt):
     digit = Image.fromarray(255 - mnist.x_test[0]).convert("RGB")
     with pytest.raises(NotAnImage, match="PNG, JPEG, GIF, BMP, TIFF, WebP"):
         to_mnist(encode(digit, fmt))
+
+
+def test_the_header_gives_format_size_and_type_without_decoding():
+    buffer = io.BytesIO()
+    Image.new("L", (300, 200), 255).save(buffer, format="PNG")
+    header_only = buffer.getvalue()[:64]  # the pixel data is cut off
+    assert read_header(header_only, max_pixels=60_000) == Header("PNG", 300, 200)
+    assert read_header(header_only, max_pixels=60_000).mime_type == "image/png"
+    with pytest.raises(ImageTooLarge):
+        read_header(header_only, max_pixels=59_999)
+    with pytest.raises(NotAnImage):
+        to_mnist(header_only)

@@ -165,7 +165,7 @@ class ListLog:
 
 def recognize(model: FakeModel, route: Route) -> list:
     log = ListLog()
-    recognizer = Recognizer(model, log, "mnist", 40_000_000, 1024)  # type: ignore[arg-type]
+    recognizer = Recognizer(model, log, "mnist", 40_000_000, 40_000_000, 1024)  # type: ignore[arg-type]
     records = recognizer.recognize([SEVEN], route).records
     assert log.saved == records
     return records
@@ -206,7 +206,7 @@ def test_a_timeout_does_not_fall_back():
 
 def test_fallbacks_are_logged_once_a_minute_not_once_a_request(caplog):
     model = FakeModel({"canary": UnknownModel("no label 'canary'"), "stable": 2})
-    recognizer = Recognizer(model, ListLog(), "mnist", 40_000_000, 1024)  # type: ignore[arg-type]
+    recognizer = Recognizer(model, ListLog(), "mnist", 40_000_000, 40_000_000, 1024)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="recognizer.service"):
         for _ in range(5):
             recognizer.recognize([SEVEN], Route("canary", fallback="stable"))

@@ -26,6 +26,7 @@ ACCESS_AND_LIMITS = (
     "CORS_ALLOWED_ORIGINS",
     "MAX_REQUEST_BYTES",
     "MAX_IMAGE_PIXELS",
+    "MAX_REQUEST_PIXELS",
     "MAX_BATCH_IMAGES",
 )
 HISTORY_PATHS = [
@@ -368,3 +369,22 @@ def test_max_batch_images_is_checked_before_decoding(make_client):
         client.post("/predict", json={"images": not_images}), 413, "too_many_images"
     )
     assert "limit is 2" in error["message"]
+    # Counted before any base64 is decoded: three broken strings are still too many.
+    not_base64 = ["%%% not base64 %%%"] * 3
+    assert_error(client.post("/predict", json={"images": not_base64}), 413, "too_many_images")
+
+
+def test_max_request_pixels_bounds_a_whole_batch_before_any_image_is_decoded(make_client):
+    """Each image may be within MAX_IMAGE_PIXELS while the batch is not: decoding costs
+    memory and CPU by the pixel, so the sum is checked from the headers first."""
+    client = make_client(MAX_REQUEST_PIXELS=str(2 * 28 * 28))
+    good = base64.b64encode(png(28)).decode()
+    assert client.post("/predict", json={"images": [good, good]}).status_code == 200
+    # The third image is only a header: had anything been decoded, it would be not_an_image.
+    header_only = base64.b64encode(png(28)[:64]).decode()
+    error = assert_error(
+        client.post("/predict", json={"images": [good, good, header_only]}),
+        413,
+        "image_too_large",
+    )
+    assert "2,352 pixels" in error["message"] and "1,568" in error["message"]

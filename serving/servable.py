@@ -111,6 +111,25 @@ class Servable:
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a signature on arrays already converted to its input dtypes."""
+        signature = self.check_inputs(signature_name, inputs)
+        function = self._functions.get(signature.name)
+        if function is None:
+            raise invalid_argument(f"Signature {signature.name} cannot be run for prediction")
+        try:
+            result = function(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+        except (tf.errors.OpError, TypeError, ValueError) as exc:
+            error = from_exception(exc)
+            if error.code == "UNKNOWN":
+                error = invalid_argument(error.message)
+            raise error from exc
+        return {key: value.numpy() for key, value in result.items()}
+
+    def check_inputs(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Signature:
+        """The signature, if `inputs` match its names and shapes; else TF Serving's 400.
+
+        Separate from run() so the batcher refuses a bad request on its own, before it
+        could fail a whole batch of other clients' requests.
+        """
         signature = self.signature(signature_name)
         if set(inputs) != set(signature.inputs):
             raise invalid_argument(
@@ -125,14 +144,4 @@ class Servable:
                     f'Input "{key}" has shape {format_shape(shape)} but signature '
                     f'"{signature.name}" expects {spec.dtype_name} {format_shape(spec.shape)}'
                 )
-        function = self._functions.get(signature.name)
-        if function is None:
-            raise invalid_argument(f"Signature {signature.name} cannot be run for prediction")
-        try:
-            result = function(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
-        except (tf.errors.OpError, TypeError, ValueError) as exc:
-            error = from_exception(exc)
-            if error.code == "UNKNOWN":
-                error = invalid_argument(error.message)
-            raise error from exc
-        return {key: value.numpy() for key, value in result.items()}
+        return signature

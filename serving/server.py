@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from serving.batching import Batcher, BatchingOptions
 from serving.config import (
     ModelConfig,
     load_monitoring_config,
@@ -45,6 +46,8 @@ class ServerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     models_dir: Path = DEFAULT_MODELS_DIR
     monitoring_config_file: Path | None = None  # None: Prometheus on at the default path
+    enable_batching: bool = False
+    batching_parameters_file: Path | None = None  # None: BatchingOptions' defaults
     initial_load_timeout_seconds: float | None = 600.0
     loader: Loader = field(default=load_with_warmup, compare=False, repr=False)
 
@@ -93,6 +96,7 @@ class ModelServer:
         )
         self.metrics = Metrics()
         self._http: HttpServer | None = None
+        self._batcher: Batcher | None = None
         self._http_thread: threading.Thread | None = None
         self._pollers: list[_Poller] = []
         self._config_lock = threading.Lock()
@@ -104,12 +108,19 @@ class ModelServer:
         """Apply the config, load the initial versions, open the port. Raises ConfigError."""
         try:
             prometheus = load_monitoring_config(self.options.monitoring_config_file)
+            batching = (
+                BatchingOptions.from_file(self.options.batching_parameters_file)
+                if self.options.enable_batching
+                else None
+            )
             self.reload_config()
             if not self.repository.wait_until_settled(self.options.initial_load_timeout_seconds):
                 log.warning("Initial model loads still running; serving anyway")
-            api = RestApi(self.repository, self.metrics, prometheus)
+            self._batcher = None if batching is None else Batcher(batching)
+            api = RestApi(self.repository, self.metrics, prometheus, self._batcher)
             self._http = HttpServer(self.options.rest_api_host, self.options.rest_api_port, api)
         except BaseException:
+            self._close_batcher()
             self.repository.close()
             raise
         self._http_thread = threading.Thread(
@@ -135,6 +146,8 @@ class ModelServer:
             poller.start()
         models = ", ".join(self.repository.models) or "none"
         metrics = f", metrics at {self.url}{prometheus.path}" if prometheus.enabled else ""
+        if batching is not None:
+            log.info("Batching requests: %s", batching)
         log.info("Exporting HTTP/REST API at %s (models: %s%s)", self.url, models, metrics)
         return self
 
@@ -151,8 +164,14 @@ class ModelServer:
             if self._http_thread is not None:
                 self._http_thread.join()
             self._http = None
+        self._close_batcher()
         self.repository.close()
         log.info("Model server stopped")
+
+    def _close_batcher(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
 
     def __enter__(self) -> ModelServer:
         return self.start()

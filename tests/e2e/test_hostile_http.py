@@ -10,12 +10,14 @@ those answers are pinned here as they are, to be noticed if they change.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from tests.data.hostile import corpus
+from tests.support.function_server import running_function
 
 BY_NAME = {entry.name: entry for entry in corpus.entries()}
 THROUGH_GUNICORN = [
@@ -29,6 +31,15 @@ THROUGH_GUNICORN = [
     "png-without-content-type",
 ]
 MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def function_url(model_server, tmp_path_factory) -> Iterator[str]:
+    """A server of its own: what these requests leave behind (half-read bodies, dropped
+    connections, odd records) must not reach the suites that share the session's server."""
+    sqlite_path = tmp_path_factory.mktemp("hostile") / "predictions.sqlite3"
+    with running_function(model_server, sqlite_path) as url:
+        yield url
 
 
 def assert_json_error(response: requests.Response, status: int, code: str) -> None:

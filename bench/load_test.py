@@ -70,11 +70,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument(
-        "--no-batching", dest="batching", action="store_false", help="plain model server"
-    )
+    stack.add_stack_arguments(parser)
     args = parser.parse_args()
     with stack.model_server(batching=args.batching) as server:
         result = load_test(server.url, args.requests, args.concurrency, args.workers, args.threads)

@@ -112,11 +112,7 @@ def run(workers: int, threads: int, batching: bool, load_requests: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument(
-        "--no-batching", dest="batching", action="store_false", help="plain model server"
-    )
+    stack.add_stack_arguments(parser)
     parser.add_argument("--load-requests", type=int, default=20_000)
     parser.add_argument("--report-only", action="store_true", help="redraw from results.json")
     args = parser.parse_args()

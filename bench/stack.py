@@ -10,6 +10,7 @@ measure a change before making it.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import os
 import re
@@ -88,6 +89,15 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the benchmarked stack runs: the same flags, and defaults, for every benchmark."""
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--no-batching", dest="batching", action="store_false", help="plain model server"
+    )
 
 
 @contextmanager

@@ -107,11 +107,7 @@ def model_server_batching(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument(
-        "--no-batching", dest="batching", action="store_false", help="plain model server"
-    )
+    stack.add_stack_arguments(parser)
     args = parser.parse_args()
     with stack.model_server(batching=args.batching) as server:
         results = end_to_end(server.url, args.seconds, args.workers, args.threads)

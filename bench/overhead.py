@@ -13,17 +13,12 @@ functions-framework's and Flask's dispatch (the test client's time).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-import functions_framework
 import numpy as np
 
 from bench import images, stack
@@ -69,20 +64,8 @@ def _percentiles(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]
 
 def measure(model_url: str, requests: int = 300, source: Path = stack.FUNCTION_SOURCE) -> dict:
     """{upload name: {stage: {p50, p99}}} for the 28x28 PNG and the 640x480 JPEG."""
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        mock.patch.dict(
-            os.environ,
-            MODEL_SERVER_URL=model_url,
-            SQLITE_PATH=str(Path(tmp) / "predictions.sqlite3"),
-            PREDICTION_STORE="sqlite",
-        ),
-        open(os.devnull, "w") as quiet,
-        contextlib.redirect_stdout(quiet),  # the request log line is still written, unseen
-    ):
-        app = functions_framework.create_app("recognize", str(source / "main.py"))
+    with stack.in_process_client(model_url, source) as client:
         samples = _instrument()
-        client = app.test_client()
         results = {}
         uploads = {
             "28x28 PNG": (images.mnist_png(), images.PNG),

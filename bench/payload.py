@@ -11,16 +11,12 @@ would put in a REST request).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from unittest import mock
 
-import functions_framework
 import numpy as np
 import requests
 
@@ -72,17 +68,8 @@ def payload_sizes(model_url: str, source: Path = stack.FUNCTION_SOURCE) -> dict:
     results: dict[str, float] = {}
     with (
         _recording_proxy(model_url) as (proxy_url, sizes),
-        tempfile.TemporaryDirectory() as tmp,
-        mock.patch.dict(
-            os.environ,
-            MODEL_SERVER_URL=proxy_url,
-            SQLITE_PATH=str(Path(tmp) / "p.sqlite3"),
-            PREDICTION_STORE="sqlite",
-        ),
-        open(os.devnull, "w") as quiet,
-        redirect_stdout(quiet),  # the function's request log lines
+        stack.in_process_client(proxy_url, source) as client,
     ):
-        client = functions_framework.create_app("recognize", str(source / "main.py")).test_client()
         for count in (1, 64):
             body, content_type = images.multipart([png] * count)
             sizes.clear()

@@ -22,9 +22,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
+
+import functions_framework
+from flask.testing import FlaskClient
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -134,6 +138,26 @@ def model_server(batching: bool = False, wait: bool = True) -> Iterator[Server]:
         if wait:
             wait_for(server, "/v1/models/mnist/labels/stable/metadata", interval=0.2)
         yield server
+
+
+@contextmanager
+def in_process_client(model_url: str, source: Path = FUNCTION_SOURCE) -> Iterator[FlaskClient]:
+    """The function's own Flask app in this process, on a fresh SQLite file.
+
+    Its request log lines go to /dev/null: still written (their cost counts), unseen.
+    """
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mock.patch.dict(
+            os.environ,
+            MODEL_SERVER_URL=model_url,
+            SQLITE_PATH=str(Path(tmp) / "predictions.sqlite3"),
+            PREDICTION_STORE="sqlite",
+        ),
+        open(os.devnull, "w") as quiet,
+        redirect_stdout(quiet),
+    ):
+        yield functions_framework.create_app("recognize", str(source / "main.py")).test_client()
 
 
 @contextmanager

@@ -203,8 +203,10 @@ class Api:
         requests that carry an Authorization header too.
         """
         allowed = self._settings.cors_allowed_origins
+        if not allowed:  # the default: nothing to add, and nothing to look up per request
+            return
         methods = _URLS.bind("function").allowed_methods(request.path)
-        if not allowed or "OPTIONS" not in methods:
+        if "OPTIONS" not in methods:
             return
         response.vary.add("Origin")  # the answer differs by Origin: caches must keep them apart
         origin = request.headers.get("Origin")

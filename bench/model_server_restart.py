@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from bench import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = (ROOT / "tests" / "data" / "samples" / "seven.png").read_bytes()
@@ -118,18 +118,7 @@ def _process(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        stack.stop(process)
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 180) -> float:
@@ -226,7 +215,7 @@ def restart_under_load(
 ) -> Outcome:
     """Load the function, kill its model server, start it again `down` s later on the same
     port, and go on until `after` s past the first 200 once it is ready (at most `limit` s)."""
-    model_port, function_port = _free_port(), _free_port()
+    model_port, function_port = stack.free_port(), stack.free_port()
     model_url = f"http://127.0.0.1:{model_port}"
     function_url = f"http://127.0.0.1:{function_port}"
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,7 @@ import functions_framework
 import pytest
 import requests
 
+from tests.support.cassandra import LiveCassandra, start_test_node
 from training.data import Mnist, load_mnist
 
 
@@ -99,3 +100,13 @@ def client(function_env):
     """functions-framework's own Flask app for the `recognize` target, as a test client."""
     app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def cassandra(tmp_path_factory) -> Iterator[LiveCassandra]:
+    """One real Cassandra node for the session (started on first use; see tests/support)."""
+    cluster = start_test_node(tmp_path_factory.mktemp("cassandra"))
+    try:
+        yield LiveCassandra(cluster)
+    finally:
+        cluster.stop(grace=20)

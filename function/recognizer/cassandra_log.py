@@ -292,8 +292,10 @@ class CassandraLog:
         *,
         cluster_factory: Callable[[CassandraSettings], Any] = build_cluster,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        idempotency_window_seconds: int = IDEMPOTENCY_WINDOW_SECONDS,
     ) -> None:
         self.settings = settings
+        self._window = int(idempotency_window_seconds)  # a CQL TTL is whole seconds
         self._cluster_factory = cluster_factory
         self._clock = clock
         self._lock = threading.Lock()
@@ -340,7 +342,7 @@ class CassandraLog:
             claim = session.prepare(
                 f"INSERT INTO {ks}.{IDEMPOTENCY_TABLE} "
                 "(key_sha256, request_sha256, record_ids, created_at) VALUES (?, ?, ?, ?) "
-                f"IF NOT EXISTS USING TTL {IDEMPOTENCY_WINDOW_SECONDS}"
+                f"IF NOT EXISTS USING TTL {self._window}"
             )
         except DRIVER_ERRORS as exc:
             if cluster is not None:

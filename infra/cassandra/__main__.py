@@ -1,0 +1,119 @@
+"""Local Apache Cassandra: `python -m infra.cassandra fetch|run` (the README, Cassandra).
+
+`run` starts 1 or 3 nodes, applies infra/cassandra/schema.cql (replication factor = nodes),
+prints the contact points, and stays in the foreground until Ctrl-C or SIGTERM, when it
+drains every node and exits; no JVM outlives it (infra/cassandra/local.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+from function.recognizer.cassandra_log import DRIVER_ERRORS, CassandraSettings
+
+from .apply_schema import SCHEMA, apply, render, split_statements
+from .local import DATACENTER, LauncherError, LocalCluster, cassandra_lib, java_executable
+
+
+class _Stop(Exception):
+    """Raised by the signal handler so the `finally` that drains the nodes runs."""
+
+
+def schema_statements(keyspace: str, nodes: int) -> list[str]:
+    """schema.cql for `keyspace`, replicated to every node of a local cluster."""
+    replication = f"{{'class': 'NetworkTopologyStrategy', '{DATACENTER}': {nodes}}}"
+    text = SCHEMA.read_text(encoding="utf-8")
+    return render(split_statements(text), keyspace=keyspace, replication=replication)
+
+
+def apply_local_schema(cluster: LocalCluster, keyspace: str = "mnist") -> None:
+    """Apply the schema through the first node (idempotent: IF NOT EXISTS throughout)."""
+    first = cluster.members[0]
+    settings = CassandraSettings(
+        contact_points=((first.address, first.native_port),), keyspace=keyspace
+    )
+    apply(schema_statements(keyspace, cluster.nodes), settings, wait=30.0, report=lambda _: None)
+
+
+def _env_port(env: Mapping[str, str]) -> int:
+    raw = env.get("CASSANDRA_NATIVE_PORT", "").strip() or "9042"
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535):
+        raise LauncherError(f"CASSANDRA_NATIVE_PORT={raw!r}: use a port number from 1 to 65535")
+    return int(raw)
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    cluster = LocalCluster(
+        root=args.dir,
+        nodes=args.nodes,
+        native_port=args.native_port or _env_port(env),
+        durable=not args.test,
+        heap=env.get("CASSANDRA_MAX_HEAP_SIZE", "").strip() or "512M",
+        env=env,
+        report=lambda line: print(line, flush=True),
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    try:
+        cluster.start()
+        apply_local_schema(cluster, args.keyspace)
+        print(
+            f"Cassandra is ready: CASSANDRA_CONTACT_POINTS={cluster.contact_points} "
+            f"(keyspace {args.keyspace}, replication factor {args.nodes}, data in {cluster.root})",
+            flush=True,
+        )
+        if args.ready_file:
+            args.ready_file.write_text(cluster.contact_points + "\n", encoding="utf-8")
+        signal.pause()
+    except _Stop:
+        pass
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # let the drain finish
+        print("Stopping Cassandra (draining) ...", flush=True)
+        cluster.stop()
+        if args.ready_file:
+            args.ready_file.unlink(missing_ok=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    parser = argparse.ArgumentParser(prog="python -m infra.cassandra", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("fetch", help="check Java 17 and resolve Cassandra's jars (once)")
+    start = commands.add_parser("run", help="start nodes in the foreground until Ctrl-C")
+    start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
+    start.add_argument("--dir", type=Path, default=Path("var/cassandra"), help="data (%(default)s)")
+    start.add_argument("--native-port", type=int, help="CQL port (CASSANDRA_NATIVE_PORT or 9042)")
+    start.add_argument("--keyspace", default="mnist")
+    start.add_argument("--test", action="store_true", help="no fsync: for data nobody keeps")
+    start.add_argument("--ready-file", type=Path, help="written with the contact points once ready")
+    args = parser.parse_args(argv)
+    try:
+        java_executable(env)
+        lib = cassandra_lib(env)
+        if args.command == "fetch":
+            print(f"Cassandra's jars: {lib}")
+            return 0
+        return run(args, env)
+    except LauncherError as exc:
+        print(f"infra.cassandra: {exc}", file=sys.stderr)
+        return 1
+    except DRIVER_ERRORS as exc:
+        print(f"infra.cassandra: the schema could not be applied: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""A live Apache Cassandra node for the tests, started by infra/cassandra/local.py.
+
+One node per test session, on free ports of 127.0.0.1 and in a fresh directory, with the
+test-speed settings (no fsync). Each suite takes a keyspace of its own from `keyspace()`,
+so suites never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from infra.cassandra.__main__ import schema_statements
+from infra.cassandra.apply_schema import apply
+from infra.cassandra.local import LocalCluster, ToolMissing, free_ports
+from recognizer.cassandra_log import CassandraSettings
+
+
+@dataclass
+class LiveCassandra:
+    cluster: LocalCluster
+    _names: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def contact_points(self) -> str:
+        return self.cluster.contact_points
+
+    def settings(self, keyspace: str, **changes: object) -> CassandraSettings:
+        """The function's settings for this node and keyspace."""
+        env = {"CASSANDRA_CONTACT_POINTS": self.contact_points, "CASSANDRA_KEYSPACE": keyspace}
+        return CassandraSettings.from_env({**env, **{k: str(v) for k, v in changes.items()}})
+
+    def env(self, keyspace: str) -> dict[str, str]:
+        """What the function's environment needs to record into `keyspace`."""
+        return {
+            "PREDICTION_STORE": "cassandra",
+            "CASSANDRA_CONTACT_POINTS": self.contact_points,
+            "CASSANDRA_KEYSPACE": keyspace,
+        }
+
+    def keyspace(self, prefix: str = "t") -> str:
+        """A new keyspace with the whole schema applied."""
+        name = f"{prefix}_{next(self._names)}"
+        first = self.cluster.members[0]
+        settings = CassandraSettings(
+            contact_points=((first.address, first.native_port),), keyspace=name
+        )
+        apply(schema_statements(name, self.cluster.nodes), settings, report=lambda _: None)
+        return name
+
+
+def start_test_node(root: Path) -> LocalCluster:
+    """A one-node test cluster, or a skip naming what is missing (a failure under CI)."""
+    native, storage, jmx = free_ports(3, ["127.0.0.1"])
+    cluster = LocalCluster(
+        root,
+        nodes=1,
+        native_port=native,
+        storage_port=storage,
+        jmx_port=jmx,
+        durable=False,
+        report=lambda line: None,
+    )
+    try:
+        return cluster.start()
+    except ToolMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the live Cassandra tests: {exc}")
+        pytest.skip(f"no live Cassandra: {exc}")

@@ -181,6 +181,37 @@ def test_tf_serving_is_autoscaled_on_cpu_with_requests_set() -> None:
     )
 
 
+def autoscaled_workloads_that_set_replicas(documents: list[dict[str, Any]]) -> list[str]:
+    """Workloads an HPA scales that still set spec.replicas (`kubectl apply` resets them)."""
+    targets = {
+        (target["kind"], target["name"])
+        for doc in documents
+        if doc["kind"] == "HorizontalPodAutoscaler"
+        for target in [doc["spec"]["scaleTargetRef"]]
+    }
+    return [
+        label(doc)
+        for doc in documents
+        if (doc["kind"], doc["metadata"]["name"]) in targets and "replicas" in doc["spec"]
+    ]
+
+
+def test_no_autoscaled_workload_sets_replicas() -> None:
+    hpas = [d for d in DOCUMENTS if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpas, "expected the TF Serving autoscaler"
+    for hpa in hpas:  # every target exists, so the check below sees it
+        target = hpa["spec"]["scaleTargetRef"]
+        find(target["kind"], target["name"])
+    assert autoscaled_workloads_that_set_replicas(DOCUMENTS) == []
+
+
+def test_the_replicas_check_can_fail() -> None:
+    documents = json.loads(json.dumps(DOCUMENTS))
+    deployment = next(d for d in documents if label(d) == "Deployment/tf-serving")
+    deployment["spec"]["replicas"] = 2
+    assert autoscaled_workloads_that_set_replicas(documents) == ["Deployment/tf-serving"]
+
+
 def test_function_config_is_what_the_function_reads_and_points_at_the_services() -> None:
     config = find("ConfigMap", "digit-recognizer-function")["data"]
     unknown = set(config) - (variables_read_by_function() | SERVER_VARIABLES)

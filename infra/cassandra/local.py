@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import WhiteListRoundRobinPolicy
+
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 TEMPLATES = HERE / "templates"
@@ -476,13 +479,12 @@ def cql_answers(address: str, port: int, timeout: float = 5.0) -> bool:
             pass
     except OSError:
         return False
-    from cassandra.cluster import Cluster, NoHostAvailable
-    from cassandra.policies import WhiteListRoundRobinPolicy
-
+    only_this = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]))
     cluster = Cluster(
         [address],
         port=port,
-        load_balancing_policy=WhiteListRoundRobinPolicy([address]),
+        protocol_version=5,
+        execution_profiles={EXEC_PROFILE_DEFAULT: only_this},
         connect_timeout=timeout,
         control_connection_timeout=timeout,
     )
@@ -490,7 +492,7 @@ def cql_answers(address: str, port: int, timeout: float = 5.0) -> bool:
         session = cluster.connect()
         session.execute("SELECT release_version FROM system.local", timeout=timeout)
         return True
-    except (NoHostAvailable, OSError, Exception):  # anything but an answer: not yet
+    except Exception:  # NoHostAvailable, OperationTimedOut, ...: anything but an answer
         return False
     finally:
         cluster.shutdown()

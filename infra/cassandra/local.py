@@ -129,7 +129,7 @@ def java_executable(env: Mapping[str, str]) -> str:
     if env.get("JAVA_HOME"):
         java = str(Path(env["JAVA_HOME"]) / "bin" / "java")
         if not os.access(java, os.X_OK):
-            raise LauncherError(f"JAVA_HOME={env['JAVA_HOME']} has no bin/java: fix or unset it")
+            raise ToolMissing(f"JAVA_HOME={env['JAVA_HOME']} has no bin/java: fix or unset it")
     else:
         found = shutil.which("java", path=env.get("PATH"))
         if found is None:
@@ -149,7 +149,9 @@ def java_executable(env: Mapping[str, str]) -> str:
     return java
 
 
-def cassandra_lib(env: Mapping[str, str], report: Callable[[str], None] = print) -> Path:
+def cassandra_lib(
+    env: Mapping[str, str], report: Callable[[str], None] = print, pom_path: Path = POM
+) -> Path:
     """The directory of Cassandra's jars: CASSANDRA_HOME/lib, or Maven's, resolved once."""
     if env.get("CASSANDRA_HOME"):
         lib = Path(env["CASSANDRA_HOME"]).expanduser() / "lib"
@@ -159,7 +161,7 @@ def cassandra_lib(env: Mapping[str, str], report: Callable[[str], None] = print)
                 "point it at an unpacked Apache Cassandra 5.0 tarball, or unset it to use Maven"
             )
         return lib
-    pom = POM.read_bytes()
+    pom = pom_path.read_bytes()
     target = cache_dir(env) / hashlib.sha256(pom).hexdigest()[:16]
     lib = target / "lib"
     if (target / "complete").exists():
@@ -178,7 +180,7 @@ def cassandra_lib(env: Mapping[str, str], report: Callable[[str], None] = print)
         "--batch-mode",
         "--quiet",
         "--file",
-        str(POM),
+        str(pom_path),
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
         f"-DoutputDirectory={staging}",

@@ -2,7 +2,8 @@
 
 Broken, malicious and awkward uploads each get the status and error code the contract
 promises, as a JSON error with a message for a person: never a 500, never a traceback,
-and nothing recorded. Valid images in awkward formats are recognised.
+and nothing recorded. Valid images in awkward formats are recognised. The corpus runs on
+both stores: SQLite, and a keyspace of the session's live Cassandra node.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib3 import encode_multipart_formdata
 
 from tests.conftest import ROOT
 from tests.data.hostile import corpus
+from tests.support.cassandra_function import function_app
 
 ENTRIES = corpus.entries()
 BY_NAME = {entry.name: entry for entry in ENTRIES}
@@ -30,6 +32,32 @@ MiB = 1024 * 1024
 # 164 MB of RGBA (627 MiB), the bombs 400 MB to 13 GB. 20 MiB separates the two cleanly.
 REFUSED_GROWTH_BOUND = 20 * MiB
 OVERSIZED = [entry for entry in ENTRIES if entry.code == "image_too_large"]
+
+
+@pytest.fixture(scope="module")
+def hostile_keyspace(cassandra) -> str:
+    """One keyspace for the corpus: each test compares the history before and after."""
+    return cassandra.keyspace("hostile")
+
+
+@pytest.fixture(params=["sqlite", "cassandra"])
+def store_client(request, client, function_env, monkeypatch):
+    """The real app on SQLite (a fresh file), or on the Cassandra node's corpus keyspace."""
+    if request.param == "sqlite":
+        yield client
+        return
+    cassandra = request.getfixturevalue("cassandra")
+    env = cassandra.env(request.getfixturevalue("hostile_keyspace"))
+    with function_app(monkeypatch, **env) as app:
+        yield app.test_client()
+    assert not function_env.exists(), "the app wrote to SQLite, not to Cassandra"
+
+
+def history_ids(client) -> list[str]:
+    """The newest 100 records' ids, newest first."""
+    response = client.get("/predictions?limit=100")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return [record["id"] for record in response.get_json()["predictions"]]
 
 
 def send(client, entry: corpus.Entry):
@@ -63,24 +91,28 @@ def test_the_manifest_names_exactly_the_files_in_the_corpus():
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[entry.name for entry in ENTRIES])
-def test_each_hostile_input_gets_its_contracted_answer(client, entry):
+def test_each_hostile_input_gets_its_contracted_answer(store_client, entry):
+    client = store_client
     earlier = record_one(client)
+    before = history_ids(client)
+    assert before[0] == earlier["id"]
     response = send(client, entry)
     text = response.get_data(as_text=True)
     assert response.status_code == entry.status, f"{entry.why}: {text[:300]}"
     assert response.mimetype == "application/json"
     assert "Traceback" not in text and 'File "' not in text
-    history = client.get("/predictions?limit=100").get_json()["predictions"]
+    after = history_ids(client)
     if entry.rejected:
         body = response.get_json()
         assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
         assert body["error"]["code"] == entry.code, body
         assert isinstance(body["error"]["message"], str) and len(body["error"]["message"]) > 10
-        assert [record["id"] for record in history] == [earlier["id"]], "nothing new recorded"
+        assert after == before, "nothing new recorded"
     else:
         predictions = response.get_json()["predictions"]
         assert [p["digit"] for p in predictions] == [entry.digit], entry.why
-        assert len(history) == 2
+        assert after[:1] == [predictions[0]["id"]], "the prediction is recorded, newest"
+        assert after[1:] == before[: len(after) - 1], "and nothing else"
     assert client.get(f"/predictions/{earlier['id']}").get_json() == earlier
 
 

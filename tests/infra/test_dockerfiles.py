@@ -99,6 +99,25 @@ def test_function_image_starts_functions_framework_on_port() -> None:
     assert workdir.text == "/app/function", "the compose schema service relies on /app layout"
 
 
+def test_gunicorn_is_pinned_and_its_control_socket_has_a_writable_directory() -> None:
+    """HOME is /nonexistent for the image's user; gunicorn's control socket goes to
+    $XDG_RUNTIME_DIR instead, which must be writable under every read-only root filesystem
+    the image runs with (Compose's tmpfs, the Knative Service's emptyDir)."""
+    requirements = (ROOT / "function" / "requirements.txt").read_text()
+    assert re.search(r"^gunicorn==\d+\.\d+\.\d+\b", requirements, re.MULTILINE)
+    runtime_dir = env_of(parse(FUNCTION)).get("XDG_RUNTIME_DIR")
+    assert runtime_dir, "without XDG_RUNTIME_DIR gunicorn tries $HOME/.gunicorn"
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["function"]
+    assert runtime_dir in compose["tmpfs"]
+    knative = next(
+        doc
+        for doc in yaml.safe_load_all((ROOT / "infra" / "k8s" / "function.yaml").read_text())
+        if doc["kind"] == "Service"
+    )
+    (container,) = knative["spec"]["template"]["spec"]["containers"]
+    assert runtime_dir in [mount["mountPath"] for mount in container["volumeMounts"]]
+
+
 def test_function_healthcheck_probes_healthz_without_curl() -> None:
     (check,) = only(parse(FUNCTION), "HEALTHCHECK")
     argv = check.exec_form()

@@ -21,30 +21,31 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from infra.deploy import commands
+from infra.deploy.commands import Step
 from infra.deploy.settings import ConfigError, load_function, load_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("function", "run-function", "run-serving")
 
 
-def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> list[list[str]]:
+def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> list[Step]:
     """The commands deploying `target`, in order; ConfigError names every bad variable."""
     if target == "function":
         if build:
             raise ConfigError(["--build: the function target deploys source, there is no image"])
-        return [commands.cloud_functions_deploy(load_function(environ, container=False))]
+        return [Step(commands.cloud_functions_deploy(load_function(environ, container=False)))]
     if target == "run-function":
         settings = load_function(environ, container=True)
         steps = (
             commands.build_and_push(commands.FUNCTION_DOCKERFILE, settings.image) if build else []
         )
-        return [*steps, commands.cloud_run_function(settings)]
+        return [*steps, Step(commands.cloud_run_function(settings))]
     if target == "run-serving":
         settings = load_serving(environ)
         steps = (
             commands.build_and_push(commands.SERVING_DOCKERFILE, settings.image) if build else []
         )
-        return [*steps, commands.cloud_run_serving(settings)]
+        return [*steps, Step(commands.cloud_run_serving(settings))]
     raise ConfigError([f"unknown target {target!r}: use one of {', '.join(TARGETS)}"])
 
 
@@ -92,24 +93,31 @@ def main(
     if args.dry_run:
         print(f"# run from {ROOT}")
         for step in steps:
-            print(shlex.join(step))
+            print(step.shell())
         return 0
 
+    check = run or (lambda argv: _run(argv, quiet=True))
     run = run or _run
     for step in steps:
-        print(f"+ {shlex.join(step)}", flush=True)
-        status = run(step)
+        if step.unless is not None:
+            print(f"+ {shlex.join(step.unless)}", flush=True)
+            if check(step.unless) == 0:
+                print(f"  (done already, skipping: {shlex.join(step.argv)})", flush=True)
+                continue
+        print(f"+ {shlex.join(step.argv)}", flush=True)
+        status = run(step.argv)
         if status != 0:
-            print(f"infra.deploy: {step[0]} exited with {status}", file=sys.stderr)
+            print(f"infra.deploy: {step.argv[0]} exited with {status}", file=sys.stderr)
             return 1
     return 0
 
 
-def _run(step: list[str]) -> int:
-    if shutil.which(step[0]) is None:
-        print(f"infra.deploy: {step[0]} is not on PATH", file=sys.stderr)
+def _run(argv: list[str], *, quiet: bool = False) -> int:
+    if shutil.which(argv[0]) is None:
+        print(f"infra.deploy: {argv[0]} is not on PATH", file=sys.stderr)
         return 127
-    return subprocess.run(step, cwd=ROOT, check=False).returncode
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.run(argv, cwd=ROOT, check=False, stdout=output, stderr=output).returncode
 
 
 if __name__ == "__main__":

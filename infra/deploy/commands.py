@@ -6,7 +6,10 @@ relative to the repository root, where the commands run.
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from infra.deploy.settings import CA_FILE_NAME, CA_MOUNT_DIR, FunctionSettings, ServingSettings
 
@@ -15,6 +18,25 @@ FUNCTION_DOCKERFILE = "Dockerfile.function"
 SERVING_DOCKERFILE = "Dockerfile.serving"
 # gcloud's alternative list delimiters (`gcloud topic escaping`), tried in this order.
 _DELIMITERS = "@|;#~"
+# LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE...: an Artifact Registry image.
+_ARTIFACT_REGISTRY = re.compile(
+    r"(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repository>[^/]+)/.+"
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a deployment. With `unless`, a check: the command runs only when
+    the check fails (exits non-zero), e.g. create a repository unless it exists."""
+
+    argv: list[str]
+    unless: list[str] | None = None
+
+    def shell(self) -> str:
+        """The step as one line of POSIX shell, as a dry run prints it."""
+        if self.unless is None:
+            return shlex.join(self.argv)
+        return f"{shlex.join(self.unless)} >/dev/null 2>&1 || {shlex.join(self.argv)}"
 
 
 def gcloud_map(items: Mapping[str, str]) -> str:
@@ -28,18 +50,56 @@ def gcloud_map(items: Mapping[str, str]) -> str:
     raise ValueError(f"no free delimiter among {_DELIMITERS!r} for these values")
 
 
-def build_and_push(dockerfile: str, image: str) -> list[list[str]]:
-    """Build for Cloud Run's architecture and push to the registry."""
+def artifact_registry(image: str) -> list[Step]:
+    """For an Artifact Registry image: create its Docker repository unless it exists (a
+    push to a missing repository fails), and let docker push there with gcloud's
+    credentials (`gcloud auth configure-docker` only adds the host once)."""
+    match = _ARTIFACT_REGISTRY.fullmatch(image)
+    if match is None:
+        return []
+    location, project, repository = match["location"], match["project"], match["repository"]
+    where = [f"--project={project}", f"--location={location}"]
     return [
-        [
-            "docker",
-            "build",
-            "--platform=linux/amd64",
-            f"--file={dockerfile}",
-            f"--tag={image}",
-            ".",
-        ],
-        ["docker", "push", image],
+        Step(
+            [
+                "gcloud",
+                "artifacts",
+                "repositories",
+                "create",
+                repository,
+                *where,
+                "--repository-format=docker",
+                "--description=digit-recognizer images",
+            ],
+            unless=[
+                "gcloud",
+                "artifacts",
+                "repositories",
+                "describe",
+                repository,
+                *where,
+                "--format=value(name)",
+            ],
+        ),
+        Step(["gcloud", "auth", "configure-docker", f"{location}-docker.pkg.dev", "--quiet"]),
+    ]
+
+
+def build_and_push(dockerfile: str, image: str) -> list[Step]:
+    """The registry's set-up, then build for Cloud Run's architecture and push."""
+    return [
+        *artifact_registry(image),
+        Step(
+            [
+                "docker",
+                "build",
+                "--platform=linux/amd64",
+                f"--file={dockerfile}",
+                f"--tag={image}",
+                ".",
+            ]
+        ),
+        Step(["docker", "push", image]),
     ]
 
 

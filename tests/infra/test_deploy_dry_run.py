@@ -5,11 +5,12 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from infra.deploy.__main__ import main, plan
-from infra.deploy.commands import gcloud_map
+from infra.deploy.commands import Step, gcloud_map
 from infra.deploy.settings import FUNCTION_PASSTHROUGH, ConfigError
 from tests.infra.function_env import variables_read_by_function
 from tests.infra.support import ROOT
@@ -36,8 +37,14 @@ SCALING = [
 ]
 
 
+def argvs(steps: list[Step]) -> list[list[str]]:
+    """The plain commands of a plan (none of these plans has a conditional step)."""
+    assert all(step.unless is None for step in steps), steps
+    return [step.argv for step in steps]
+
+
 def test_cloud_functions_command() -> None:
-    assert plan("function", BASE) == [
+    assert argvs(plan("function", BASE)) == [
         [
             "gcloud",
             "functions",
@@ -60,7 +67,30 @@ def test_cloud_functions_command() -> None:
 def test_cloud_run_function_command_with_build() -> None:
     image = f"{REGISTRY}/digit-recognizer-function:3f2a9c1"
     steps = plan("run-function", {**BASE, "IMAGE_TAG": "3f2a9c1"}, build=True)
-    assert steps == [
+    repository = ["--project=digits-prod-42", "--location=europe-west1"]
+    assert steps[0] == Step(
+        [
+            "gcloud",
+            "artifacts",
+            "repositories",
+            "create",
+            "digit-recognizer",
+            *repository,
+            "--repository-format=docker",
+            "--description=digit-recognizer images",
+        ],
+        unless=[
+            "gcloud",
+            "artifacts",
+            "repositories",
+            "describe",
+            "digit-recognizer",
+            *repository,
+            "--format=value(name)",
+        ],
+    )
+    assert argvs(steps[1:]) == [
+        ["gcloud", "auth", "configure-docker", "europe-west1-docker.pkg.dev", "--quiet"],
         [
             "docker",
             "build",
@@ -88,7 +118,7 @@ def test_cloud_run_function_command_with_build() -> None:
 
 def test_cloud_run_serving_command() -> None:
     environ = {"GCP_PROJECT": "digits-prod-42", "GCP_REGION": "europe-west1", "IMAGE_TAG": "v2"}
-    assert plan("run-serving", environ) == [
+    assert argvs(plan("run-serving", environ)) == [
         [
             "gcloud",
             "run",
@@ -128,7 +158,7 @@ def test_options_and_passthrough_settings() -> None:
         "SQLITE_PATH": "/tmp/x.sqlite3",  # not a cloud setting: never passed
         "PORT": "9999",  # the platform's to set: never passed
     }
-    (argv,) = plan("function", environ)
+    (argv,) = argvs(plan("function", environ))
     assert argv[3] == "digits"
     assert "--min-instances=2" in argv and "--concurrency=16" in argv
     assert "--allow-unauthenticated" in argv
@@ -144,7 +174,7 @@ def test_options_and_passthrough_settings() -> None:
         "@MODEL_LABEL=canary@CASSANDRA_LOCAL_DC=europe-west1"
         "@CASSANDRA_CONSISTENCY=LOCAL_QUORUM@WORKERS=1@THREADS=16"
     )
-    (run,) = plan("run-function", {**environ, "IMAGE_TAG": "abc"})
+    (run,) = argvs(plan("run-function", {**environ, "IMAGE_TAG": "abc"}))
     assert "--vpc-egress=all-traffic" in run
 
 
@@ -166,12 +196,12 @@ def test_secrets_go_by_reference() -> None:
         "API_TOKEN_SECRET": "history-token:latest",
         "IMAGE_TAG": "abc",
     }
-    (functions,) = plan("function", environ)
+    (functions,) = argvs(plan("function", environ))
     assert functions[-1] == (
         "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,API_TOKEN=history-token:latest,"
         "/etc/secrets/cassandra-ca:/ca.pem=projects/digits-prod-42/secrets/cassandra-ca:1"
     )
-    (run,) = plan("run-function", environ)
+    (run,) = argvs(plan("run-function", environ))
     assert run[-1] == (
         "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,API_TOKEN=history-token:latest,"
         "/etc/secrets/cassandra-ca/ca.pem=projects/digits-prod-42/secrets/cassandra-ca:1"
@@ -241,7 +271,7 @@ def test_images_need_a_version_tag() -> None:
         plan("run-function", {**BASE, "IMAGE_TAG": "latest"})
     with pytest.raises(ConfigError, match="FUNCTION_IMAGE"):
         plan("run-function", {**BASE, "FUNCTION_IMAGE": "gcr.io/p/fn:latest"})
-    (argv,) = plan("run-function", {**BASE, "FUNCTION_IMAGE": "gcr.io/p/fn:1.2.3"})
+    (argv,) = argvs(plan("run-function", {**BASE, "FUNCTION_IMAGE": "gcr.io/p/fn:1.2.3"}))
     assert "--image=gcr.io/p/fn:1.2.3" in argv
 
 
@@ -271,19 +301,98 @@ def test_dry_run_prints_the_exact_commands_and_runs_nothing() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"# run from {ROOT}"
     expected = plan("run-function", {**BASE, "IMAGE_TAG": "3f2a9c1"}, build=True)
-    assert [shlex.split(line) for line in lines[1:]] == expected
+    assert lines[1:] == [step.shell() for step in expected]
+    # The repository is created only when describing it fails, in the printed line too.
+    check, separator, create = lines[1].partition(" >/dev/null 2>&1 || ")
+    assert separator
+    assert shlex.split(check) == expected[0].unless
+    assert shlex.split(create) == expected[0].argv
+    assert shlex.split(create)[:4] == ["gcloud", "artifacts", "repositories", "create"]
+    assert [shlex.split(line) for line in lines[2:]] == argvs(expected[1:])
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["missing", "exists"])
+def test_the_printed_repository_line_creates_only_a_missing_repository(
+    tmp_path: Path, exists: bool
+) -> None:
+    """Run the dry run's line in a shell against a stand-in gcloud."""
+    calls = tmp_path / "calls"
+    gcloud = tmp_path / "gcloud"
+    gcloud.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {shlex.quote(str(calls))}\n'
+        f'if [ "$3" = describe ]; then exit {0 if exists else 1}; fi\n'
+        "exit 0\n"
+    )
+    gcloud.chmod(0o755)
+    (step, *_) = plan("run-serving", {**BASE, "IMAGE_TAG": "v2"}, build=True)
+    result = subprocess.run(
+        ["sh", "-c", step.shell()],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    verbs = [line.split()[2] for line in calls.read_text().splitlines()]
+    assert verbs == (["describe"] if exists else ["describe", "create"])
+
+
+def test_build_pushes_elsewhere_without_artifact_registry_steps() -> None:
+    steps = plan("run-function", {**BASE, "FUNCTION_IMAGE": "ghcr.io/me/fn:1.0"}, build=True)
+    assert [argv[:2] for argv in argvs(steps)] == [
+        ["docker", "build"],
+        ["docker", "push"],
+        ["gcloud", "run"],
+    ]
+
+
+def test_an_explicit_artifact_registry_image_gets_its_own_repository_checked() -> None:
+    image = "us-central1-docker.pkg.dev/other-proj/images/fn:1.0"
+    (create, login, *_) = plan("run-function", {**BASE, "FUNCTION_IMAGE": image}, build=True)
+    assert create.argv[4:7] == ["images", "--project=other-proj", "--location=us-central1"]
+    assert create.unless is not None and create.unless[3:5] == ["describe", "images"]
+    assert login.argv == [
+        "gcloud",
+        "auth",
+        "configure-docker",
+        "us-central1-docker.pkg.dev",
+        "--quiet",
+    ]
 
 
 def test_run_executes_in_order_and_stops_at_the_first_failure() -> None:
     ran: list[str] = []
 
     def fake(argv: list[str]) -> int:
-        ran.append(argv[0] + " " + argv[1])
-        return 1 if argv[1] == "push" else 0
+        ran.append(" ".join(argv[:4]))
+        return 1 if argv[1] == "push" else 0  # the repository exists
 
     environ = {**BASE, "IMAGE_TAG": "abc"}
     assert main(["run-function", "--build"], environ=environ, run=fake) == 1
-    assert ran == ["docker build", "docker push"]
+    assert ran == [
+        "gcloud artifacts repositories describe",
+        "gcloud auth configure-docker europe-west1-docker.pkg.dev",
+        "docker build --platform=linux/amd64 --file=Dockerfile.function",
+        f"docker push {REGISTRY}/digit-recognizer-function:abc",
+    ]
+
+
+def test_run_creates_the_repository_when_it_is_missing() -> None:
+    ran: list[str] = []
+
+    def fake(argv: list[str]) -> int:
+        ran.append(" ".join(argv[:4]))
+        return 1 if argv[3:4] == ["describe"] else 0
+
+    environ = {**BASE, "IMAGE_TAG": "abc"}
+    assert main(["run-serving", "--build"], environ=environ, run=fake) == 0
+    assert ran[:3] == [
+        "gcloud artifacts repositories describe",
+        "gcloud artifacts repositories create",
+        "gcloud auth configure-docker europe-west1-docker.pkg.dev",
+    ]
+    assert ran[-1].startswith("gcloud run deploy tf-serving")
 
 
 def test_build_makes_no_sense_for_a_source_deploy() -> None:

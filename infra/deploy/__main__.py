@@ -22,10 +22,21 @@ from pathlib import Path
 
 from infra.deploy import commands
 from infra.deploy.commands import Step
-from infra.deploy.settings import ConfigError, load_function, load_serving
+from infra.deploy.settings import ConfigError, has_digest, load_function, load_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("function", "run-function", "run-serving")
+
+
+def _build(dockerfile: str, image: str, variable: str) -> list[Step]:
+    if has_digest(image):
+        raise ConfigError(
+            [
+                f"--build with {variable}={image!r}: a digest names an image that exists "
+                "already; give a tag to build and push, or deploy the digest without --build"
+            ]
+        )
+    return commands.build_and_push(dockerfile, image)
 
 
 def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> list[Step]:
@@ -36,14 +47,15 @@ def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> lis
         return [Step(commands.cloud_functions_deploy(load_function(environ, container=False)))]
     if target == "run-function":
         settings = load_function(environ, container=True)
+        assert settings.image is not None
         steps = (
-            commands.build_and_push(commands.FUNCTION_DOCKERFILE, settings.image) if build else []
+            _build(commands.FUNCTION_DOCKERFILE, settings.image, "FUNCTION_IMAGE") if build else []
         )
         return [*steps, Step(commands.cloud_run_function(settings))]
     if target == "run-serving":
         settings = load_serving(environ)
         steps = (
-            commands.build_and_push(commands.SERVING_DOCKERFILE, settings.image) if build else []
+            _build(commands.SERVING_DOCKERFILE, settings.image, "SERVING_IMAGE") if build else []
         )
         return [*steps, Step(commands.cloud_run_serving(settings))]
     raise ConfigError([f"unknown target {target!r}: use one of {', '.join(TARGETS)}"])

@@ -56,9 +56,27 @@ _SECRET_REF = re.compile(
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
 _NAME = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
-_MEMORY = re.compile(r"[1-9][0-9]*(Mi|Gi)")
-_IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_MEMORY = re.compile(r"([1-9][0-9]*)(Mi|Gi)")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# REGISTRY/PATH then :TAG, @sha256:DIGEST or both (the distribution spec's grammar, with
+# the registry host required); the digest is what pins, a tag beside it is a label.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"(?P<name>[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/{_PATH_COMPONENT})+)"
+    rf"(:(?P<tag>{_TAG.pattern}))?"
+    r"(@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
+# Cloud Run's CPU and memory table (Cloud Functions 2nd gen runs on Cloud Run and checks
+# the same): MiB of memory allowed with each whole number of CPUs. Below 1 CPU (0.08 to
+# 0.999): at most 512 MiB below 0.5 CPU, at most 1 GiB below 1, and one request at a time.
+MEMORY_BY_CPU = {
+    1: (128, 4 * 1024),
+    2: (128, 8 * 1024),
+    4: (2 * 1024, 16 * 1024),
+    6: (4 * 1024, 24 * 1024),
+    8: (4 * 1024, 32 * 1024),
+}
+_FRACTIONAL_CPU = re.compile(r"0\.[0-9]{1,3}")
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
 
@@ -205,14 +223,32 @@ def _platform(read: _Reader) -> Platform:
     )
 
 
+def image_problem(variable: str, image: str) -> str | None:
+    """Why `image` is no deployable reference, or None: REGISTRY/PATH:TAG (a version, not
+    latest), REGISTRY/PATH@sha256:DIGEST or REGISTRY/PATH:TAG@sha256:DIGEST."""
+    match = _IMAGE.fullmatch(image)
+    if match is None or not (match["tag"] or match["digest"]):
+        return (
+            f"{variable}={image!r} must be a registry path with a version tag or a digest, "
+            "e.g. europe-west1-docker.pkg.dev/p/repo/name:1.2.3 or .../name@sha256:<64 hex>"
+        )
+    if match["tag"] == "latest" and not match["digest"]:
+        return f"{variable}={image!r}: latest is no version; give a version tag or a digest"
+    return None
+
+
+def has_digest(image: str) -> bool:
+    match = _IMAGE.fullmatch(image)
+    return bool(match and match["digest"])
+
+
 def _image(read: _Reader, variable: str, name: str, project: str, region: str) -> str:
     """VARIABLE if set, else REGION-docker.pkg.dev/PROJECT/ARTIFACT_REPOSITORY/NAME:IMAGE_TAG."""
     explicit = read.get(variable)
     if explicit:
-        if not _IMAGE.fullmatch(explicit) or explicit.endswith(":latest"):
-            read.problems.append(
-                f"{variable}={explicit!r} must be a registry path with a version tag (not latest)"
-            )
+        problem = image_problem(variable, explicit)
+        if problem:
+            read.problems.append(problem)
         return explicit
     tag = read.required(
         "IMAGE_TAG", f"the image tag, e.g. $(git rev-parse --short HEAD) (or set {variable})"
@@ -223,18 +259,85 @@ def _image(read: _Reader, variable: str, name: str, project: str, region: str) -
     return f"{region}-docker.pkg.dev/{project}/{repository}/{name}:{tag}"
 
 
-def _scaling(read: _Reader, prefix: str, default: Scaling, memory_example: str) -> Scaling:
+def _mebibytes(memory: str) -> int | None:
+    match = _MEMORY.fullmatch(memory)
+    if match is None:
+        return None
+    return int(match[1]) * (1024 if match[2] == "Gi" else 1)
+
+
+def _size(mebibytes: int) -> str:
+    return f"{mebibytes // 1024}Gi" if mebibytes % 1024 == 0 else f"{mebibytes}Mi"
+
+
+def size_problem(prefix: str, cpu: str, memory: str, concurrency: int) -> str | None:
+    """Why Cloud Run (and Cloud Functions 2nd gen) would refuse this CPU, memory and
+    concurrency together, naming the variables; None if they fit."""
+    cpu_var, memory_var = f"{prefix}CPU", f"{prefix}MEMORY"
+    mebibytes = _mebibytes(memory)
+    if mebibytes is None:
+        return None  # reported as malformed already
+    both = f"{cpu_var}={cpu} with {memory_var}={memory}"
+    if _FRACTIONAL_CPU.fullmatch(cpu):
+        high = 512 if float(cpu) < 0.5 else 1024
+        if mebibytes > high:
+            least = "1" if mebibytes > 1024 else "0.5"
+            return (
+                f"{both} does not fit: below 1 CPU Cloud Run allows at most 512Mi "
+                f"(under 0.5 CPU) or 1Gi (under 1 CPU); set {cpu_var}={least} or more, "
+                f"or {memory_var}={_size(high)} or less"
+            )
+        if mebibytes < 128:
+            return f"{both} does not fit: Cloud Run needs {memory_var}=128Mi or more"
+        if concurrency != 1:
+            return (
+                f"{cpu_var}={cpu} with {prefix}CONCURRENCY={concurrency} does not fit: "
+                f"below 1 CPU Cloud Run serves one request at a time; set "
+                f"{prefix}CONCURRENCY=1 or {cpu_var}=1"
+            )
+        return None
+    low, high = MEMORY_BY_CPU[int(cpu)]
+    if low <= mebibytes <= high:
+        return None
+    if mebibytes > high:
+        fitting = [n for n, (_, top) in MEMORY_BY_CPU.items() if mebibytes <= top]
+        fix = (
+            f"set {cpu_var}={fitting[0]} or more, or {memory_var}={_size(high)} or less"
+            if fitting
+            else f"Cloud Run's largest is {_size(MEMORY_BY_CPU[8][1])}"
+        )
+    else:
+        fix = f"set {memory_var}={_size(low)} or more, or fewer CPUs"
+    return (
+        f"{both} does not fit: Cloud Run allows {_size(low)} to {_size(high)} of memory "
+        f"with {cpu} CPU; {fix}"
+    )
+
+
+def _scaling(
+    read: _Reader, prefix: str, default: Scaling, memory_example: str, *, fractional_cpu: bool
+) -> Scaling:
     """Instance bounds and sizes from `<prefix>MIN_INSTANCES`, `<prefix>CPU`, ..."""
+    cpu = read.get(f"{prefix}CPU") or default.cpu
+    whole = tuple(str(n) for n in MEMORY_BY_CPU)
+    fraction_ok = fractional_cpu and _FRACTIONAL_CPU.fullmatch(cpu) and float(cpu) >= 0.08
+    if cpu not in whole and not fraction_ok:
+        fractions = " or a fraction from 0.08 to 0.999" if fractional_cpu else ""
+        read.problems.append(f"{prefix}CPU={cpu!r} must be one of {', '.join(whole)}{fractions}")
     scaling = Scaling(
         min_instances=read.integer(f"{prefix}MIN_INSTANCES", default.min_instances, 0, 1000),
         max_instances=read.integer(f"{prefix}MAX_INSTANCES", default.max_instances, 1, 1000),
         concurrency=read.integer(f"{prefix}CONCURRENCY", default.concurrency, 1, 1000),
-        cpu=read.choice(f"{prefix}CPU", default.cpu, ("1", "2", "4", "6", "8")),
+        cpu=cpu,
         memory=read.matching(f"{prefix}MEMORY", _MEMORY, default.memory, memory_example),
         timeout_seconds=read.integer(f"{prefix}TIMEOUT_SECONDS", default.timeout_seconds, 1, 3600),
     )
     if scaling.min_instances > scaling.max_instances:
         read.problems.append(f"{prefix}MIN_INSTANCES must not exceed {prefix}MAX_INSTANCES")
+    if cpu in whole or fraction_ok:
+        problem = size_problem(prefix, cpu, scaling.memory, scaling.concurrency)
+        if problem:
+            read.problems.append(problem)
     return scaling
 
 
@@ -242,7 +345,9 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     """Settings for `function` (container=False) or `run-function` (container=True)."""
     read = _Reader(environ)
     platform = _platform(read)
-    scaling = _scaling(read, "", Scaling(0, 10, 8, "1", "512Mi", 60), "512Mi or 1Gi")
+    scaling = _scaling(
+        read, "", Scaling(0, 10, 8, "1", "512Mi", 60), "512Mi or 1Gi", fractional_cpu=True
+    )
 
     for secret in SECRETS:
         if read.environ.get(secret):
@@ -308,7 +413,11 @@ def load_serving(environ: Mapping[str, str]) -> ServingSettings:
     """Settings for `run-serving`: TensorFlow Serving on Cloud Run, reachable only inside."""
     read = _Reader(environ)
     platform = _platform(read)
-    scaling = _scaling(read, "SERVING_", Scaling(1, 5, 32, "2", "2Gi", 60), "2Gi")
+    # Whole CPUs only: TF Serving keeps its CPU allocated (--no-cpu-throttling), which
+    # Cloud Run refuses below 1 CPU.
+    scaling = _scaling(
+        read, "SERVING_", Scaling(1, 5, 32, "2", "2Gi", 60), "2Gi", fractional_cpu=False
+    )
     # TF Serving has no authentication and the function sends no identity token, so the
     # service is deployed without IAM checks: only internal ingress keeps it private.
     ingress = read.get("SERVING_INGRESS") or "internal"

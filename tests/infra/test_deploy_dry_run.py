@@ -35,12 +35,19 @@ SCALING = [
     "--min-instances=0",
     "--max-instances=10",
 ]
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def argvs(steps: list[Step]) -> list[list[str]]:
     """The plain commands of a plan (none of these plans has a conditional step)."""
     assert all(step.unless is None for step in steps), steps
     return [step.argv for step in steps]
+
+
+def refusal(target: str, environ: dict[str, str], *, build: bool = False) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        plan(target, environ, build=build)
+    return caught.value.problems
 
 
 def test_cloud_functions_command() -> None:
@@ -418,3 +425,131 @@ def test_every_function_setting_is_deployable() -> None:
         "SQLITE_PATH",  # local only
     }
     assert variables_read_by_function() == set(FUNCTION_PASSTHROUGH) | handled
+
+
+# --- image references -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        f"gcr.io/p/fn@{DIGEST}",
+        f"gcr.io/p/fn:1.2.3@{DIGEST}",
+        f"{REGISTRY}/digit-recognizer-function@{DIGEST}",
+        f"localhost:5000/team/fn_x:v2@{DIGEST}",
+        "gcr.io/p/fn:1.2.3",
+    ],
+)
+def test_image_references_by_digest_or_tag_are_accepted(image: str) -> None:
+    (argv,) = argvs(plan("run-function", {**BASE, "FUNCTION_IMAGE": image}))
+    assert f"--image={image}" in argv
+    (serving,) = argvs(plan("run-serving", {**BASE, "SERVING_IMAGE": image}))
+    assert f"--image={image}" in serving
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "gcr.io/p/fn",  # neither tag nor digest
+        "gcr.io/p/fn:latest",
+        "gcr.io/p/fn@sha256:0123abcd",  # digest too short
+        "gcr.io/p/fn@sha256:" + "0123456789ABCDEF" * 4,  # upper-case hex
+        "gcr.io/p/fn@md5:" + "0" * 32,
+        f"gcr.io/p/fn:@{DIGEST}",  # empty tag
+        f"gcr.io/p/fn@{DIGEST}@{DIGEST}",
+        "gcr.io/p/fn:1.0@",
+        f"gcr.io/p/fn:1.0@sha256:{DIGEST}",  # the algorithm twice
+        "gcr.io//fn:1.0",
+        "gcr.io/p/fn/:1.0",
+        "fn:1.0",  # no registry
+        "gcr.io/p/Fn:1.0",  # upper case in the path
+        "gcr.io/p/fn:1.0 --port=1",
+    ],
+)
+def test_malformed_image_references_are_refused(image: str) -> None:
+    problems = refusal("run-function", {**BASE, "FUNCTION_IMAGE": image})
+    assert any(p.startswith(f"FUNCTION_IMAGE={image!r}") for p in problems), problems
+
+
+def test_build_refuses_a_digest_it_cannot_produce() -> None:
+    image = f"gcr.io/p/fn:1.2.3@{DIGEST}"
+    problems = refusal("run-function", {**BASE, "FUNCTION_IMAGE": image}, build=True)
+    assert any("--build with FUNCTION_IMAGE=" in p and "digest" in p for p in problems)
+
+
+# --- CPU and memory together -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cpu, memory",
+    [
+        ("1", "128Mi"),
+        ("1", "4Gi"),
+        ("2", "8Gi"),
+        ("4", "2Gi"),
+        ("4", "16Gi"),
+        ("6", "4Gi"),
+        ("6", "24Gi"),
+        ("8", "4096Mi"),
+        ("8", "32Gi"),
+    ],
+)
+def test_cpu_and_memory_combinations_cloud_run_accepts(cpu: str, memory: str) -> None:
+    for target, prefix in (("function", ""), ("run-serving", "SERVING_")):
+        environ = {**BASE, "IMAGE_TAG": "v1", f"{prefix}CPU": cpu, f"{prefix}MEMORY": memory}
+        (argv,) = argvs(plan(target, environ))
+        assert f"--cpu={cpu}" in argv and f"--memory={memory}" in argv
+
+
+@pytest.mark.parametrize(
+    "cpu, memory, message",
+    [
+        ("4", "1Gi", "Cloud Run allows 2Gi to 16Gi of memory with 4 CPU; set MEMORY=2Gi or more"),
+        ("6", "2Gi", "allows 4Gi to 24Gi of memory with 6 CPU"),
+        ("8", "3Gi", "allows 4Gi to 32Gi of memory with 8 CPU"),
+        ("1", "5Gi", "set CPU=2 or more, or MEMORY=4Gi or less"),
+        ("2", "9Gi", "set CPU=4 or more, or MEMORY=8Gi or less"),
+        ("4", "17Gi", "set CPU=6 or more"),
+        ("6", "25Gi", "set CPU=8 or more"),
+        ("8", "40Gi", "Cloud Run's largest is 32Gi"),
+        ("1", "64Mi", "set MEMORY=128Mi or more"),
+    ],
+)
+def test_cpu_and_memory_that_do_not_fit_are_refused_naming_both(
+    cpu: str, memory: str, message: str
+) -> None:
+    for target, prefix in (("function", ""), ("run-serving", "SERVING_")):
+        environ = {**BASE, "IMAGE_TAG": "v1", f"{prefix}CPU": cpu, f"{prefix}MEMORY": memory}
+        (problem,) = refusal(target, environ)
+        assert problem.startswith(f"{prefix}CPU={cpu} with {prefix}MEMORY={memory} does not fit")
+        assert (
+            message.replace("CPU=", f"{prefix}CPU=").replace("MEMORY=", f"{prefix}MEMORY=")
+            in problem
+        ), problem
+
+
+def test_less_than_one_cpu() -> None:
+    small = {**BASE, "CPU": "0.5", "MEMORY": "1Gi", "CONCURRENCY": "1"}
+    (argv,) = argvs(plan("function", small))
+    assert "--cpu=0.5" in argv and "--concurrency=1" in argv and "--memory=1Gi" in argv
+    (problem,) = refusal("function", {**small, "CPU": "0.25"})
+    assert problem.startswith("CPU=0.25 with MEMORY=1Gi does not fit: below 1 CPU")
+    (problem,) = refusal("function", {**small, "MEMORY": "2Gi"})
+    assert "set CPU=1 or more, or MEMORY=1Gi or less" in problem
+    (problem,) = refusal("function", {**small, "CONCURRENCY": "8"})
+    assert problem.startswith("CPU=0.5 with CONCURRENCY=8 does not fit")
+    assert "CPU='0.05' must be one of" in refusal("function", {**small, "CPU": "0.05"})[0]
+    # TF Serving keeps its CPU allocated, which Cloud Run allows only with whole CPUs.
+    serving = {**BASE, "IMAGE_TAG": "v1", "SERVING_CPU": "0.5", "SERVING_CONCURRENCY": "1"}
+    (problem,) = refusal("run-serving", serving)
+    assert problem == "SERVING_CPU='0.5' must be one of 1, 2, 4, 6, 8"
+
+
+def test_a_size_that_does_not_fit_stops_before_the_build(capsys) -> None:
+    ran: list[list[str]] = []
+    environ = {**BASE, "IMAGE_TAG": "abc", "CPU": "4", "MEMORY": "1Gi"}
+    status = main(["run-function", "--build", "--dry-run"], environ=environ, run=ran.append)
+    assert status == 2 and ran == []
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "CPU=4 with MEMORY=1Gi does not fit" in captured.err

@@ -153,6 +153,34 @@ def test_namespace_enforces_restricted() -> None:
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
+def stated_knative_minimum(text: str) -> tuple[int, int]:
+    found = re.findall(r"Knative Serving \**(\d+)\.(\d+)\** or newer", text)
+    assert found, "the README must state the minimum Knative Serving version"
+    return min((int(major), int(minor)) for major, minor in found)
+
+
+def test_readme_states_the_knative_minimum_the_restricted_namespace_needs() -> None:
+    """Knative 1.9 to 1.11 start queue-proxy without a seccomp profile, which the restricted
+    standard rejects: under `enforce: restricted` the stated minimum must be 1.12."""
+    readme = (K8S_DIR / "README.md").read_text()
+    labels = find("Namespace")["metadata"]["labels"]
+    if labels["pod-security.kubernetes.io/enforce"] == "restricted":
+        assert stated_knative_minimum(readme) >= (1, 12)
+    assert "app.kubernetes.io/version" in readme  # how to check the installed version
+    assert stated_knative_minimum("needs Knative Serving 1.9 or newer") < (1, 12)
+
+
+def test_the_readme_first_apply_leaves_out_exactly_the_function() -> None:
+    """Step 4 applies everything but the function by label, so the label must mark
+    exactly function.yaml's objects."""
+    readme = (K8S_DIR / "README.md").read_text()
+    (selector,) = re.findall(r"kubectl apply -k \. -l '([^']+)'", readme)
+    key, _, value = selector.partition("!=")
+    marked = {label(d) for d in DOCUMENTS if d["metadata"].get("labels", {}).get(key) == value}
+    function_file = yaml.safe_load_all((K8S_DIR / "function.yaml").read_text())
+    assert marked == {label(d) for d in function_file if d}
+
+
 def test_images_are_pinned_and_match_compose() -> None:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     for name, spec in pod_specs():

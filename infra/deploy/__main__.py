@@ -6,7 +6,9 @@ Targets:
   run-serving   TensorFlow Serving with the models baked in (Dockerfile.serving) on Cloud Run
 
 Every setting is an environment variable (README, "Deploy"). --dry-run prints the exact
-commands and runs nothing; a missing or malformed variable stops before any command.
+commands and runs nothing; a missing or malformed variable, or a CPU and memory pair
+Cloud Run refuses, stops before any command. With --build, an Artifact Registry image's
+repository is created first unless it exists (a push to a missing one fails).
 """
 
 from __future__ import annotations
@@ -88,7 +90,11 @@ def main(
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("target", choices=TARGETS)
-    parser.add_argument("--build", action="store_true", help="build and push the image first")
+    parser.add_argument(
+        "--build",
+        action="store_true",
+        help="build and push the image first (creating its Artifact Registry repository)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
 

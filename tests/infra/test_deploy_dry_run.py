@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -553,3 +554,33 @@ def test_a_size_that_does_not_fit_stops_before_the_build(capsys) -> None:
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "CPU=4 with MEMORY=1Gi does not fit" in captured.err
+
+
+class _Recorder(dict):
+    """A mapping that remembers every name looked up with get()."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_every_variable_the_tool_reads_is_documented_in_the_readme_deploy_section() -> None:
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy\n") : readme.index("### Kubernetes\n")]
+    environ = _Recorder({**BASE, "IMAGE_TAG": "v1"})
+    for target in ("function", "run-function", "run-serving"):
+        plan(target, environ)
+    assert "SERVING_CPU" in environ.asked and "ARTIFACT_REPOSITORY" in environ.asked
+    undocumented = {
+        name
+        for name in environ.asked - set(FUNCTION_PASSTHROUGH)
+        if not re.search(rf"`{name}`|`{name}_SECRET`", deploy)
+    }
+    assert undocumented == set()
+    # The one-time steps create the repository the derived image names use.
+    assert REGISTRY.endswith("/digit-recognizer")  # what the plans above derive
+    assert "gcloud artifacts repositories create digit-recognizer " in deploy

@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving import tensors
+from serving import rjson, tensors
 from serving.batching import Batcher
 from serving.config import PrometheusSettings
 from serving.errors import ServingError, invalid_argument
@@ -55,7 +55,8 @@ def error_response(error: ServingError) -> Response:
 
 
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode("utf-8")
+    """MakeJsonFromStatus: {"error": message} as rapidjson's PrettyWriter writes it."""
+    return rjson.error_body(message)
 
 
 def _proto_json(message: Any) -> dict[str, Any]:
@@ -149,7 +150,10 @@ class RestApi:
         call.version = str(servable.version)
         signature = servable.signature(signature_name)
         fmt, inputs = tensors.request_tensors(
-            doc, signature, may_contain_bools=b"true" in body or b"false" in body
+            doc,
+            signature,
+            requested_signature=signature_name,
+            may_contain_bools=b"true" in body or b"false" in body,
         )
         if self.batcher is None:
             outputs = servable.run(signature.name, inputs)

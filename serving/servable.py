@@ -7,6 +7,7 @@ conversion are based on: dtypes, shapes and every signature, init op included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,12 @@ SAVED_MODEL_FILE = "saved_model.pb"
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A signature input or output: numpy dtype, TF dtype name and shape (None = unknown)."""
+    """A signature input or output: numpy dtype, DataTypeString name and shape (None = unknown)."""
 
     dtype: np.dtype
     dtype_name: str
     shape: tuple[int | None, ...] | None
+    feed_name: str = ""  # the graph tensor, e.g. "serving_default_image:0"
 
     @classmethod
     def from_proto(cls, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
@@ -39,13 +41,14 @@ class TensorSpec:
             if shape.unknown_rank
             else tuple(d.size if d.size >= 0 else None for d in shape.dim)
         )
+        name = data_type_string(info.dtype)
         if info.dtype == types_pb2.DT_INVALID:  # e.g. the outputs of __saved_model_init_op
-            return cls(np.dtype(object), "invalid", dims)
+            return cls(np.dtype(object), name, dims, info.name)
         tf_dtype = tf.dtypes.as_dtype(info.dtype)
         numpy_dtype = (
             np.dtype(object) if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype)
         )
-        return cls(numpy_dtype, tf_dtype.name, dims)
+        return cls(numpy_dtype, name, dims, info.name)
 
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         if self.shape is None:
@@ -60,6 +63,17 @@ class Signature:
     name: str
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
+
+
+def data_type_string(dtype: int) -> str:
+    """TensorFlow's C++ DataTypeString: DT_FLOAT -> "float", DT_UINT8 -> "uint8"."""
+    try:
+        name = types_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"unknown dtype enum ({dtype})"
+    if name.endswith("_REF"):
+        return name[3:-4].lower() + "_ref"
+    return name[3:].lower() if name != "DT_INVALID" else "INVALID"
 
 
 def format_shape(shape: tuple[int | None, ...] | None) -> str:
@@ -78,6 +92,18 @@ def read_meta_graph(path: Path, tag: str = SERVING_TAG) -> meta_graph_pb2.MetaGr
     raise ServingError(
         "NOT_FOUND", f"Could not find meta graph def matching supplied tags: {{ {tag} }}"
     )
+
+
+_EAGER_PREFIX = re.compile(
+    r"^Graph execution error:\s*(?:Detected at node .*? defined at \(most recent call last\):"
+    r"\n(?:.*\n)*?(?:<stack traces unavailable>\n)?)?",
+)
+_EAGER_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]\s*$")
+
+
+def session_message(message: str) -> str:
+    """A kernel's error as Session::Run words it: without eager Python's frame and op name."""
+    return _EAGER_SUFFIX.sub("", _EAGER_PREFIX.sub("", message, count=1))
 
 
 class Servable:
@@ -121,27 +147,33 @@ class Servable:
             error = from_exception(exc)
             if error.code == "UNKNOWN":
                 error = invalid_argument(error.message)
-            raise error from exc
+            raise ServingError(error.code, session_message(error.message)) from exc
         return {key: value.numpy() for key, value in result.items()}
 
     def check_inputs(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Signature:
-        """The signature, if `inputs` match its names and shapes; else TF Serving's 400.
+        """The signature, if `inputs` name its inputs; else TF Serving's 400.
 
-        Separate from run() so the batcher refuses a bad request on its own, before it
-        could fail a whole batch of other clients' requests.
+        predict_util.cc's VerifyRequestInputsSize, then saved_model::GetInputValues (no
+        signature here has defaults). Shapes are not checked: the graph decides. Separate
+        from run() so the batcher refuses a bad request on its own, before it could fail a
+        whole batch of other clients' requests.
         """
         signature = self.signature(signature_name)
-        if set(inputs) != set(signature.inputs):
+        expected = signature.inputs
+        if len(inputs) != len(expected):
+            sent, wanted = sorted(inputs), sorted(expected)
             raise invalid_argument(
-                f"input size does not match signature: {len(inputs)}!={len(signature.inputs)} "
-                f"len({{{','.join(sorted(inputs))}}}) != "
-                f"len({{{','.join(sorted(signature.inputs))}}})"
+                f"input size does not match signature: {len(inputs)}!={len(expected)} "
+                f"len({{{','.join(sent)}}}) != len({{{','.join(wanted)}}}). Sent extra: "
+                f"{{{','.join(k for k in sent if k not in expected)}}}. Missing but required: "
+                f"{{{','.join(k for k in wanted if k not in inputs)}}}."
             )
-        for key, spec in signature.inputs.items():
-            shape = tuple(inputs[key].shape)
-            if not spec.accepts_shape(shape):
+        for alias in sorted(expected):
+            if alias not in inputs:
                 raise invalid_argument(
-                    f'Input "{key}" has shape {format_shape(shape)} but signature '
-                    f'"{signature.name}" expects {spec.dtype_name} {format_shape(spec.shape)}'
+                    f"Signature input alias: {alias}(feed name: {expected[alias].feed_name}) "
+                    "not found in request and no default value provided. Inputs expected to "
+                    f"be in the request {{{','.join(sorted(inputs))}}}, or default input "
+                    "alias set: "
                 )
         return signature

@@ -57,7 +57,8 @@ def build_model_store(root: Path) -> dict[str, Path]:
         )
         store[kind] = path
     write_warmup(store["bucket"], np.zeros((2, 28, 28), dtype=np.uint8))
-    write_warmup(store["bad_warmup"], np.zeros((1, 27, 28), dtype=np.uint8))
+    # The graph cannot average a rank-2 input over axes 1 and 2: the warmup fails there.
+    write_warmup(store["bad_warmup"], np.zeros((1, 28), dtype=np.uint8))
     corrupt = root / "corrupt"
     corrupt.mkdir()
     (corrupt / "saved_model.pb").write_bytes(b"this is not a protobuf")

@@ -104,8 +104,11 @@ FAST_START = (
     "-Dcassandra.superuser_setup_delay_ms=0",
     "-Dcassandra.size_recorder_interval=0",
 )
-# Tests only, never data anyone keeps: no fsync at all, unsynchronised system tables.
-NO_SYNC = ("-Dcassandra.skip_sync=true", "-Dcassandra.unsafesystem=true")
+# Tests only, never data anyone keeps: no fsync. What a killed JVM wrote stays in the page
+# cache, so a SIGKILL still loses nothing; only the machine crashing would. (Not
+# cassandra.unsafesystem: it keeps the schema out of the commit log, and a killed node
+# came back without its keyspaces.)
+NO_SYNC = ("-Dcassandra.skip_sync=true",)
 
 
 class LauncherError(Exception):
@@ -214,7 +217,9 @@ def tokens(count: int) -> list[int]:
 
 
 def port_free(address: str, port: int) -> bool:
+    """Nothing listens there. SO_REUSEADDR, as Cassandra binds: TIME_WAIT does not count."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((address, port))
         except OSError:
@@ -375,6 +380,34 @@ class LocalCluster:
                 node.process.send_signal(signal.SIGTERM)
         for node in reversed(self.members):
             self.stop_node(node.index, grace=grace)
+
+    def nodetool(self, index: int, *args: str, timeout: float = 300.0) -> str:
+        """Cassandra's own nodetool (from the same jars) against node `index`; its output."""
+        self._java = self._java or java_executable(self.env)
+        self._lib = self._lib or cassandra_lib(self.env, self.report)
+        node = self.node(index)
+        command = [
+            self._java,
+            "-Xmx128M",
+            *(o for o in JVM_OPTIONS if o.startswith("--add-")),
+            f"-Dcassandra.logdir={node.directory / 'logs'}",
+            f"-Dlogback.configurationFile={node.directory / 'logback.xml'}",
+            "-cp",
+            f"{self._lib}/*",
+            "org.apache.cassandra.tools.NodeTool",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(node.jmx_port),
+            *args,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise LauncherError(
+                f"nodetool {' '.join(args)} on node {index} failed: "
+                + (result.stderr.strip() or result.stdout.strip())[-2000:]
+            )
+        return result.stdout
 
     def __enter__(self) -> LocalCluster:
         return self.start()

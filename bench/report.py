@@ -11,6 +11,7 @@ from bench.stack import ROOT
 
 MARKDOWN = ROOT / "docs" / "performance.md"
 PLOTS = ROOT / "docs" / "perf"
+RESULTS = PLOTS / "results.json"  # the raw numbers the report is drawn from
 PY = ".venv/bin/python -m"
 
 
@@ -183,7 +184,44 @@ def markdown(r: dict) -> str:
         "\n## Load test (issue 6)\n",
         _load_test(r["load_test"]),
     ]
+    if "stores" in r:
+        sections += ["\n## SQLite and Cassandra (issue 10)\n", _stores(r["stores"])]
     return "\n".join(sections)
+
+
+def _stores(result: dict) -> str:
+    sqlite, cassandra = result["sqlite"], result["cassandra"]
+    rows = []
+    for c in ("c1", "c8"):
+        rows += [
+            [f"{c[1:]}: req/s", f"{sqlite[c]['rps']:.0f}", f"{cassandra[c]['rps']:.0f}"],
+            [f"{c[1:]}: p50 ms", f"{sqlite[c]['p50_ms']:.1f}", f"{cassandra[c]['p50_ms']:.1f}"],
+            [f"{c[1:]}: p99 ms", f"{sqlite[c]['p99_ms']:.1f}", f"{cassandra[c]['p99_ms']:.1f}"],
+            [
+                f"{c[1:]}: store stage p50 / p99 ms",
+                "{p50:.2f} / {p99:.2f}".format(**sqlite[c]["store_stage_ms"]),
+                "{p50:.2f} / {p99:.2f}".format(**cassandra[c]["store_stage_ms"]),
+            ],
+            [f"{c[1:]}: failed", sqlite[c]["failures"], cassandra[c]["failures"]],
+        ]
+    rows.append(
+        [
+            "function RSS (2 workers)",
+            f"{sqlite['function_memory']['rss_mb']:.0f} MB",
+            f"{cassandra['function_memory']['rss_mb']:.0f} MB",
+        ]
+    )
+    rows.append(["Cassandra node RSS", "", f"{cassandra['node_memory']['rss_mb']:.0f} MB"])
+    return (
+        f"`{PY} bench.stores`: the same function (2 workers x 4 threads) on each store, "
+        f"{result['requests'] // 4:,} requests at concurrency 1 and {result['requests']:,} at "
+        "concurrency 8 (after 200 to warm up), the 28x28 PNG. SQLite: WAL, synchronous=FULL. "
+        "Cassandra: one local node with the demo's durable settings (`commitlog_sync: batch`, "
+        "fsync before each acknowledged write; heap 512 MB), LOCAL_QUORUM. The store stage is "
+        "the function's own `latency_ms.store`, the time to record the prediction.\n\n"
+        + _table(["concurrency: figure", "SQLite", "Cassandra"], rows)
+        + "\n"
+    )
 
 
 def _load_test(result: dict) -> str:

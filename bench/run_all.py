@@ -20,9 +20,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cold_start, load_test, overhead, payload, report, stack, throughput
+from bench import cold_start, load_test, overhead, payload, report, stack, stores, throughput
 
-RESULTS = stack.ROOT / "docs" / "perf" / "results.json"
 LEVERS = [  # (workers, threads, model server batching) tried at concurrency 8 and 32
     (1, 8, False),  # functions-framework's defaults on 2 cores (THREADS = 4 x cores)
     (1, 4, False),
@@ -81,6 +80,8 @@ def run(workers: int, threads: int, batching: bool, load_requests: int) -> dict:
             results["batches"] = throughput.batches(function.url)
         _step(f"load test ({load_requests:,} requests at concurrency 32)", started)
         results["load_test"] = load_test.load_test(server.url, load_requests, 32, workers, threads)
+        _step("SQLite and Cassandra", started)
+        results["stores"] = stores.compare(server.url)
     _step("model server with and without batching", started)
     results["model_server_batching"] = throughput.model_server_batching()
     _step("levers: workers, threads, batching", started)
@@ -117,12 +118,12 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="redraw from results.json")
     args = parser.parse_args()
     if args.report_only:
-        results = json.loads(RESULTS.read_text())
+        results = json.loads(report.RESULTS.read_text())
     else:
         results = run(args.workers, args.threads, args.batching, args.load_requests)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        results = json.loads(RESULTS.read_text())  # the report reads what was saved
+        report.RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        report.RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        results = json.loads(report.RESULTS.read_text())  # the report reads what was saved
     report.write(results)
     print(f"wrote {report.MARKDOWN.relative_to(stack.ROOT)} and docs/perf/*.png")
 

@@ -173,8 +173,10 @@ def function_server(
     threads: int = 8,
     source: Path = FUNCTION_SOURCE,
     wait: bool = True,
+    store_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """The function under functions-framework (gunicorn), as bin/demo starts it."""
+    """The function under functions-framework (gunicorn), as bin/demo starts it; on SQLite
+    unless `store_env` points it elsewhere (PREDICTION_STORE=cassandra, CASSANDRA_*)."""
     port = free_port()
     argv = [
         str(VENV_BIN / "functions-framework"), "--source", str(source / "main.py"),
@@ -186,6 +188,7 @@ def function_server(
         "PREDICTION_STORE": "sqlite",
         "WORKERS": str(workers),
         "THREADS": str(threads),
+        **(store_env or {}),
     }
     with _running("function", argv, port, env) as server:
         if wait:

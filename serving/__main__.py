@@ -80,8 +80,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--monitoring_config_file",
         type=Path,
         default=None,
-        help="MonitoringConfig text proto (default: Prometheus on at "
-        "/monitoring/prometheus/metrics)",
+        help="MonitoringConfig text proto, e.g. serving/monitoring.config (default: none, "
+        "so no Prometheus page, as in TF Serving)",
+    )
+    parser.add_argument(
+        "--rest_api_enable_cors_support",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="add CORS headers (Access-Control-Allow-*) to REST API responses",
+    )
+    parser.add_argument(
+        "--enable_signature_method_name_check",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="require predict/classify/regress method names on the signatures used",
+    )
+    parser.add_argument(
+        "--strict_inputs",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="dev server only, stricter than TF Serving: refuse integers out of an input's "
+        "range, numbers a float input cannot hold and shapes the signature does not accept "
+        "(TF Serving wraps, rounds and lets the graph decide)",
     )
     parser.add_argument(
         "--enable_batching",
@@ -127,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         models_dir=args.models_dir,
         monitoring_config_file=args.monitoring_config_file,
+        rest_api_enable_cors_support=args.rest_api_enable_cors_support,
+        enable_signature_method_name_check=args.enable_signature_method_name_check,
+        strict_inputs=args.strict_inputs,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
     )

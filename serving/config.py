@@ -146,9 +146,13 @@ def load_model_config_file(path: Path, *, models_dir: Path) -> tuple[ModelConfig
 
 
 def load_monitoring_config(path: Path | None) -> PrometheusSettings:
-    """Prometheus settings from a MonitoringConfig file; enabled at the default path if None."""
+    """Prometheus settings from a MonitoringConfig file; off without one, as in TF Serving.
+
+    server.cc starts from an empty MonitoringConfig when --monitoring_config_file is not
+    given, and http_server.cc registers the metrics page only if prometheus_config.enable.
+    """
     if path is None:
-        return PrometheusSettings()
+        return PrometheusSettings(enabled=False)
     try:
         proto = protos.parse_monitoring_config(path.read_text(encoding="utf-8"))
     except (OSError, text_format.ParseError) as exc:

@@ -3,6 +3,10 @@
 Headers and body leave in one write with Nagle off, so small JSON replies do not
 wait on delayed ACKs. stop() can wake idle keep-alive connections and wait for
 handler threads, so shutdown neither hangs nor cuts replies in flight.
+
+Like TF Serving's net_http server (evhttp_request.cc), a body whose Content-Encoding
+contains "gzip" is inflated before the API sees it (at most 100 MiB; one that does not
+inflate is handed on empty), and protocol-level errors are libevent's HTML pages.
 """
 
 from __future__ import annotations
@@ -12,15 +16,32 @@ import logging
 import socket
 import threading
 import time
+import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from serving.rest import Response, RestApi, error_body
+from serving.rest import Response, RestApi, error_body, libevent_error
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 128 * 1024 * 1024
+MAX_INFLATED_BYTES = 100 * 1024 * 1024  # ZLib::kMaxUncompressedBytes
+
+
+def inflate_gzip(body: bytes) -> bytes:
+    """UncompressGzipAndAllocate: trust the trailer's length up to the limit; b"" on failure."""
+    expected = int.from_bytes(body[-4:], "little") if len(body) > 4 else 0
+    if expected > MAX_INFLATED_BYTES:
+        return b""
+    try:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        data = inflater.decompress(body, expected + 1)
+    except zlib.error:
+        return b""
+    if len(data) != expected or not inflater.eof:
+        return b""
+    return data
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -47,7 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        response = self.server.api.handle(self.command, self.path, body)
+        if body and "gzip" in self.headers.get("Content-Encoding", ""):
+            body = inflate_gzip(body)
+        response = self.server.api.handle(self.command, self.path, body, self.headers)
         self._send(response)
 
     def handle_expect_100(self) -> bool:
@@ -107,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(response.body)))
         for key, value in response.headers:
             self.send_header(key, value)
+            if key == "Connection" and value == "close":
+                self.close_connection = True
         if self.server.stopping and not self.close_connection:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -115,20 +140,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol-level errors (bad request line, unknown method) as JSON too."""
+        """Protocol-level errors (bad request line, unknown method): libevent's page."""
         self.close_connection = True
         try:
-            phrase = HTTPStatus(code).phrase
+            response = libevent_error(code)
         except ValueError:
-            phrase = "Error"
-        body = error_body(message or phrase)
-        self.send_response(code, message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+            response = libevent_error(HTTPStatus.BAD_REQUEST)
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD" and code >= 200 and code not in (204, 304):
-            self.wfile.write(body)
+            self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)

@@ -1,9 +1,23 @@
 """TF Serving's REST API: routing, JSON bodies, messages and status codes.
 
-These follow http_rest_api_handler.cc and http_rest_api_util.cc: any /v1/ path
-the API regexes do not match is a 400 "Malformed request", paths outside /v1/
-are 404, and every error body is {"error": "<message>"}. Tracebacks go to the
-log, never to a client. The socket side lives in serving.httpserver.
+These follow model_servers/http_server.cc, http_rest_api_handler.cc and
+http_rest_api_util.cc:
+
+- The request target is split as libevent's evhttp_uri_parse splits it; a target it
+  refuses is libevent's 400 page. The path *with* its query string (and fragment) is
+  what the API regexes see, so `...:predict?x=1` is a malformed request (400) and
+  `/v1/models/mnist?x=1` asks for a model named "mnist?x=1" (404).
+- The Prometheus page (only with a MonitoringConfig that enables it) answers any method
+  on its exact path; with a query string it is a 400 "Unexpected path".
+- Any other path matching (?i)/v1/.* is the API; the rest is libevent's 404 page.
+- OPTIONS on the API is a CORS preflight: 200 with an empty body when an Origin header
+  names an http(s) origin, else 400 with an empty body. CORS headers are added only
+  with --rest_api_enable_cors_support.
+- GET status ignores a version label (GetModelStatus only looks at a version), and only
+  a lower-case "/metadata" is the metadata subresource ("/METADATA" matches the regex
+  case-insensitively, so it is a status request).
+- Every API error body is {"error": "<message>"} as rapidjson's PrettyWriter writes it.
+Tracebacks go to the log, never to a client. The socket side lives in serving.httpserver.
 """
 
 from __future__ import annotations
@@ -12,10 +26,11 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes
 
 from google.protobuf import json_format
 from tensorflow.core.protobuf import error_codes_pb2
@@ -27,6 +42,7 @@ from serving.config import PrometheusSettings
 from serving.errors import ServingError, invalid_argument
 from serving.metrics import Metrics
 from serving.repository import ModelRepository
+from serving.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +56,17 @@ _STATUS = re.compile(
     re.IGNORECASE,
 )
 _INT64_MAX = 2**63 - 1
+_ORIGIN = re.compile(r"https?://")
+# libevent: unreserved, sub-delims, ':', '@', '/', and %XX; '?' also in query and fragment.
+_URI_CHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+_QUERY_CHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:")
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, GET"),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+)
+LIBEVENT_DEFAULT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
 
 
 @dataclass(frozen=True)
@@ -55,8 +82,49 @@ def error_response(error: ServingError) -> Response:
 
 
 def error_body(message: str) -> bytes:
-    """MakeJsonFromStatus: {"error": message} as rapidjson's PrettyWriter writes it."""
     return rjson.error_body(message)
+
+
+def libevent_error(status: int) -> Response:
+    """evhttp_send_error's page, e.g. for a path outside the API (404)."""
+    reason = HTTPStatus(status).phrase
+    body = (
+        f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
+        "</BODY></HTML>\n"
+    )
+    return Response(status, body.encode(), "text/html", (("Connection", "close"),))
+
+
+def split_target(target: str) -> tuple[str, str] | None:
+    """(path, path with query and fragment) as evhttp_uri_parse reads them; None if refused."""
+    rest = target
+    if _SCHEME.match(rest):
+        rest = rest.partition(":")[2]
+        if rest.startswith("//"):
+            slash = rest.find("/", 2)
+            rest = "" if slash < 0 else rest[slash:]
+    fragment = query = None
+    if "#" in rest:
+        rest, _, fragment = rest.partition("#")
+    if "?" in rest:
+        rest, _, query = rest.partition("?")
+    if not _URI_CHARS.fullmatch(rest):
+        return None
+    for part in (query, fragment):
+        if part is not None and not _QUERY_CHARS.fullmatch(part):
+            return None
+    path = rest or "/"
+    full = path
+    if query is not None:
+        full += "?" + query
+    if fragment is not None:
+        full += "#" + fragment
+    return path, full
+
+
+def decode_arg(text: str) -> str:
+    """curl_easy_unescape: %XX decoded ('+' left alone), bytes kept as they are."""
+    return unquote_to_bytes(text).decode("utf-8", "surrogateescape")
 
 
 def _proto_json(message: Any) -> dict[str, Any]:
@@ -74,6 +142,15 @@ class _Call:
     api: str = ""
 
 
+@dataclass(frozen=True)
+class ApiOptions:
+    """tensorflow_model_server flags that shape REST answers."""
+
+    enable_cors_support: bool = False  # --rest_api_enable_cors_support
+    enable_signature_method_name_check: bool = False  # --enable_signature_method_name_check
+    strict_inputs: bool = False  # dev-only --strict_inputs (see serving.tensors)
+
+
 class RestApi:
     """Answers REST requests against a repository; independent of the socket layer."""
 
@@ -83,36 +160,44 @@ class RestApi:
         metrics: Metrics | None = None,
         prometheus: PrometheusSettings | None = None,
         batcher: Batcher | None = None,
+        options: ApiOptions | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics or Metrics()
         self.prometheus = prometheus or PrometheusSettings()
         self.batcher = batcher  # None: every request is its own model call
+        self.options = options or ApiOptions()
 
-    def handle(self, method: str, target: str, body: bytes) -> Response:
+    def handle(
+        self, method: str, target: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> Response:
         """Route one request; never raises."""
-        path = urlsplit(target).path
+        split = split_target(target)
+        if split is None:
+            return libevent_error(HTTPStatus.BAD_REQUEST)
+        path, uri_path = split
         if self.prometheus.enabled and path == self.prometheus.path:
-            if method not in ("GET", "HEAD"):
-                return Response(
-                    HTTPStatus.METHOD_NOT_ALLOWED,
-                    error_body(f"Method {method} not allowed on {path}"),
-                    headers=(("Allow", "GET, HEAD"),),
-                )
-            text = self.metrics.render(self.repository.all_states())
-            return Response(200, text.encode("utf-8"), "text/plain; version=0.0.4")
-        if not _V1.fullmatch(path):
-            return Response(HTTPStatus.NOT_FOUND, error_body(f"Not found: {path}"))
+            return self._prometheus(path, uri_path)
+        if not _V1.fullmatch(uri_path):
+            return libevent_error(HTTPStatus.NOT_FOUND)
+        extra = CORS_HEADERS if self.options.enable_cors_support else ()
+        if method == "OPTIONS":
+            origin = (headers or {}).get("Origin") or ""
+            status = HTTPStatus.OK if _ORIGIN.search(origin) else HTTPStatus.BAD_REQUEST
+            return Response(status, b"", LIBEVENT_DEFAULT_CONTENT_TYPE, extra)
         call = _Call()
         started = time.perf_counter()
         try:
-            response = Response(200, self._api(method, path, body, call))
+            response = Response(200, self._api(method, uri_path, body, call), headers=extra)
             status = "OK"
         except ServingError as exc:
-            response, status = error_response(exc), exc.code
+            response = Response(exc.http_status, error_body(exc.message), headers=extra)
+            status = exc.code
         except Exception:
-            log.exception("Internal error processing %s %s", method, path)
-            response = Response(500, error_body("Internal error; see the model server log"))
+            log.exception("Internal error processing %s %s", method, uri_path)
+            response = Response(
+                500, error_body("Internal error; see the model server log"), headers=extra
+            )
             status = "INTERNAL"
         if call.api:
             self.metrics.observe(
@@ -120,40 +205,59 @@ class RestApi:
             )
         return response
 
+    def _prometheus(self, path: str, uri_path: str) -> Response:
+        # ProcessPrometheusRequest: any method; the path must match exactly, query included.
+        if uri_path != path:
+            text = f"Unexpected path: {uri_path}. Should be {path}"
+            return Response(HTTPStatus.BAD_REQUEST, text.encode(), "text/plain")
+        page = self.metrics.render(self.repository.all_states())
+        return Response(200, page.encode("utf-8"), "text/plain")
+
     def _api(self, method: str, path: str, body: bytes, call: _Call) -> bytes:
         malformed = invalid_argument(f"Malformed request: {method} {path}")
-        if method == "POST" and (match := _PREDICT.fullmatch(path)):
-            name, version, label, verb = match.groups()
-            if verb != "predict":
-                if verb in ("classify", "regress"):
-                    raise ServingError(
-                        "UNIMPLEMENTED", f"The development model server does not implement :{verb}"
-                    )
-                raise malformed  # TF Serving compares the verb case-sensitively.
-            call.model, call.api = unquote(name), "predict"
-            return self._predict(call, _version(version), _label(label), body)
-        if method == "GET" and (match := _STATUS.fullmatch(path)):
-            name, version, label, subresource = match.groups()
-            if not name:
-                raise invalid_argument("Missing model name in request.")
-            call.model = unquote(name)
-            if subresource:
-                call.api = "metadata"
-                return self._metadata(call, _version(version), _label(label))
-            call.api = "status"
-            return self._status(call, _version(version), _label(label))
-        raise malformed
+        match = None
+        if method == "POST":
+            match = _PREDICT.fullmatch(path)
+        elif method == "GET":
+            match = _STATUS.fullmatch(path)
+        if match is None:
+            raise malformed
+        name, version_text, label_text, verb = match.groups()
+        call.model = decode_arg(name) if name else ""
+        version = _version(version_text)
+        label = decode_arg(label_text) if label_text else None
+        if method == "POST":
+            if verb == "predict":
+                call.api = "predict"
+                return self._predict(call, version, label, body)
+            if verb in ("classify", "regress"):
+                raise ServingError(
+                    "UNIMPLEMENTED", f"The development model server does not implement :{verb}"
+                )
+            raise malformed  # TF Serving compares the verb case-sensitively.
+        if not name:
+            raise invalid_argument("Missing model name in request.")
+        if verb == "metadata":  # only lower case: "/METADATA" is a status request
+            call.api = "metadata"
+            return self._metadata(call, version, label)
+        call.api = "status"
+        return self._status(call, version)
+
+    def _servable(self, call: _Call, version: int | None, label: str | None) -> Servable:
+        servable = self.repository.servable(call.model, version, label)
+        call.version = str(servable.version)
+        return servable
 
     def _predict(self, call: _Call, version: int | None, label: str | None, body: bytes) -> bytes:
         doc, signature_name = tensors.parse_body(body)
-        servable = self.repository.servable(call.model, version, label)
-        call.version = str(servable.version)
+        servable = self._servable(call, version, label)
         signature = servable.signature(signature_name)
         fmt, inputs = tensors.request_tensors(
             doc,
             signature,
             requested_signature=signature_name,
             may_contain_bools=b"true" in body or b"false" in body,
+            strict=self.options.strict_inputs,
         )
         if self.batcher is None:
             outputs = servable.run(signature.name, inputs)
@@ -161,9 +265,9 @@ class RestApi:
             outputs = self.batcher.run(servable, signature.name, inputs)
         return tensors.render_response(outputs, fmt)
 
-    def _status(self, call: _Call, version: int | None, label: str | None) -> bytes:
-        statuses = self.repository.status(call.model, version, label)
-        if version is not None or label is not None:
+    def _status(self, call: _Call, version: int | None) -> bytes:
+        statuses = self.repository.status(call.model, version)
+        if version is not None:
             call.version = str(statuses[0].version)
         response = get_model_status_pb2.GetModelStatusResponse()
         for status in statuses:
@@ -176,8 +280,7 @@ class RestApi:
         return json.dumps(_proto_json(response), indent=1).encode("utf-8")
 
     def _metadata(self, call: _Call, version: int | None, label: str | None) -> bytes:
-        servable = self.repository.servable(call.model, version, label)
-        call.version = str(servable.version)
+        servable = self._servable(call, version, label)
         spec = get_model_metadata_pb2.GetModelMetadataResponse().model_spec
         spec.name = call.model
         spec.version.value = servable.version
@@ -197,7 +300,3 @@ def _version(text: str | None) -> int | None:
     if value > _INT64_MAX:
         raise invalid_argument(f"Failed to convert version: {text} to numeric.")
     return value
-
-
-def _label(text: str | None) -> str | None:
-    return None if text is None else unquote(text)

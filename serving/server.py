@@ -25,7 +25,7 @@ from serving.errors import ConfigError
 from serving.httpserver import HttpServer
 from serving.metrics import Metrics
 from serving.repository import Loader, ModelRepository, load_with_warmup
-from serving.rest import RestApi
+from serving.rest import ApiOptions, RestApi
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ class ServerOptions:
     file_system_poll_wait_seconds: float = 1.0  # 0 disables polling
     allow_version_labels_for_unavailable_models: bool = False
     models_dir: Path = DEFAULT_MODELS_DIR
-    monitoring_config_file: Path | None = None  # None: Prometheus on at the default path
+    monitoring_config_file: Path | None = None  # None: no Prometheus page, as in TF Serving
+    rest_api_enable_cors_support: bool = False
+    enable_signature_method_name_check: bool = False
+    strict_inputs: bool = False  # dev-only: refuse what TF Serving wraps, rounds or lets run
     enable_batching: bool = False
     batching_parameters_file: Path | None = None  # None: BatchingOptions' defaults
     initial_load_timeout_seconds: float | None = 600.0
@@ -117,7 +120,19 @@ class ModelServer:
             if not self.repository.wait_until_settled(self.options.initial_load_timeout_seconds):
                 log.warning("Initial model loads still running; serving anyway")
             self._batcher = None if batching is None else Batcher(batching)
-            api = RestApi(self.repository, self.metrics, prometheus, self._batcher)
+            api = RestApi(
+                self.repository,
+                self.metrics,
+                prometheus,
+                self._batcher,
+                ApiOptions(
+                    enable_cors_support=self.options.rest_api_enable_cors_support,
+                    enable_signature_method_name_check=(
+                        self.options.enable_signature_method_name_check
+                    ),
+                    strict_inputs=self.options.strict_inputs,
+                ),
+            )
             self._http = HttpServer(self.options.rest_api_host, self.options.rest_api_port, api)
         except BaseException:
             self._close_batcher()

@@ -36,7 +36,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving import rjson, tensors
+from serving import inference, rjson, tensors
 from serving.batching import Batcher
 from serving.config import PrometheusSettings
 from serving.errors import ServingError, invalid_argument
@@ -231,9 +231,8 @@ class RestApi:
                 call.api = "predict"
                 return self._predict(call, version, label, body)
             if verb in ("classify", "regress"):
-                raise ServingError(
-                    "UNIMPLEMENTED", f"The development model server does not implement :{verb}"
-                )
+                call.api = verb
+                return self._classify_or_regress(call, verb, version, label, body)
             raise malformed  # TF Serving compares the verb case-sensitively.
         if not name:
             raise invalid_argument("Missing model name in request.")
@@ -259,11 +258,39 @@ class RestApi:
             may_contain_bools=b"true" in body or b"false" in body,
             strict=self.options.strict_inputs,
         )
+        if self.options.enable_signature_method_name_check:
+            method = servable.meta_graph.signature_def[signature.name].method_name
+            if method not in (
+                inference.PREDICT_METHOD,
+                inference.CLASSIFY_METHOD,
+                inference.REGRESS_METHOD,
+            ):
+                raise ServingError(
+                    "INTERNAL",
+                    "Expected prediction signature method_name to be one of "
+                    f"{{{inference.PREDICT_METHOD}, {inference.CLASSIFY_METHOD}, "
+                    f"{inference.REGRESS_METHOD}}}. Was: {method}",
+                )
         if self.batcher is None:
             outputs = servable.run(signature.name, inputs)
         else:
             outputs = self.batcher.run(servable, signature.name, inputs)
         return tensors.render_response(outputs, fmt)
+
+    def _classify_or_regress(
+        self, call: _Call, verb: str, version: int | None, label: str | None, body: bytes
+    ) -> bytes:
+        # ProcessClassifyRequest/ProcessRegressRequest: the body is read before the model
+        # is looked up, so a bad body is a 400 even for an unknown model.
+        doc, signature_name = tensors.parse_body(body)
+        request_input = inference.input_from_json(doc)
+        servable = self._servable(call, version, label)
+        check = self.options.enable_signature_method_name_check
+        if verb == "classify":
+            result = inference.classify(servable, signature_name, request_input, method_check=check)
+            return inference.classification_json(result)
+        regression = inference.regress(servable, signature_name, request_input, method_check=check)
+        return inference.regression_json(regression)
 
     def _status(self, call: _Call, version: int | None) -> bytes:
         statuses = self.repository.status(call.model, version)

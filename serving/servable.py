@@ -101,9 +101,23 @@ _EAGER_PREFIX = re.compile(
 _EAGER_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]\s*$")
 
 
+_EAGER_DTYPE = re.compile(
+    r"cannot compute \S+ as input #(\d+)\(zero-based\) was expected to be a (\w+) tensor "
+    r"but is a (\w+) tensor"
+)
+
+
 def session_message(message: str) -> str:
-    """A kernel's error as Session::Run words it: without eager Python's frame and op name."""
-    return _EAGER_SUFFIX.sub("", _EAGER_PREFIX.sub("", message, count=1))
+    """A kernel's error as Session::Run words it: without eager Python's frame and op name.
+
+    A fed tensor of the wrong dtype is FunctionCallFrame::SetArgs' "Expects arg[0] to be
+    uint8 but float is provided".
+    """
+    message = _EAGER_SUFFIX.sub("", _EAGER_PREFIX.sub("", message, count=1))
+    if match := _EAGER_DTYPE.search(message):
+        index, expected, given = match.groups()
+        return f"Expects arg[{index}] to be {expected} but {given} is provided"
+    return message
 
 
 class Servable:

@@ -8,11 +8,14 @@ two pollers pick up new version directories and a changed config file.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from tensorflow_serving.config import model_server_config_pb2
 
 from serving.batching import Batcher, BatchingOptions
 from serving.config import (
@@ -21,7 +24,8 @@ from serving.config import (
     parse_model_server_config,
     resolve_models,
 )
-from serving.errors import ConfigError
+from serving.errors import ConfigError, ServingError
+from serving.grpcserver import GrpcServer, Services
 from serving.httpserver import HttpServer
 from serving.metrics import Metrics
 from serving.repository import Loader, ModelRepository, load_with_warmup
@@ -39,7 +43,10 @@ class ServerOptions:
     """Server settings; names follow tensorflow_model_server's flags where one exists."""
 
     rest_api_port: int = 8501  # 0 picks a free port
-    rest_api_host: str = "127.0.0.1"
+    rest_api_host: str = "127.0.0.1"  # gRPC listens on the same address
+    port: int | None = None  # gRPC (TF Serving's --port); None: no gRPC; 0 picks a free port
+    grpc_port_required: bool = True  # False: a port in use means no gRPC, with a warning
+    grpc_max_threads: int = 4 * (os.cpu_count() or 1)
     model_config_file: Path = DEFAULT_MODEL_CONFIG_FILE
     model_config_file_poll_wait_seconds: float = 2.0  # 0 disables polling
     file_system_poll_wait_seconds: float = 1.0  # 0 disables polling
@@ -99,6 +106,7 @@ class ModelServer:
         )
         self.metrics = Metrics()
         self._http: HttpServer | None = None
+        self._grpc: GrpcServer | None = None
         self._batcher: Batcher | None = None
         self._http_thread: threading.Thread | None = None
         self._pollers: list[_Poller] = []
@@ -134,7 +142,11 @@ class ModelServer:
                 ),
             )
             self._http = HttpServer(self.options.rest_api_host, self.options.rest_api_port, api)
+            self._grpc = self._grpc_server()
         except BaseException:
+            if self._http is not None:
+                self._http.server_close()
+                self._http = None
             self._close_batcher()
             self.repository.close()
             raise
@@ -145,6 +157,11 @@ class ModelServer:
             daemon=True,  # a forgotten stop() must not keep the process alive
         )
         self._http_thread.start()
+        if self._grpc is not None:
+            self._grpc.start()
+            log.info(
+                "Running gRPC ModelServer at %s:%d ...", self.options.rest_api_host, self.grpc_port
+            )
         self._pollers = [
             _Poller(
                 "file-system-poller",
@@ -171,6 +188,9 @@ class ModelServer:
         for poller in self._pollers:
             poller.stop()
         self._pollers = []
+        if self._grpc is not None:
+            self._grpc.stop()
+            self._grpc = None
         if self._http is not None:
             self._http.shutdown()
             self._http.close_idle_connections()
@@ -201,6 +221,41 @@ class ModelServer:
         return int(self._http.server_address[1])
 
     @property
+    def grpc_port(self) -> int:
+        if self._grpc is None:
+            raise RuntimeError("The gRPC server is not running")
+        return self._grpc.port
+
+    @property
+    def grpc_address(self) -> str:
+        """host:port for grpc.insecure_channel."""
+        host = self.options.rest_api_host
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.grpc_port}"
+
+    def _grpc_server(self) -> GrpcServer | None:
+        if self.options.port is None:
+            return None
+        services = Services(
+            self.repository,
+            self.reload_config_proto,
+            self._batcher,
+            method_check=self.options.enable_signature_method_name_check,
+        )
+        try:
+            return GrpcServer(
+                self.options.rest_api_host,
+                self.options.port,
+                services,
+                self.options.grpc_max_threads,
+            )
+        except OSError as exc:
+            if self.options.grpc_port_required:
+                raise
+            log.warning("%s; serving without gRPC (pass --port to choose another port)", exc)
+            return None
+
+    @property
     def url(self) -> str:
         host = self.options.rest_api_host
         host = f"[{host}]" if ":" in host else host
@@ -222,6 +277,44 @@ class ModelServer:
                 raise
             if config_text is None:
                 self._config_text, self._config_failed = text, False
+
+    def reload_config_proto(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """ModelService.HandleReloadConfigRequest: replace the whole config with `config`.
+
+        Like ServerCore::ReloadConfig, it waits for models new to the config to become
+        available (UNKNOWN "N model(s) did not become available" otherwise). The config
+        file poller, if on, applies its file again at its next poll, as TF Serving's
+        poller reloads the file every period.
+        """
+        with self._config_lock:
+            before = set(self.repository.models)
+            models = resolve_models(
+                config,
+                config_dir=self.options.model_config_file.resolve().parent,
+                models_dir=self.options.models_dir,
+            )
+            self.repository.apply_config(models)
+            self._config_text = None  # the next poll re-applies the file
+        new = [model.name for model in models if model.name not in before]
+        if not new:
+            return
+        self.repository.wait_until_settled(self.options.initial_load_timeout_seconds)
+        missing = []
+        for name in new:
+            states = {s.version: s for s in self.repository.status_or_empty(name)}
+            if not any(s.state.value == "AVAILABLE" for s in states.values()):
+                latest = max(states) if states else None
+                detail = ""
+                if latest is not None and states[latest].error_code != "OK":
+                    error = states[latest]
+                    detail = f" due to error: {error.error_code}: {error.error_message}"
+                version = "Latest" if latest is None else str(latest)
+                missing.append(f"{{name: {name} version: {version}{detail}}}, ")
+        if missing:
+            raise ServingError(
+                "UNKNOWN",
+                f"{len(missing)} model(s) did not become available: {{{''.join(missing)}}}",
+            )
 
     def _read_config(self) -> str:
         path = self.options.model_config_file

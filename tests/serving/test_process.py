@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,13 +15,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from serving_testlib import Deployment, expected_digit, predict_digit
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from serving import ModelServer
+from serving.__main__ import build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"Exporting HTTP/REST API at (http://\S+)")
+GRPC_READY = re.compile(r"Running gRPC ModelServer at (\S+) \.\.\.")
 
 
 class ServerProcess:
@@ -78,7 +83,7 @@ def processes(
     ]
     flag = "--allow_version_labels_for_unavailable_models"
     started = {
-        "SIGTERM": ServerProcess(*args, flag),
+        "SIGTERM": ServerProcess(*args, flag, "--port=0"),
         "SIGINT": ServerProcess(*args, f"{flag}=true"),
         "no flag": ServerProcess(*args),
     }
@@ -93,6 +98,14 @@ def processes(
 def test_cli_serves_and_stops_cleanly(processes: dict[str, ServerProcess], name: str):
     server = processes[name]
     url = server.wait_ready()
+    if name == "SIGTERM":  # --port=0: gRPC on a free port, next to REST
+        address = GRPC_READY.search(server.log())
+        assert address, server.log()
+        with grpc.insecure_channel(address.group(1)) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "mnist"
+            assert len(stub.GetModelStatus(request, timeout=10).model_version_status) == 2
     assert predict_digit(url, 255, "/labels/stable") == expected_digit(255, "bucket")
     assert predict_digit(url, 255) == expected_digit(255, "flipped")
     # An idle keep-alive connection must not hold up the shutdown.
@@ -141,3 +154,31 @@ def test_in_process_stop_closes_the_port_despite_idle_connections(
     leftover = [t.name for t in threading.enumerate() if t not in threads_before]
     assert leftover == []
     idle.close()
+
+
+def test_grpc_port_in_use(deployment: Deployment, start_server, caplog: pytest.LogCaptureFixture):
+    """TF Serving fails to start when --port cannot be bound; so does a port given here.
+    The CLI's default port (8500, not given) is skipped with a warning instead, so several
+    development servers can run side by side."""
+    deployment.add_version(1, "bucket")
+    deployment.write_config(policy="latest {}")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError, match="Failed to bind the gRPC port"):
+            start_server(deployment, port=port)
+        server = start_server(deployment, port=port, grpc_port_required=False)
+        assert "serving without gRPC" in caplog.text
+        with pytest.raises(RuntimeError):
+            server.grpc_port  # noqa: B018
+        assert predict_digit(server.url, 255) == expected_digit(255, "bucket")
+    finally:
+        taken.close()
+
+
+def test_cli_grpc_port_flag():
+    args = build_parser().parse_args([])
+    assert args.port is None  # TF Serving's 8500, best effort
+    assert build_parser().parse_args(["--port=8600"]).port == 8600

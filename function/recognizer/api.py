@@ -37,12 +37,13 @@ from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey, Reco
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("static") / "index.html"
+OPENAPI = Path(__file__).with_name("openapi.json")  # the API's description, GET /openapi.json
 RETRY_AFTER_SECONDS = 5
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add to each prediction
 # Endpoints anyone may call even when API_TOKEN is set; /predict is open unless
 # PREDICT_REQUIRES_TOKEN; every other endpoint (the prediction history) needs the token.
-OPEN_ENDPOINTS = frozenset({"page", "health", "ready"})
+OPEN_ENDPOINTS = frozenset({"page", "health", "ready", "openapi"})
 CORS_ALLOWED_HEADERS = "Content-Type, Authorization, Idempotency-Key, X-Client-Id, X-Request-Id"
 CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"
 CORS_MAX_AGE_SECONDS = 600
@@ -107,6 +108,7 @@ _URLS = Map(
         Rule("/predictions/<prediction_id>/image", endpoint="upload", methods=["GET", "OPTIONS"]),
         Rule("/healthz", endpoint="health", methods=["GET"]),
         Rule("/readyz", endpoint="ready", methods=["GET"]),
+        Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
     ],
     strict_slashes=False,
 )
@@ -133,6 +135,7 @@ class Api:
             "upload": self._upload,
             "health": self._health,
             "ready": self._ready,
+            "openapi": self._openapi,
         }
 
     def handle(self, request: flask.Request) -> flask.Response:
@@ -296,6 +299,9 @@ class Api:
         response = flask.Response(record.upload.content, mimetype=record.upload.content_type)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+    def _openapi(self, request: flask.Request) -> flask.Response:
+        return flask.Response(OPENAPI.read_bytes(), mimetype="application/json")
 
     def _health(self, request: flask.Request) -> flask.Response:
         return _json({"status": "ok"})

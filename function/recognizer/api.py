@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import errno
 import hmac
 import io
 import json
@@ -25,8 +26,8 @@ from pathlib import Path
 import flask
 import numpy as np
 from PIL import Image
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
-from werkzeug.routing import Map, Rule
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing import Map, RequestRedirect, Rule
 
 from recognizer import model_client, preprocess, request_log, routing, uploads
 from recognizer.config import Settings
@@ -40,6 +41,11 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 OPENAPI = Path(__file__).with_name("openapi.json")  # the API's description, GET /openapi.json
 RETRY_AFTER_SECONDS = 5
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# ASCII digits only: str.isdigit() also takes superscripts and circled digits, which int()
+# then refuses.
+WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+# A full disk or an exhausted quota, wherever it happens: a server-side condition (503).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add to each prediction
 # Endpoints anyone may call even when API_TOKEN is set; /predict is open unless
 # PREDICT_REQUIRES_TOKEN; every other endpoint (the prediction history) needs the token.
@@ -81,6 +87,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     uploads.InvalidJson: (400, "invalid_json"),
     uploads.UnsupportedMediaType: (415, "unsupported_media_type"),
     uploads.TooManyImages: (413, "too_many_images"),
+    uploads.TooManyFormParts: (413, "too_many_form_parts"),
+    uploads.FormFieldTooLarge: (413, "form_field_too_large"),
     RequestEntityTooLarge: (413, "request_too_large"),
     preprocess.NotAnImage: (400, "not_an_image"),
     preprocess.BlankImage: (400, "blank_image"),
@@ -111,6 +119,9 @@ _URLS = Map(
         Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
     ],
     strict_slashes=False,
+    # Werkzeug would answer `//` in a path with a redirect to the merged path on its own
+    # internal host name; such a path is simply not one of ours (404).
+    merge_slashes=False,
 )
 
 
@@ -176,7 +187,10 @@ class Api:
                 f"the limit is {self._settings.max_request_bytes:,}"
             )
         adapter = _URLS.bind("function")
-        endpoint, arguments = adapter.match(request.path, request.method)
+        try:
+            endpoint, arguments = adapter.match(request.path, request.method)
+        except RequestRedirect:  # no rule redirects, but never answer one without a Location
+            raise NotFound() from None
         if request.method == "OPTIONS":
             methods = ", ".join(sorted(adapter.allowed_methods(request.path)))
             return flask.Response(status=204, headers={"Allow": methods})
@@ -293,7 +307,7 @@ class Api:
         record = self._find(prediction_id)
         if record.upload.content is None:
             raise UploadNotStored(
-                f"the upload of {prediction_id} was {record.upload.size:,} bytes, "
+                f"the upload of {record.id} was {record.upload.size:,} bytes, "
                 "over the storage cap, so only its digest was kept"
             )
         response = flask.Response(record.upload.content, mimetype=record.upload.content_type)
@@ -330,10 +344,12 @@ class Api:
         try:
             record_id = uuid.UUID(prediction_id)
         except ValueError:
-            raise UnknownPrediction(f"{prediction_id!r} is not a prediction id") from None
+            raise UnknownPrediction(
+                f"{uploads.echo(prediction_id)} is not a prediction id"
+            ) from None
         record = self._connect().log.get(record_id)
         if record is None:
-            raise UnknownPrediction(f"no prediction has id {prediction_id}")
+            raise UnknownPrediction(f"no prediction has id {record_id}")
         return record
 
 
@@ -373,8 +389,10 @@ def _int_parameter(args: dict[str, str], name: str, default: int) -> int:
     raw = args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9:
-        raise InvalidParameter(f"{name} must be a whole number, not {raw[:20]!r}")
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise InvalidParameter(
+            f"{name} must be a whole number of at most 9 digits (0-9), not {uploads.echo(raw)}"
+        )
     return int(raw)
 
 
@@ -387,7 +405,8 @@ def _include_parameter(args: dict[str, str]) -> set[str]:
     unknown = names - INCLUDABLE
     if unknown:
         raise InvalidParameter(
-            f"include accepts {', '.join(sorted(INCLUDABLE))}, not {sorted(unknown)[0][:20]!r}"
+            f"include accepts {', '.join(sorted(INCLUDABLE))}, "
+            f"not {uploads.echo(sorted(unknown)[0])}"
         )
     return names
 
@@ -443,6 +462,9 @@ def _error_response(error: Exception, status: int, code: str) -> flask.Response:
     if code == "internal":
         log.exception("unexpected error")
         message = "internal error; it has been logged"
+    elif code == "insufficient_storage":
+        log.error("a disk is full: %s", error)
+        message = "the server is out of disk space; try again later"
     elif isinstance(error, HTTPException):
         message = error.description or error.name
     else:
@@ -467,6 +489,8 @@ def _classify(error: Exception) -> tuple[int, str]:
     for kind in type(error).__mro__:
         if kind in ERRORS:
             return ERRORS[kind]
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return 503, "insufficient_storage"
     if isinstance(error, HTTPException) and error.code:  # 404 and 405 from routing
         return error.code, {404: "not_found", 405: "method_not_allowed"}.get(
             error.code, "http_error"

@@ -13,12 +13,28 @@ import json
 from typing import TypeVar
 
 import flask
-from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.wsgi import LimitedStream
 
 FIELD = "image"
 T = TypeVar("T")
+# Multipart limits of our own, each with its own error. Werkzeug's (1,000 parts, 500 KB of
+# text) answer a bare "exceeds the capacity limit", and it spools file parts over 500 KB to
+# the temp directory, which fails when that disk is full. Parts are read here instead,
+# straight into memory: the body is already capped by MAX_REQUEST_BYTES.
+MAX_FORM_PARTS = 1_000  # parts of any kind; the images among them are MAX_BATCH_IMAGES
+MAX_FORM_FIELD_BYTES = 64 * 1024  # one text (non-file) part; we read none of them
+READ_CHUNK_BYTES = 64 * 1024
+ECHO_CHARS = 40  # a value from the request quoted in a message is cut to this
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """`value` quoted for a message, cut short: a client's 20 KB id is not sent back whole."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
 class RequestError(ValueError):
@@ -49,6 +65,14 @@ class TooManyImages(RequestError):
     """More images in one request than allowed."""
 
 
+class TooManyFormParts(RequestError):
+    """A multipart body with more parts than MAX_FORM_PARTS."""
+
+
+class FormFieldTooLarge(RequestError):
+    """A multipart text field longer than MAX_FORM_FIELD_BYTES."""
+
+
 def read_images(request: flask.Request, max_images: int) -> list[bytes]:
     """The image files in the request body, in request order.
 
@@ -59,8 +83,7 @@ def read_images(request: flask.Request, max_images: int) -> list[bytes]:
     if mimetype.startswith("image/") or mimetype == "application/octet-stream":
         images = [_body(request)]
     elif mimetype == "multipart/form-data":
-        files = _check_count(_from_multipart(request), max_images)
-        images = [file.read() for file in files]
+        images = _from_multipart(request, max_images)
     elif mimetype == "application/json" or mimetype.endswith("+json"):
         encoded = _check_count(_from_json(_body(request)), max_images)
         images = [_decode_base64(value, position) for position, value in enumerate(encoded)]
@@ -70,7 +93,7 @@ def read_images(request: flask.Request, max_images: int) -> list[bytes]:
         )
     else:
         raise UnsupportedMediaType(
-            f"Content-Type {mimetype!r} is not accepted: "
+            f"Content-Type {echo(mimetype)} is not accepted: "
             "send image/*, multipart/form-data or application/json"
         )
     for position, image in enumerate(images):
@@ -100,13 +123,61 @@ def _body(request: flask.Request) -> bytes:
     return data
 
 
-def _from_multipart(request: flask.Request) -> list[FileStorage]:
-    files = request.files.getlist(FIELD)
-    if not files:
-        named = sorted(set(request.files) | set(request.form))
-        got = f"; the request has {', '.join(map(repr, named))}" if named else ""
-        raise MissingImage(f"no file field named {FIELD!r}{got}")
-    return files
+def _from_multipart(request: flask.Request, max_images: int) -> list[bytes]:
+    """The file parts named `image`, read into memory; images are counted as they come."""
+    boundary = request.mimetype_params.get("boundary", "")
+    if not boundary or not boundary.isascii():
+        raise MissingImage("the multipart body has no boundary, so it holds no fields")
+    decoder = MultipartDecoder(boundary.encode("ascii"))
+    images: list[bytearray] = []
+    names: set[str] = set()
+    parts = 0
+    current: bytearray | None = None  # the image being read, if the part is one
+    text_bytes: int | None = None  # the size so far of the text part being read, if one is
+    stream = request.stream
+    while True:
+        data = stream.read(READ_CHUNK_BYTES)
+        try:
+            decoder.receive_data(data or None)
+            event = decoder.next_event()
+            while not isinstance(event, (Epilogue, NeedData)):
+                if isinstance(event, (Field, File)):
+                    parts += 1
+                    if parts > MAX_FORM_PARTS:
+                        raise TooManyFormParts(
+                            f"the multipart body has more than {MAX_FORM_PARTS:,} parts"
+                        )
+                    names.add(event.name)
+                    current, text_bytes = None, None
+                    if isinstance(event, Field):
+                        text_bytes = 0
+                    elif event.name == FIELD:
+                        current = bytearray()
+                        images.append(current)
+                        _check_count(images, max_images)
+                elif isinstance(event, Data):
+                    if current is not None:
+                        current += event.data
+                    elif text_bytes is not None:
+                        text_bytes += len(event.data)
+                        if text_bytes > MAX_FORM_FIELD_BYTES:
+                            raise FormFieldTooLarge(
+                                f"a text field of the multipart body is over "
+                                f"{MAX_FORM_FIELD_BYTES:,} bytes; send images as file fields"
+                            )
+                event = decoder.next_event()
+        except ValueError as error:
+            if isinstance(error, RequestError):
+                raise
+            raise MissingImage("the multipart body is malformed: no image could be read") from None
+        if not data or isinstance(event, Epilogue):
+            break
+    if not images:
+        shown = sorted(names)[:5]
+        got = f"; the request has {', '.join(echo(name) for name in shown)}" if names else ""
+        more = f" and {len(names) - len(shown):,} more" if len(names) > len(shown) else ""
+        raise MissingImage(f"no file field named {FIELD!r}{got}{more}")
+    return [bytes(image) for image in images]
 
 
 def _from_json(body: bytes) -> list[object]:

@@ -6,8 +6,15 @@ opened lazily, one per thread, because functions-framework forks after import an
 serves each request on a thread of its own.
 
 SQLite goes on writing to a file that was deleted or moved away (the open descriptor
-still works), so a write commits only while its file is still the one at the path;
-otherwise the store answers StoreUnavailable once and starts a new file at the path.
+still works), so a write commits only while its files are still the ones at their paths:
+the database, and its -wal and -shm files (a commit lands in the -wal file: one deleted
+under a running store swallows every later commit). Otherwise the store answers
+StoreUnavailable, every thread drops its connection, and the next use opens the files
+at the path afresh.
+
+While writes fail (a full disk, a read-only file), `ping` fails too, so readiness turns
+503 with them; it tries a small write of its own to notice when they work again.
+Messages never name the file: they reach clients.
 """
 
 from __future__ import annotations
@@ -56,7 +63,11 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_oldest_first ON idempotency_keys (created_at_ms);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, filler BLOB NOT NULL);
 """
+ROW_OVERHEAD_BYTES = 2048  # a record without its upload: the 28x28 input, ids, JSON
+# The files SQLite keeps beside the database in WAL mode; a commit writes into -wal.
+_SIDE_FILES = ("-wal", "-shm")
 _COLUMNS = (
     "id, created_at_ms, digit, confidence, probabilities, model_name, model_version, "
     "model_label, input_image, upload, upload_content_type, upload_sha256, upload_size, latency_ms"
@@ -79,13 +90,17 @@ class SqliteLog:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._schema_ready = False
+        self._generation = 0  # raised when the files changed: every thread reconnects
+        self._write_failure: str | None = None  # why the last write failed, until one works
+        self._failed_write_bytes = 0  # about how much that write had to add to the files
 
     def save(self, records: Sequence[Record]) -> None:
         if not records:
             return
         rows = [_to_row(record) for record in records]
         placeholders = ", ".join("?" * len(rows[0]))
-        with self._errors("record"), self._transaction() as connection:
+        size = sum(len(row[9] or b"") + ROW_OVERHEAD_BYTES for row in rows)
+        with self._writing("record", size), self._transaction() as connection:
             connection.executemany(
                 f"INSERT INTO predictions ({_COLUMNS}) VALUES ({placeholders}) "
                 "ON CONFLICT (id) DO NOTHING",
@@ -97,7 +112,7 @@ class SqliteLog:
         claims queue on the write lock and all but the first read the first one's row."""
         now_ms = int(time.time() * 1000)
         ids = json.dumps([str(record_id) for record_id in claim.record_ids])
-        with self._errors("claim an idempotency key"), self._transaction() as connection:
+        with self._writing("claim an idempotency key"), self._transaction() as connection:
             connection.execute(
                 "DELETE FROM idempotency_keys WHERE created_at_ms <= ?",
                 (now_ms - self._idempotency_window_ms,),
@@ -139,6 +154,20 @@ class SqliteLog:
         with self._errors("reach"):
             self._connection().execute("SELECT 1 FROM predictions LIMIT 1").fetchall()
             self._check_file()
+        if self._write_failure is not None:
+            self._probe_write()
+
+    def _probe_write(self) -> None:
+        """Writes failed: try one that adds as much to the files as the failed one did (a
+        small write may fit in pages SQLite already has, where the real one did not)."""
+        failure, size = self._write_failure, self._failed_write_bytes
+        try:
+            with self._writing("write", size), self._transaction() as connection:
+                connection.execute("INSERT INTO write_probe (filler) VALUES (zeroblob(?))", (size,))
+            with self._errors("write"), self._transaction() as connection:
+                connection.execute("DELETE FROM write_probe")
+        except StoreUnavailable:
+            raise StoreUnavailable(f"writes are failing: {failure}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -148,11 +177,22 @@ class SqliteLog:
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
+        if connection is not None and self._local.generation != self._generation:
+            self._drop(connection)  # another thread found the files changed under it
+            connection = None
         if connection is None:
+            generation = self._generation
             connection = self._connect()
-            self._local.file = _file_identity(self._path)
+            # A first read makes SQLite open (and if need be create) -wal and -shm.
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            self._local.files = self._identities()
+            self._local.generation = generation
             self._local.connection = connection
         return connection
+
+    def _identities(self) -> tuple[tuple[int, int] | None, ...]:
+        paths = [self._path, *(Path(f"{self._path}{suffix}") for suffix in _SIDE_FILES)]
+        return tuple(_file_identity(path) for path in paths)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -170,20 +210,38 @@ class SqliteLog:
             self._discard_moved(self._local.connection)
 
     def _moved(self) -> bool:
-        """Whether this thread's file was deleted or replaced since it was opened."""
+        """Whether any of this thread's files was deleted or replaced since it was opened
+        (or its directory was: a new directory at the path is new files too)."""
         try:
-            return _file_identity(self._path) != self._local.file
-        except OSError:  # gone, or its directory is: either way not the file we hold
+            return self._identities() != self._local.files
+        except OSError:
             return True
 
     def _discard_moved(self, connection: sqlite3.Connection) -> None:
-        """Drop this thread's connection to a moved file; the next use sets up a new one."""
+        """Drop every thread's connection to files that changed; the next use opens anew."""
+        with self._lock:
+            self._generation += 1
+            self._schema_ready = False
+        self._drop(connection)
+        raise StoreUnavailable("the database files were deleted or replaced while in use")
+
+    def _drop(self, connection: sqlite3.Connection) -> None:
         self._local.connection = None
         with self._lock:
-            self._connections.remove(connection)
-            self._schema_ready = False
+            if connection in self._connections:
+                self._connections.remove(connection)
         connection.close()
-        raise StoreUnavailable(f"{self._path} was deleted or replaced while in use")
+
+    @contextmanager
+    def _writing(self, action: str, size: int = ROW_OVERHEAD_BYTES) -> Iterator[None]:
+        """A write: its failure is remembered (readiness fails) until a write works."""
+        try:
+            with self._errors(action):
+                yield
+        except StoreUnavailable as error:
+            self._write_failure, self._failed_write_bytes = str(error), size
+            raise
+        self._write_failure = None
 
     def _connect(self) -> sqlite3.Connection:
         """Open this thread's connection; the first one also sets up the file.
@@ -215,11 +273,18 @@ class SqliteLog:
         return connection
 
     def _errors(self, action: str) -> AbstractContextManager[None]:
-        return _store_errors(f"could not {action} predictions in {self._path}")
+        return _store_errors(f"could not {action} predictions in SQLite")
 
 
-def _file_identity(path: Path) -> tuple[int, int]:
-    status = os.stat(path)
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """Device and inode of the file at `path`; None when there is none (OSError when its
+    directory is gone)."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise
+        return None
     return status.st_dev, status.st_ino
 
 
@@ -243,7 +308,15 @@ def _store_errors(message: str) -> Iterator[None]:
     try:
         yield
     except (sqlite3.Error, OSError) as error:
-        raise StoreUnavailable(f"{message}: {error}") from error
+        raise StoreUnavailable(f"{message}: {_reason(error)}") from error
+
+
+def _reason(error: Exception) -> str:
+    """What went wrong, without a file name: SQLite's own messages name none, an
+    OSError's does (its strerror alone says what happened)."""
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return str(error)
 
 
 def _to_row(record: Record) -> tuple:

@@ -281,6 +281,7 @@ class _Connection:
     select_day: PreparedStatement
     claim: PreparedStatement
     pid: int
+    release: PreparedStatement | None = None  # prepared on first use: refusals are rare
 
 
 class CassandraLog:
@@ -412,6 +413,23 @@ class CassandraLog:
         if row["[applied]"]:
             return claim
         return IdempotencyClaim(row["request_sha256"], tuple(row["record_ids"]))
+
+    def release(self, key_sha256: str, claim: IdempotencyClaim) -> None:
+        """A lightweight delete, applied only while `claim`'s request still holds the key."""
+        conn = self._connection()
+        if conn.release is None:
+            try:
+                statement = conn.session.prepare(
+                    f"DELETE FROM {self.settings.keyspace}.{IDEMPOTENCY_TABLE} "
+                    "WHERE key_sha256 = ? IF request_sha256 = ?"
+                )
+            except DRIVER_ERRORS as exc:
+                raise StoreUnavailable(f"Cassandra prepare failed: {_describe(exc)}") from exc
+            statement.is_idempotent = True
+            statement.serial_consistency_level = conn.claim.serial_consistency_level
+            conn.release = statement
+        values = (key_sha256, claim.request_sha256)
+        self._query(conn, conn.release, values, action="idempotency release")
 
     def get(self, record_id: uuid.UUID) -> Record | None:
         if record_id.version != 1:  # only time-based ids are ever stored

@@ -87,6 +87,10 @@ class PredictionLog(Protocol):
         """Hold the key for `claim` unless a claim made within the idempotency window
         already holds it; the claim that holds it now either way (the first writer wins)."""
 
+    def release(self, key_sha256: str, claim: IdempotencyClaim) -> None:
+        """Forget the key if `claim` (its request digest and record ids) still holds it:
+        the request it stood for was refused and recorded nothing."""
+
     def get(self, record_id: uuid.UUID) -> Record | None:
         """The record with this id, or None."""
 

@@ -27,6 +27,7 @@ from recognizer.records import (
     IdempotencyClaim,
     PredictionLog,
     Record,
+    StoreUnavailable,
     Upload,
     new_record_id,
     time_of,
@@ -123,7 +124,14 @@ class Recognizer:
             clock.lap("claim")
             if earlier is not None:
                 return Recognition(earlier, clock.laps_ms, replayed=True)
-        answer = self._ask(inputs, route)
+        try:
+            answer = self._ask(inputs, route)
+        except UnknownModel:
+            # A refusal (404): nothing was recorded, so the key must not stay held for a
+            # request that never happened; the client may fix the pin and use it again.
+            if key_sha256 is not None:
+                self._release(key_sha256, _request_digest(images, route), record_ids)
+            raise
         clock.lap("model")
         latency_ms = clock.total_ms()
         records = [
@@ -153,6 +161,14 @@ class Recognizer:
         earlier = [self._log.get(record_id) for record_id in claim.record_ids]
         found = [record for record in earlier if record is not None]
         return claim.record_ids, found if len(found) == len(earlier) else None
+
+    def _release(self, key_sha256: str, request: str, record_ids: tuple[uuid.UUID, ...]) -> None:
+        """Give the key back; if that fails, the client still gets its 4xx (and the key
+        expires with the window, as before)."""
+        try:
+            self._log.release(key_sha256, IdempotencyClaim(request, record_ids))
+        except StoreUnavailable as error:
+            log.warning("could not release an idempotency key: %s", error)
 
     def _ask(self, inputs: np.ndarray, route: Route) -> ModelAnswer:
         """The model's answer; a canary that cannot answer hands the request to its fallback.

@@ -128,6 +128,16 @@ class SqliteLog:
             ).fetchone()
         return IdempotencyClaim(request_sha256, tuple(uuid.UUID(i) for i in json.loads(held_ids)))
 
+    def release(self, key_sha256: str, claim: IdempotencyClaim) -> None:
+        """Forget the key if `claim` still holds it: its request was refused (a 4xx)."""
+        ids = json.dumps([str(record_id) for record_id in claim.record_ids])
+        with self._writing("release an idempotency key"), self._transaction() as connection:
+            connection.execute(
+                "DELETE FROM idempotency_keys "
+                "WHERE key_sha256 = ? AND request_sha256 = ? AND record_ids = ?",
+                (key_sha256, claim.request_sha256, ids),
+            )
+
     def get(self, record_id: uuid.UUID) -> Record | None:
         with self._errors("read"):
             row = (

@@ -1,0 +1,62 @@
+"""An idempotency key first used on a request that was refused (a 4xx) is released: the
+client may fix the request and use the key again (issue 12). Before, an unknown version
+(404) kept the key held for 24 hours, and the corrected request was refused with 422.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recognizer.model_client import ModelAnswer, UnknownModel
+from recognizer.routing import Route
+from recognizer.service import Recognizer
+from recognizer.sqlite_log import SqliteLog
+
+
+@pytest.fixture
+def sqlite_path(tmp_path) -> Path:
+    return tmp_path / "predictions.sqlite3"
+
+
+def png(side: int = 28) -> bytes:
+    pixels = np.zeros((side, side), dtype=np.uint8)
+    pixels[side // 4 : side // 2, side // 4 : 3 * side // 4] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class _Model:
+    """Answers version 2; version 9 does not exist."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict_version(self, inputs, version):
+        self.calls += 1
+        if version != 2:
+            raise UnknownModel(f"the model server has no version {version}")
+        probabilities = np.full((len(inputs), 10), 0.01, dtype=np.float32)
+        probabilities[:, 7] = 0.91
+        return ModelAnswer(digits=np.full(len(inputs), 7), probabilities=probabilities,
+                           version=2, label=None)  # fmt: skip
+
+    def predict_label(self, inputs, label):
+        return self.predict_version(inputs, 2)
+
+
+def test_a_key_first_used_on_a_refused_request_can_be_used_again(sqlite_path):
+    store = SqliteLog(sqlite_path)
+    recognizer = Recognizer(_Model(), store, "mnist", 40_000_000, 40_000_000, 262_144)
+    with pytest.raises(UnknownModel):
+        recognizer.recognize([png()], Route(label="stable", version=9), "key-1")
+    recognition = recognizer.recognize([png()], Route(label="stable", version=2), "key-1")
+    assert not recognition.replayed and recognition.records[0].model_version == 2
+    again = recognizer.recognize([png()], Route(label="stable", version=2), "key-1")
+    assert again.replayed and again.records[0].id == recognition.records[0].id
+    store.close()

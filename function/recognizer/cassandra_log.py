@@ -268,8 +268,19 @@ def _utc(value: datetime) -> datetime:
     return _EPOCH + timedelta(milliseconds=(micros + 500) // 1000)
 
 
+# Node addresses in driver messages: IPv4 (with a port or not), [IPv6]:port, bare IPv6,
+# host:port. They reach clients in error messages, and clients have no business with them.
+_ADDRESS = re.compile(
+    r"\[[0-9A-Fa-f:.]+\](?::\d+)?"
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"
+    r"|\b(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}\b"
+    r"|\b[A-Za-z0-9][A-Za-z0-9.-]*:\d{2,5}\b"
+)
+
+
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """The error's kind and message with node addresses taken out (the log has them)."""
+    return _ADDRESS.sub("<node>", f"{type(exc).__name__}: {exc}")
 
 
 @dataclass

@@ -13,8 +13,10 @@ Without nginx (`apt-get install nginx-light`, `make nginx`) they skip with that 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -284,3 +286,55 @@ def test_a_function_that_is_down_is_503_as_json_from_the_proxy() -> None:
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert response.json()["error"]["code"] == "function_unavailable"
+
+
+# --- make demo: no proxy, so loopback only unless HOST says otherwise -------------------------
+
+
+def listen_addresses(port: int) -> set[str]:
+    """The IPv4 addresses something listens on at `port` (/proc/net/tcp, state 0A)."""
+    addresses = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            addresses.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return addresses
+
+
+@pytest.mark.parametrize(
+    "host, expected, warned",
+    [(None, {"127.0.0.1"}, False), ("0.0.0.0", {"0.0.0.0"}, True)],
+    ids=["default", "HOST=0.0.0.0"],
+)
+def test_the_demo_listens_on_loopback_unless_host_says_otherwise(
+    host, expected, warned, tmp_path
+) -> None:
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("reads listening sockets from /proc/net/tcp (Linux)")
+    port, model_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "API_TOKEN")}
+    env.update(PORT=str(port), MODEL_SERVER_PORT=str(model_port), VAR_DIR=str(tmp_path))
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **({"HOST": host} if host else {})})
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            ["bin/demo"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "Press Ctrl-C to stop" not in log.read_text(errors="replace"):
+            assert demo.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the demo printed no banner in 240 s"
+            time.sleep(0.5)
+        assert listen_addresses(port) == expected
+        printed = log.read_text(errors="replace")
+        assert ("warning: HOST=" in printed and "no API_TOKEN" in printed) is warned, printed
+    finally:
+        os.killpg(demo.pid, signal.SIGINT)
+        demo.wait(timeout=90)

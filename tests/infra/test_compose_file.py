@@ -20,7 +20,8 @@ from tests.infra.function_env import SERVER_VARIABLES, parse, variables_read_by_
 from tests.infra.support import COMPOSE_FILE, ROOT, compose_config
 
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "compose-spec.json"
-VERSION_TAG = re.compile(r"[a-z0-9./-]+:\d+\.\d+(\.\d+)?")
+# A release tag, maybe with a variant (nginx:1.28.0-alpine), maybe with a digest.
+VERSION_TAG = re.compile(r"[a-z0-9./-]+:\d+\.\d+(\.\d+)?(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?")
 ONE_SHOT_EXEMPT = {"train"}  # run with `docker compose run --rm`, never part of `up`
 # Dockerfiles of this repository with a HEALTHCHECK instruction.
 HEALTHCHECK_IMAGES = {
@@ -73,7 +74,13 @@ def test_the_schema_check_rejects_an_invalid_file() -> None:
 
 def test_every_profile_combination_loads_in_docker_compose(compose_models) -> None:
     """`docker compose config` (the pinned binary) accepts each profile set."""
-    assert set(services(compose_models[()])) == {"cassandra", "schema", "tf-serving", "function"}
+    assert set(services(compose_models[()])) == {
+        "cassandra",
+        "schema",
+        "tf-serving",
+        "function",
+        "proxy",
+    }
     assert set(services(compose_models[("cluster",)])) - set(services(compose_models[()])) == {
         "cassandra-2",
         "cassandra-3",
@@ -99,10 +106,10 @@ def test_overrides_reach_the_services(compose_binary: Path) -> None:
         (),
         {"FUNCTION_PORT": "9999", "FUNCTION_BIND_ADDRESS": "0.0.0.0", "WORKERS": "3"},
     )
-    function = services(model)["function"]
-    assert function["ports"][0]["published"] == "9999"
-    assert function["ports"][0]["host_ip"] == "0.0.0.0"
-    assert function["environment"]["WORKERS"] == "3"
+    proxy = services(model)["proxy"]  # the function's port is the proxy's
+    assert proxy["ports"][0]["published"] == "9999"
+    assert proxy["ports"][0]["host_ip"] == "0.0.0.0"
+    assert services(model)["function"]["environment"]["WORKERS"] == "3"
 
 
 def published_ports(model: dict[str, Any]) -> dict[str, list[str]]:
@@ -116,9 +123,9 @@ def published_ports(model: dict[str, Any]) -> dict[str, list[str]]:
 
 def test_every_published_port_is_loopback_by_default(compose_all) -> None:
     """No API_TOKEN by default, so a port on every interface would show the upload history
-    to the whole network; FUNCTION_BIND_ADDRESS opens the function's on purpose."""
+    to the whole network; FUNCTION_BIND_ADDRESS opens the function's (the proxy's) on purpose."""
     ports = published_ports(compose_all)
-    assert "function" in ports
+    assert "proxy" in ports
     assert {name: hosts for name, hosts in ports.items() if set(hosts) != {"127.0.0.1"}} == {}
 
 

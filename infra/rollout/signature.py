@@ -19,7 +19,7 @@ from serving.repository import scan_versions
 
 SERVE_TAG = "serve"
 SIGNATURE = "serving_default"
-# DESIGN.md, "Model signature -- contract": name -> (dtype, shape); -1 is any batch size.
+# docs/architecture.md, "Model signature -- contract": name -> (dtype, shape); -1 is any batch size.
 INPUTS = {"image": (types_pb2.DT_UINT8, (-1, 28, 28))}
 OUTPUTS = {"probabilities": (types_pb2.DT_FLOAT, (-1, 10)), "digit": (types_pb2.DT_INT64, (-1,))}
 

@@ -29,7 +29,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, RequestRedirect, Rule
 
-from recognizer import model_client, preprocess, request_log, routing, uploads
+from recognizer import budget, model_client, preprocess, request_log, routing, uploads
 from recognizer.config import Settings
 from recognizer.model_client import ModelClient
 from recognizer.records import PredictionLog, Record, StoreUnavailable
@@ -93,6 +93,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     preprocess.NotAnImage: (400, "not_an_image"),
     preprocess.BlankImage: (400, "blank_image"),
     preprocess.ImageTooLarge: (413, "image_too_large"),
+    preprocess.ImageTooComplex: (413, "image_too_complex"),
+    budget.DecodeBusy: (503, "decode_busy"),
     InvalidParameter: (400, "invalid_parameter"),
     InvalidIdempotencyKey: (400, "invalid_idempotency_key"),
     IdempotencyKeyReused: (422, "idempotency_key_reused"),
@@ -264,6 +266,8 @@ class Api:
                     settings.max_image_pixels,
                     settings.max_request_pixels,
                     settings.upload_store_max_bytes,
+                    decode_budget=budget.DecodeBudget(settings.decode_budget_bytes),
+                    decode_cpu_seconds=settings.decode_cpu_seconds,
                 )
                 self._clients = _Clients(recognizer, model, prediction_log)
                 atexit.register(self.close)

@@ -13,6 +13,7 @@ from pathlib import Path
 MiB = 1024 * 1024
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what TF Serving and our URLs accept
 ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")  # scheme://host[:port], no path
+DECODE_SHARE = 4  # a quarter of the memory for decoding: the rest is the runtime, bodies, slack
 FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -35,10 +36,20 @@ class Settings:
     max_batch_images: int = 64
     upload_store_max_bytes: int = 256 * 1024
     history_max_limit: int = 100
+    # The instance's memory. Each worker process may hold a quarter of it, over its
+    # worker count, in images being decoded (docs/reliability.md): 128 MiB at 512 MiB.
+    memory_limit_mib: int = 512
+    workers: int = 1  # functions-framework's WORKERS: the processes that share the memory
+    decode_cpu_seconds: float = 1.0  # CPU time for one request's decoding and preprocessing
     # repr=False: a Settings printed in a log or a traceback must not carry the secret.
     api_token: str | None = field(default=None, repr=False)
     predict_requires_token: bool = False
     cors_allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        """What one worker process may hold at once in images being decoded."""
+        return self.memory_limit_mib * MiB // DECODE_SHARE // self.workers
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -77,6 +88,9 @@ class Settings:
                 _number(env, "UPLOAD_STORE_MAX_BYTES", default.upload_store_max_bytes)
             ),
             history_max_limit=_limit(env, "HISTORY_MAX_LIMIT", default.history_max_limit),
+            memory_limit_mib=_memory_limit(env, default.memory_limit_mib),
+            workers=_limit(env, "WORKERS", default.workers),
+            decode_cpu_seconds=_positive(env, "DECODE_CPU_SECONDS", default.decode_cpu_seconds),
             **_access(env),
         )
 
@@ -130,6 +144,21 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return FLAGS[raw.strip().lower()]
     except KeyError:
         raise ValueError(f"{name} must be true or false, not {raw[:20]!r}") from None
+
+
+def _memory_limit(env: Mapping[str, str], default: int) -> int:
+    """MEMORY_LIMIT_MIB: at least 128 (below it no image of any use can be decoded)."""
+    value = _limit(env, "MEMORY_LIMIT_MIB", default)
+    if value < 128:
+        raise ValueError(f"MEMORY_LIMIT_MIB must be at least 128, not {env['MEMORY_LIMIT_MIB']!r}")
+    return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a number above 0, not {env[name]!r}")
+    return value
 
 
 def _limit(env: Mapping[str, str], name: str, default: int) -> int:

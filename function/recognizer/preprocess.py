@@ -13,6 +13,8 @@ that the HTTP layer maps to responses.
 from __future__ import annotations
 
 import io
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+MiB = 1024 * 1024
 FIELD = 28  # the MNIST canvas
 BOX = 20  # the digit is scaled to fit this box
 WORKING_SIDE = 320  # large photos are reduced to about this before any pixel work
@@ -31,6 +34,27 @@ OTSU_SHARE = 0.5  # in noisy images, ink is what stands above this share of Otsu
 # reach, and EPS would be handed to Ghostscript.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 JPEG_FORMATS = {"JPEG", "MPO"}  # many phones' JPEGs carry a second picture and open as MPO
+
+# Work limits read from the file's structure before decoding (docs/reliability.md). Each
+# chunk, marker or scan costs Python or decoder work; a progressive JPEG's scans each
+# sweep the whole image, so the cost is scans x pixels.
+MAX_PNG_CHUNKS = 4_096  # encoders write IDAT in 8 KB or larger chunks: 10 MiB is 1,280
+MAX_JPEG_MARKERS = 512  # a camera JPEG has about 20, a progressive one about 40
+MAX_JPEG_SCANS = 64  # progressive encoders write 6 to 20; each one is a pass over the image
+MAX_JPEG_REFINEMENT_BIT = 13  # the largest successive-approximation bit position (T.81)
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")  # a marker, not stuffing or RSTn
+_JPEG_STANDALONE = frozenset({0x01, 0xD8})  # TEM and SOI carry no length
+# What Pillow holds per pixel in each mode: one byte, two (16-bit), else four (every
+# multi-band mode is stored 32 bits a pixel, and I and F are 32-bit).
+_ONE_BYTE_MODES = frozenset({"1", "L", "P"})
+_TWO_BYTE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+# Peak memory of decoding, over the decoded image itself, measured (docs/reliability.md):
+# resizing an image with alpha makes a premultiplied copy; libwebp decodes into a buffer
+# of its own (RGBA) that Pillow then copies.
+_ALPHA_MODES = frozenset({"LA", "RGBA", "PA"})
+_WEBP_FACTOR = 4.0
+COST_MARGIN = 1.1  # the measured peaks were up to 8% over the decoded size
+COST_FLOOR_BYTES = 4 * 1024 * 1024  # Pillow's and the decoders' own buffers, for any image
 
 
 class ImageError(ValueError):
@@ -47,6 +71,45 @@ class ImageTooLarge(ImageError):
 
 class BlankImage(ImageError):
     """The image decodes but holds no ink: nothing to recognise."""
+
+
+class ImageTooComplex(ImageError):
+    """The file's structure would cost too much work: too many chunks, markers or scans,
+    oversized strips or tiles, or more CPU time than the budget while decoding."""
+
+
+class DecodeDeadline:
+    """A budget of this thread's CPU time for one request's decoding and preprocessing.
+
+    CPU time, not wall time: a busy machine does not make a cheap image fail. Checked each
+    time a decoder asks for more of the file (every 64 KB) and between stages; a decoder
+    that reads its whole input at once (WebP, libtiff) is bounded by the memory budget.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._started = time.thread_time()
+
+    def check(self) -> None:
+        spent = time.thread_time() - self._started
+        if spent > self.seconds:
+            raise ImageTooComplex(
+                f"decoding took more than {self.seconds:g} s of CPU time, the limit per "
+                "request: send a smaller or simpler image"
+            )
+
+
+class _BudgetedFile(io.BytesIO):
+    """The upload as a file that checks the deadline each time the decoder reads on."""
+
+    def __init__(self, data: bytes, deadline: DecodeDeadline | None) -> None:
+        super().__init__(data)
+        self._deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._deadline is not None:
+            self._deadline.check()
+        return super().read(size)
 
 
 def to_mnist(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
@@ -77,32 +140,219 @@ class Header:
         return Image.MIME.get(self.format, "application/octet-stream")
 
 
+@dataclass
+class Opened:
+    """An image file opened and checked from its header, not decoded yet."""
+
+    image: Image.Image
+    header: Header
+    decode_bytes: int  # what decoding it will take at its peak, from the header
+    max_pixels: int
+
+
 def read_header(data: bytes, max_pixels: int) -> Header:
     """The format and size from the header alone, so limits hold before any decoding."""
-    with _decoder_errors(max_pixels), Image.open(io.BytesIO(data), formats=FORMATS) as image:
+    opened = open_image(data, max_pixels)
+    opened.image.close()
+    return opened.header
+
+
+def open_image(
+    data: bytes,
+    max_pixels: int,
+    max_decode_bytes: int | None = None,
+    deadline: DecodeDeadline | None = None,
+) -> Opened:
+    """Open `data` once: its structure, pixels and decoding cost checked, nothing decoded.
+
+    Raises ImageTooComplex for a structure that would cost too much work, and
+    ImageTooLarge for too many pixels or, with `max_decode_bytes`, too much memory.
+    """
+    _check_structure(data)
+    with _decoder_errors(max_pixels):
+        image = Image.open(_BudgetedFile(data, deadline), formats=FORMATS)
         _check_size(image, max_pixels)
-        return Header(image.format or "", image.width, image.height)
+        cost = decode_cost(image)
+        if image.format in JPEG_FORMATS:
+            # Decode at a reduced scale: much faster, and we need far fewer pixels.
+            image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
+        if max_decode_bytes is not None and cost > max_decode_bytes:
+            raise ImageTooLarge(
+                f"the image is {image.width}x{image.height} pixels in mode {image.mode}: "
+                f"decoding it takes about {cost / MiB:,.0f} MiB, over the limit of "
+                f"{max_decode_bytes / MiB:,.0f} MiB per image; send a smaller image"
+            )
+        header = Header(image.format or "", image.width, image.height)
+    return Opened(image, header, cost, max_pixels)
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
     """Decode the first frame, upright (EXIF orientation applied), at most ~WORKING_SIDE px."""
-    with _decoder_errors(max_pixels):
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-        _check_size(image, max_pixels)
-        if image.format in JPEG_FORMATS:
-            # Decode at a reduced scale: much faster, and we need far fewer pixels.
-            image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
+    return decode_opened(open_image(data, max_pixels))
+
+
+def decode_opened(opened: Opened) -> Image.Image:
+    """Decode an opened file: the first frame, reduced to at most ~WORKING_SIDE px, then
+    turned upright (EXIF orientation), so no full-size copy is ever made of it."""
+    image = opened.image
+    with _decoder_errors(opened.max_pixels):
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.width < 1 or image.height < 1:
+            raise NotAnImage("the image has no pixels")
         if image.mode == "LAB":  # a TIFF can be CIELAB; its first channel is lightness
             image = image.getchannel("L")
-    if image.width < 1 or image.height < 1:
-        raise NotAnImage("the image has no pixels")
-    if max(image.size) > WORKING_SIDE:
-        scale = WORKING_SIDE / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BOX)
+        exif = image.getexif()
+        if max(image.size) > WORKING_SIDE:
+            scale = WORKING_SIDE / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            reduced = image.resize(size, Image.Resampling.BOX)
+            reduced.info.update(image.info)
+            reduced.getexif().update(exif)  # the orientation is applied below, on the small copy
+            image.close()
+            image = reduced
+        image = ImageOps.exif_transpose(image)
     return image
+
+
+def decode_cost(image: Image.Image) -> int:
+    """Peak bytes of decoding this opened image, from its header: mode-aware, not pixels.
+    Called before draft(), on the frame's full size.
+
+    The decoded image (a JPEG at the reduced scale draft() picks), a premultiplied copy for
+    images with alpha, libwebp's own buffer, a progressive JPEG's coefficients (two
+    bytes each, at full scale, whatever the draft) and a TIFF's largest strip or tile.
+    """
+    width, height = image.size
+    if image.mode in _ONE_BYTE_MODES:
+        per_pixel = 1
+    elif image.mode in _TWO_BYTE_MODES:
+        per_pixel = 2
+    else:
+        per_pixel = 4
+    if image.format in JPEG_FORMATS:  # draft() decodes at 1/2, 1/4 or 1/8 scale
+        scale = min(width // WORKING_SIDE, height // WORKING_SIDE)
+        scale = next((s for s in (8, 4, 2) if scale >= s), 1)
+        decoded = -(-width // scale) * -(-height // scale) * per_pixel
+    else:
+        decoded = width * height * per_pixel
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        decoded *= 2
+    if image.format == "WEBP":
+        decoded = int(width * height * 4 * _WEBP_FACTOR)
+    extra = 0
+    if image.format in JPEG_FORMATS:
+        extra = _jpeg_coefficient_bytes(image)
+    elif image.format == "TIFF":
+        extra = _tiff_buffer_bytes(image)
+    return int((decoded + extra) * COST_MARGIN) + COST_FLOOR_BYTES
+
+
+def _jpeg_coefficient_bytes(image: Image.Image) -> int:
+    """A progressive JPEG keeps every DCT coefficient of the whole image until the last
+    scan: 2 bytes each, 64 per 8x8 block of every component (sampled as the frame says)."""
+    if not (image.info.get("progressive") or image.info.get("progression")):
+        return 0
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
+    h_max = max(layer[1] for layer in layers) or 1
+    v_max = max(layer[2] for layer in layers) or 1
+    width, height = image.size
+    total = 0
+    for _, h, v, _ in layers:
+        blocks_x = -(-width * h // (8 * h_max))
+        blocks_y = -(-height * v // (8 * v_max))
+        total += blocks_x * blocks_y * 64 * 2
+    return total
+
+
+def _tiff_buffer_bytes(image: Image.Image) -> int:
+    """The strip or tile libtiff reads at once, from the TIFF tags (a tile may claim to be
+    far larger than the image: its buffer is allocated all the same)."""
+    tags = getattr(image, "tag_v2", {})
+    samples = _tag_int(tags, 277, 1)
+    bits_per_sample = _tag_int(tags, 258, 8)
+    bytes_per_pixel = max(1, -(-samples * bits_per_sample // 8))
+    if 322 in tags and 323 in tags:  # TileWidth, TileLength
+        return _tag_int(tags, 322, 0) * _tag_int(tags, 323, 0) * bytes_per_pixel
+    rows = min(_tag_int(tags, 278, image.height), image.height)  # RowsPerStrip
+    return image.width * max(rows, 1) * bytes_per_pixel
+
+
+def _tag_int(tags: object, tag: int, default: int) -> int:
+    """A TIFF tag as one whole number (the largest, for a per-sample tuple); a malformed
+    tag counts as `default`, and the decoder reports what is wrong with the file."""
+    value = tags.get(tag, default)  # type: ignore[attr-defined]
+    if isinstance(value, tuple):
+        value = max(value, default=default)
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def _check_structure(data: bytes) -> None:
+    """Refuse files whose structure alone would cost too much work, before Pillow parses
+    them (it walks PNG chunks and JPEG markers in Python, one at a time)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        _check_png_chunks(data)
+    elif data.startswith(b"\xff\xd8"):
+        _check_jpeg_markers(data)
+
+
+def _check_png_chunks(data: bytes) -> None:
+    position, chunks = 8, 0
+    while position + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageTooComplex(
+                f"the PNG has more than {MAX_PNG_CHUNKS:,} chunks; the limit keeps parsing "
+                "cheap: save it again with any image editor"
+            )
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] == b"IEND":
+            return
+        position += 12 + length
+
+
+def _check_jpeg_markers(data: bytes) -> None:
+    """Walk the markers of the first picture: segments by their length, entropy-coded
+    data by searching for the next marker (a 0xFF in it is always stuffed or an RSTn)."""
+    position, markers, scans = 2, 0, 0
+    while (found := _JPEG_MARKER.search(data, position)) is not None:
+        code = data[found.start() + 1]
+        markers += 1
+        if markers > MAX_JPEG_MARKERS:
+            raise ImageTooComplex(
+                f"the JPEG has more than {MAX_JPEG_MARKERS} markers: save it again"
+            )
+        if code == 0xD9:  # EOI: what follows (an MPO's second picture) is never decoded
+            return
+        if code in _JPEG_STANDALONE:
+            position = found.end()
+            continue
+        length = int.from_bytes(data[found.end() : found.end() + 2], "big")
+        if code == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageTooComplex(
+                    f"the JPEG has more than {MAX_JPEG_SCANS} scans; each one is a pass over "
+                    "the whole image: save it again (baseline or standard progressive)"
+                )
+            _check_scan_header(data[found.end() + 2 : found.end() + length])
+        position = found.end() + max(length, 2)
+
+
+def _check_scan_header(header: bytes) -> None:
+    """Successive approximation stops at bit 13 (T.81 G.1.1.1.1): refinement past it is
+    not progressive JPEG, only work."""
+    if len(header) < 4:
+        return  # truncated: the decoder reports it
+    approximation = header[-1]
+    high, low = approximation >> 4, approximation & 0x0F
+    if high > MAX_JPEG_REFINEMENT_BIT or low > MAX_JPEG_REFINEMENT_BIT:
+        raise ImageTooComplex(
+            f"a JPEG scan refines bit {max(high, low)}; no bit past "
+            f"{MAX_JPEG_REFINEMENT_BIT} exists"
+        )
 
 
 def _check_size(image: Image.Image, max_pixels: int) -> None:

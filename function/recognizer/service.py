@@ -22,6 +22,7 @@ from typing import TypeVar
 import numpy as np
 
 from recognizer import preprocess
+from recognizer.budget import DecodeBudget
 from recognizer.model_client import ModelAnswer, ModelClient, ModelUnavailable, UnknownModel
 from recognizer.records import (
     IdempotencyClaim,
@@ -44,6 +45,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+U = TypeVar("U")
 FALLBACK_WARNING_SECONDS = 60.0
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as headers carry it
 
@@ -88,6 +90,8 @@ class Recognizer:
         max_image_pixels: int,
         max_request_pixels: int,
         upload_store_max_bytes: int,
+        decode_budget: DecodeBudget | None = None,
+        decode_cpu_seconds: float | None = None,
     ) -> None:
         self._model = model
         self._log = log
@@ -95,6 +99,8 @@ class Recognizer:
         self._max_pixels = max_image_pixels
         self._max_request_pixels = max_request_pixels
         self._upload_cap = upload_store_max_bytes
+        self._budget = decode_budget
+        self._cpu_seconds = decode_cpu_seconds
         self._fallback_lock = threading.Lock()
         self._fallbacks = 0
         self._fallback_warned = -math.inf
@@ -112,11 +118,22 @@ class Recognizer:
         """
         key_sha256 = None if idempotency_key is None else _key_digest(idempotency_key)
         clock = _StageClock()
-        headers = _each(images, lambda image: preprocess.read_header(image, self._max_pixels))
+        # Each file is parsed once: its header is read (and checked) on opening, and the
+        # same opened file is decoded, after the whole batch's headers passed.
+        deadline = (
+            None if self._cpu_seconds is None else preprocess.DecodeDeadline(self._cpu_seconds)
+        )
+        most = None if self._budget is None else self._budget.total_bytes
+        opened = _each(
+            images, lambda image: preprocess.open_image(image, self._max_pixels, most, deadline)
+        )
+        headers = [image.header for image in opened]
         self._check_request_pixels(headers)
-        decoded = _each(images, lambda image: preprocess.decode(image, self._max_pixels))
+        decoded = _each(opened, lambda image: self._decode(image, deadline))
         clock.lap("decode")
         inputs = np.stack([preprocess.from_image(image) for image in decoded])
+        if deadline is not None:
+            deadline.check()
         clock.lap("preprocess")
         record_ids = tuple(new_record_id() for _ in images)
         if key_sha256 is not None:
@@ -161,6 +178,18 @@ class Recognizer:
         earlier = [self._log.get(record_id) for record_id in claim.record_ids]
         found = [record for record in earlier if record is not None]
         return claim.record_ids, found if len(found) == len(earlier) else None
+
+    def _decode(
+        self, opened: preprocess.Opened, deadline: preprocess.DecodeDeadline | None
+    ) -> object:
+        """Decode within the process's memory budget and the request's CPU time."""
+        if self._budget is None:
+            return preprocess.decode_opened(opened)
+        with self._budget.hold(opened.decode_bytes):
+            image = preprocess.decode_opened(opened)
+        if deadline is not None:
+            deadline.check()
+        return image
 
     def _release(self, key_sha256: str, request: str, record_ids: tuple[uuid.UUID, ...]) -> None:
         """Give the key back; if that fails, the client still gets its 4xx (and the key
@@ -269,7 +298,7 @@ def _request_digest(images: Sequence[bytes], route: Route) -> str:
     return digest.hexdigest()
 
 
-def _each(images: Sequence[bytes], step: Callable[[bytes], T]) -> list[T]:
+def _each(images: Sequence[U], step: Callable[[U], T]) -> list[T]:
     """`step` of every image; in a batch, an ImageError says which image it was."""
     results = []
     for position, image in enumerate(images):

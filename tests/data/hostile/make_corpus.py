@@ -161,6 +161,7 @@ def build(digits: np.ndarray, labels: np.ndarray) -> Corpus:
     _json_entries(corpus, corpus.files[seven_png], label(SEVEN))
     _broken_file_entries(corpus, paper(SEVEN, 200), seven_png)
     _bomb_entries(corpus, paper(SEVEN, 112))
+    _costly_entries(corpus, corpus.files[seven_png])
     _blank_entries(corpus)
     _format_entries(corpus, paper, label)
     _exif_entries(corpus, paper, label)
@@ -550,6 +551,75 @@ def _bomb_entries(corpus: Corpus, page: Image.Image) -> None:
     for name, file, data, content_type, why in cases:
         corpus.raw(name, corpus.file(file, data), content_type, why, status=413,
                    code="image_too_large")  # fmt: skip
+
+
+def _costly_entries(corpus: Corpus, seven_png: bytes) -> None:
+    """Files within the pixel limit that would cost too much work or memory to decode
+    (issue 12): refused from their structure or their decoded size, before decoding."""
+    empty_chunk = png_chunk(b"prIv", b"")  # a private ancillary chunk: skipped, but parsed
+    cases: list[tuple[str, str, bytes, str, str, str]] = [
+        (
+            "jpeg-progressive-2000-empty-scans",
+            "progressive-2000-empty-scans.jpg",
+            _with_empty_scans(_progressive_page(4_000), 2_000),
+            "image/jpeg",
+            "image_too_complex",
+            "a 4000x4000 progressive JPEG and 2,000 empty scans, each a pass over the image: "
+            "2.5 s of CPU before it was refused from its markers",
+        ),
+        (
+            "png-8000-empty-chunks",
+            "8000-empty-chunks.png",
+            seven_png[:33] + empty_chunk * 8_000 + seven_png[33:],
+            "image/png",
+            "image_too_complex",
+            "a 28x28 PNG behind 8,000 empty chunks, each parsed in Python (twice, before)",
+        ),
+        (
+            "webp-lossless-6300x6300",
+            "lossless-6300x6300.webp",
+            encode(Image.new("RGBA", (6_300, 6_300), (255, 255, 255, 0)), "WEBP", lossless=True),
+            "image/webp",
+            "image_too_large",
+            "39.7 million RGBA pixels in 2 KB, under MAX_IMAGE_PIXELS: libwebp's buffer and "
+            "Pillow's copy took a worker up 600 MiB",
+        ),
+        (
+            "rgba-png-4500x4500",
+            "rgba-4500x4500.png",
+            encode(Image.new("RGBA", (4_500, 4_500), (255, 255, 255, 0)), "PNG", optimize=True),
+            "image/png",
+            "image_too_large",
+            "20 million RGBA pixels: 81 MB decoded and as much again premultiplied to resize",
+        ),
+    ]
+    for name, file, data, content_type, code, why in cases:
+        corpus.raw(name, corpus.file(file, data), content_type, why, status=413, code=code)
+    # Within the decoded-memory budget: decoded, and found blank, at a bounded cost.
+    for name, file, image, why in [
+        ("cmyk-tiff-3500x3500-blank", "cmyk-3500x3500.tif", Image.new("CMYK", (3_500, 3_500)),
+         "12 million CMYK pixels (49 MB decoded), blank: within the memory budget"),
+        ("float-tiff-3500x3500-blank", "float-3500x3500.tif",
+         Image.new("F", (3_500, 3_500), 0.0),
+         "12 million 32-bit float pixels (49 MB decoded), blank: within the memory budget"),
+    ]:  # fmt: skip
+        data = encode(image, "TIFF", compression="tiff_deflate")
+        corpus.raw(name, corpus.file(file, data), "image/tiff", why, status=400,
+                   code="blank_image")  # fmt: skip
+
+
+def _progressive_page(side: int) -> bytes:
+    """A white `side`-pixel square with a black bar, as a progressive grayscale JPEG."""
+    page = np.full((side, side), 255, dtype=np.uint8)
+    page[side // 3 : 2 * side // 3, side // 3 : side // 2] = 0
+    return encode(Image.fromarray(page), "JPEG", progressive=True, quality=60)
+
+
+def _with_empty_scans(jpeg: bytes, count: int) -> bytes:
+    """`jpeg` with its last scan header repeated `count` times before EOI, with no data."""
+    last = jpeg.rindex(b"\xff\xda")
+    header = jpeg[last : last + 2 + int.from_bytes(jpeg[last + 2 : last + 4], "big")]
+    return jpeg[:-2] + header * count + jpeg[-2:]
 
 
 def _blank_entries(corpus: Corpus) -> None:

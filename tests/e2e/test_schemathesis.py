@@ -6,6 +6,11 @@ schema and its examples, and invalid ones), sends them to the function under gun
 (tests/support/function_server.py) and checks each answer: never a 5xx, and status
 code, content type, headers and body as documented. Deterministic (derandomized, a fixed
 number of examples per operation), well under two minutes.
+
+One known deviation is not sent (the test returns early on it), and pinned by a strict xfail
+below instead: a path segment with a newline after its first character (e.g.
+/predictions/a%0Ab) is not matched by functions-framework's `/<path:path>` rule, so Flask
+answers with its own HTML 404 without an X-Request-Id, before the function is called.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import copy
 import json
 import re
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import pytest
 import requests
@@ -52,12 +58,17 @@ def function_url(model_server, tmp_path_factory) -> Iterator[str]:
     """A function of its own: schemathesis records predictions and sends odd requests."""
     sqlite_path = tmp_path_factory.mktemp("schemathesis") / "predictions.sqlite3"
     with running_function(model_server, sqlite_path) as url:
-        # One record, so the history and the single-record reads have something to answer.
-        response = requests.post(
-            f"{url}/predict", data=SEVEN, headers={"Content-Type": "image/png"}, timeout=30
-        )
-        assert response.status_code == 200, response.text
         yield url
+
+
+@pytest.fixture(scope="module")
+def recorded_id(function_url) -> str:
+    """One record, so the history and the single-record reads have something to answer."""
+    response = requests.post(
+        f"{function_url}/predict", data=SEVEN, headers={"Content-Type": "image/png"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"][0]["id"]
 
 
 @SCHEMA.parametrize()
@@ -68,8 +79,37 @@ def function_url(model_server, tmp_path_factory) -> Iterator[str]:
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_the_live_function_answers_as_its_openapi_description_says(case, function_url) -> None:
+def test_the_live_function_answers_as_its_openapi_description_says(
+    case, function_url, recorded_id
+) -> None:
+    # Path parameters arrive percent-encoded.
+    if any("\n" in unquote(str(value)) for value in case.path_parameters.values()):
+        return  # the known deviation (module docstring), pinned by the strict xfail below
     case.call_and_validate(base_url=function_url, checks=CHECKS, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "path", ["/predictions/{prediction_id}", "/predictions/{prediction_id}/image"]
+)
+def test_a_recorded_prediction_and_its_upload_are_as_described(
+    path, function_url, recorded_id
+) -> None:
+    """Generated ids are never real ones: these answer 200 only for an id that exists."""
+    case = SCHEMA[path]["GET"].Case(path_parameters={"prediction_id": recorded_id})
+    response = case.call_and_validate(base_url=function_url, checks=CHECKS, timeout=30)
+    assert response.status_code == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="functions-framework's /<path:path> rule does not match a newline: Flask answers "
+    "its own HTML 404 without X-Request-Id, before the function runs (reported in issue 12)",
+)
+def test_a_path_with_a_newline_gets_the_function_s_json_404(function_url) -> None:
+    response = requests.get(f"{function_url}/predictions/a%0Ab", timeout=10)
+    assert response.status_code == 404
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers.get("X-Request-Id")
 
 
 # --- the description itself ---------------------------------------------------------------

@@ -136,7 +136,13 @@ def _from_multipart(request: flask.Request, max_images: int) -> list[bytes]:
     text_bytes: int | None = None  # the size so far of the text part being read, if one is
     stream = request.stream
     while True:
-        data = stream.read(READ_CHUNK_BYTES)
+        try:
+            data = stream.read(READ_CHUNK_BYTES)
+        except RequestEntityTooLarge:  # a chunked body past max_content_length
+            limit = request.max_content_length or 0
+            raise RequestEntityTooLarge(
+                f"the request body is over the limit of {limit:,} bytes"
+            ) from None
         try:
             decoder.receive_data(data or None)
             event = decoder.next_event()

@@ -144,6 +144,20 @@ def test_a_large_text_field_has_its_own_code(offline):
     assert f"{uploads.MAX_FORM_FIELD_BYTES:,} bytes" in message
 
 
+def test_a_chunked_multipart_body_over_the_limit_says_what_the_limit_is(offline):
+    """Werkzeug's own words were "exceeds the capacity limit", whatever the limit was."""
+    padding = bytes(11 * 1024 * 1024)
+    body, content_type = encode_multipart_formdata([("image", ("pad.png", padding, "image/png"))])
+    response = offline.post(
+        "/predict",
+        input_stream=io.BytesIO(body),
+        headers={"Content-Type": content_type, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets for chunked
+    )
+    message = error_of(response, 413, "request_too_large")["message"]
+    assert "10,485,760 bytes" in message and "capacity" not in message
+
+
 def test_a_large_part_needs_no_temp_directory(offline, monkeypatch):
     """Werkzeug spooled parts over 500 KB to the temp directory: a full disk was a 500."""
 

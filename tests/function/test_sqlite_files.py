@@ -148,3 +148,44 @@ def test_a_store_error_names_no_path(tmp_path):
     with pytest.raises(StoreUnavailable) as failed:
         store.save([make_record()])
     assert str(tmp_path) not in str(failed.value), failed.value
+
+
+def test_over_http_a_full_disk_is_a_503_and_not_ready_until_writes_work(function_env, monkeypatch):
+    """The finding as it was seen: writes failed with 503 while /readyz stayed ready, and
+    the message named the database path."""
+    import functions_framework
+
+    from recognizer import sqlite_log
+    from tests.conftest import ROOT
+    from tests.data.hostile import corpus
+
+    connections: list[sqlite3.Connection] = []
+    real_connect = sqlite3.connect
+
+    def tracked(*args, **kwargs):
+        connection = real_connect(*args, **kwargs)
+        connections.append(connection)
+        return connection
+
+    monkeypatch.setattr(sqlite_log.sqlite3, "connect", tracked)
+    app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
+    client = app.test_client()
+    seven = (corpus.HERE / "digit-7.png").read_bytes()
+    assert client.post("/predict", data=seven, content_type="image/png").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    for connection in connections:  # the disk fills up: no page can be added
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages}")
+    big = seven + bytes(200_000)  # stored with the record: needs new pages
+    failed = client.post("/predict", data=big, content_type="image/png")
+    assert failed.status_code == 503, failed.get_data(as_text=True)
+    assert failed.get_json()["error"]["code"] == "store_unavailable"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503, ready.get_data(as_text=True)
+    assert ready.get_json()["checks"]["prediction_store"].startswith("failing")
+    for text in (failed.get_data(as_text=True), ready.get_data(as_text=True)):
+        assert str(function_env.parent) not in text and "sqlite3" not in text, text
+    for connection in connections:  # room again
+        connection.execute("PRAGMA max_page_count = 1073741823")
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/predict", data=big, content_type="image/png").status_code == 200

@@ -20,6 +20,11 @@ log = logging.getLogger("serving")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GRPC_PORT = 8500
+# TF Serving leaves both to TensorFlow (0). Here a request's thread runs its own graph
+# on one core: on 2 cores the thread hand-offs cost more than this small model, and
+# concurrent requests (or batches) still use every core (docs/performance.md).
+DEFAULT_INTRA_OP = 1
+DEFAULT_INTER_OP = -1
 
 
 def _bool(text: str) -> bool:
@@ -135,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="BatchingParameters text proto, e.g. serving/batching.config (default: "
         "BasicBatchScheduler's defaults); used with --enable_batching",
     )
+    parser.add_argument(
+        "--tensorflow_intra_op_parallelism",
+        type=int,
+        default=DEFAULT_INTRA_OP,
+        help="threads one TensorFlow op may use, as in TF Serving (0: one per core; "
+        f"default here: {DEFAULT_INTRA_OP})",
+    )
+    parser.add_argument(
+        "--tensorflow_inter_op_parallelism",
+        type=int,
+        default=DEFAULT_INTER_OP,
+        help="threads running independent ops, as in TF Serving (0: one per core; negative: "
+        f"the request's own thread runs the graph; default here: {DEFAULT_INTER_OP})",
+    )
     parser.add_argument("--log_level", default="INFO", help="Python logging level")
     return parser
 
@@ -171,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict_inputs=args.strict_inputs,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
+        tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
     )
     server = ModelServer(options)
     try:

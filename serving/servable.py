@@ -3,25 +3,66 @@
 Signature defs are read from saved_model.pb with the protos (not from the
 loaded object), because that is what TF Serving's metadata and input
 conversion are based on: dtypes, shapes and every signature, init op included.
+
+A version runs as TF Serving runs it: the MetaGraphDef is loaded into a graph and a
+Session (the SavedModelBundle of loader.h), and a request feeds the signature's input
+tensors and fetches its output tensors by name, as predict_util.cc's RunPredict hands
+them to Session::Run. Each feed/fetch combination becomes a Session callable once;
+calling one costs tens of microseconds of Python, where calling the eager signature
+function costs several hundred (docs/performance.md, "Model server speed"). The
+session's thread pools are set by SessionOptions (--tensorflow_intra_op_parallelism,
+--tensorflow_inter_op_parallelism).
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
 
 from serving.errors import ServingError, from_exception, invalid_argument
 
 SERVING_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
 SAVED_MODEL_FILE = "saved_model.pb"
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The ConfigProto thread settings of every session this process loads.
+
+    TF Serving's --tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism
+    (0: TensorFlow picks, one thread per core). A negative inter-op value runs each
+    Session::Run on the calling thread (ConfigProto.inter_op_parallelism_threads < 0),
+    which spares a thread hand-off per request: on a small graph like this one the
+    hand-offs cost more than the model (docs/performance.md).
+    """
+
+    intra_op_parallelism: int = 0
+    inter_op_parallelism: int = 0
+
+    def config_proto(self) -> config_pb2.ConfigProto:
+        return config_pb2.ConfigProto(
+            intra_op_parallelism_threads=self.intra_op_parallelism,
+            inter_op_parallelism_threads=self.inter_op_parallelism,
+        )
+
+
+_session_options = SessionOptions()
+
+
+def set_session_options(options: SessionOptions) -> None:
+    """Thread settings for the sessions loaded from now on (the server sets them at start)."""
+    global _session_options
+    _session_options = options
 
 
 @dataclass(frozen=True)
@@ -123,13 +164,13 @@ def session_message(message: str) -> str:
 class Servable:
     """A loaded model version. Immutable after loading, so any thread may call run()."""
 
-    def __init__(self, name: str, version: int, path: Path) -> None:
+    def __init__(
+        self, name: str, version: int, path: Path, options: SessionOptions | None = None
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
         self.meta_graph = read_meta_graph(path)
-        self._loaded = tf.saved_model.load(str(path), tags=[SERVING_TAG])
-        self._functions = dict(self._loaded.signatures)
         self.signatures = {
             key: Signature(
                 key,
@@ -138,6 +179,14 @@ class Servable:
             )
             for key, sig in self.meta_graph.signature_def.items()
         }
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(
+            graph=self._graph, config=(options or _session_options).config_proto()
+        )
+        with self._graph.as_default(), _quiet_deprecation():
+            tf.compat.v1.saved_model.loader.load(self._session, [SERVING_TAG], str(path))
+        self._callables: dict[tuple[str, tuple[str, ...]], Callable[..., list]] = {}
+        self._callables_lock = threading.Lock()
 
     def signature(self, name: str) -> Signature:
         """The named signature ('' means serving_default), or TF Serving's 400 error."""
@@ -152,17 +201,53 @@ class Servable:
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a signature on arrays already converted to its input dtypes."""
         signature = self.check_inputs(signature_name, inputs)
-        function = self._functions.get(signature.name)
-        if function is None:
+        if signature.name.startswith("__saved_model_init_op"):
             raise invalid_argument(f"Signature {signature.name} cannot be run for prediction")
+        aliases = tuple(sorted(inputs))
+        feeds = []
+        for index, alias in enumerate(aliases):
+            array = np.asarray(inputs[alias])
+            expected = signature.inputs[alias]
+            if array.dtype.kind in "OSU" and expected.dtype.kind == "O":
+                array = _as_object(array)
+            elif array.dtype != expected.dtype:
+                # FunctionCallFrame::SetArgs, as DirectSession::Run checks its feeds.
+                given = "string" if array.dtype.kind in "OSU" else _numpy_type_name(array)
+                raise invalid_argument(
+                    f"Expects arg[{index}] to be {expected.dtype_name} but {given} is provided"
+                )
+            feeds.append(array)
+        outputs = sorted(signature.outputs)
+        run = self._callable(signature, aliases, outputs)
         try:
-            result = function(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+            values = run(*feeds)
         except (tf.errors.OpError, TypeError, ValueError) as exc:
             error = from_exception(exc)
             if error.code == "UNKNOWN":
                 error = invalid_argument(error.message)
             raise ServingError(error.code, session_message(error.message)) from exc
-        return {key: value.numpy() for key, value in result.items()}
+        return dict(zip(outputs, values, strict=True))
+
+    def _callable(
+        self, signature: Signature, aliases: tuple[str, ...], outputs: list[str]
+    ) -> Callable[..., list]:
+        """Session::MakeCallable for these feeds and the signature's fetches, made once."""
+        key = (signature.name, aliases)
+        run = self._callables.get(key)
+        if run is not None:
+            return run
+        with self._callables_lock:
+            run = self._callables.get(key)
+            if run is None:
+                options = config_pb2.CallableOptions()
+                options.feed.extend(signature.inputs[a].feed_name for a in aliases)
+                options.fetch.extend(signature.outputs[o].feed_name for o in outputs)
+                # Not make_callable(fetches, feed_list): that one casts fed arrays to the
+                # placeholders' dtypes and refuses their shapes in Python, where TF
+                # Serving's Session::Run takes the tensors as they are.
+                run = self._session._make_callable_from_options(options)
+                self._callables[key] = run
+        return run
 
     def check_inputs(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Signature:
         """The signature, if `inputs` name its inputs; else TF Serving's 400.
@@ -191,3 +276,31 @@ class Servable:
                     "alias set: "
                 )
         return signature
+
+
+def _as_object(array: np.ndarray) -> np.ndarray:
+    """A string tensor as the session takes it: an object array of bytes."""
+    if array.dtype.kind == "O":
+        return array
+    result = np.empty(array.size, dtype=object)
+    result[:] = [v.encode() if isinstance(v, str) else bytes(v) for v in array.ravel().tolist()]
+    return result.reshape(array.shape)
+
+
+def _numpy_type_name(array: np.ndarray) -> str:
+    try:
+        return data_type_string(tf.dtypes.as_dtype(array.dtype).as_datatype_enum)
+    except TypeError:
+        return str(array.dtype)
+
+
+class _quiet_deprecation:
+    """tf.compat.v1's loader warns that it is deprecated on every load; not news here."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("tensorflow")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._logger.setLevel(self._level)

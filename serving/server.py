@@ -30,6 +30,7 @@ from serving.httpserver import HttpServer
 from serving.metrics import Metrics
 from serving.repository import Loader, ModelRepository, load_with_warmup
 from serving.rest import ApiOptions, RestApi
+from serving.servable import SessionOptions, set_session_options
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class ServerOptions:
     strict_inputs: bool = False  # dev-only: refuse what TF Serving wraps, rounds or lets run
     enable_batching: bool = False
     batching_parameters_file: Path | None = None  # None: BatchingOptions' defaults
+    # ConfigProto thread pools (TF Serving's flags; 0: TensorFlow picks; inter-op < 0: the
+    # calling thread runs the graph). The command line defaults to 1 and -1.
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
     initial_load_timeout_seconds: float | None = 600.0
     loader: Loader = field(default=load_with_warmup, compare=False, repr=False)
 
@@ -117,6 +122,12 @@ class ModelServer:
     # -------------------------------------------------------------- lifecycle
     def start(self) -> ModelServer:
         """Apply the config, load the initial versions, open the port. Raises ConfigError."""
+        set_session_options(
+            SessionOptions(
+                intra_op_parallelism=self.options.tensorflow_intra_op_parallelism,
+                inter_op_parallelism=self.options.tensorflow_inter_op_parallelism,
+            )
+        )
         try:
             prometheus = load_monitoring_config(self.options.monitoring_config_file)
             batching = (

@@ -52,6 +52,19 @@ _WHITESPACE = b" \t\n\r"
 # Bodies the fast path could read differently from rapidjson: surrogate escapes, long
 # digit runs (integers past uint64, doubles past DBL_MAX), exponents of three digits.
 _NEEDS_EXACT = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{20}|[eE][+-]?[0-9]{3}")
+# The same test without running that regex over every byte (re has no literal to skip
+# to, so it costs ~70 ns a byte, 11 ms on a 64-image body): digits become "0", and
+# plain substring searches find each case; the regex only confirms a candidate.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_CANDIDATES = (b"0" * 20, b"e000", b"E000", b"e+000", b"E+000", b"e-000", b"E-000")
+
+
+def _needs_exact(body: bytes) -> bool:
+    """bool(_NEEDS_EXACT.search(body)), fast."""
+    if b"\\" in body:  # a \u escape may be a surrogate: the regex decides
+        return _NEEDS_EXACT.search(body) is not None
+    zeroed = body.translate(_DIGITS_TO_ZERO)
+    return any(candidate in zeroed for candidate in _CANDIDATES)
 
 
 class DupDict(dict):
@@ -94,7 +107,7 @@ def parse(body: bytes) -> Any:
     """The JSON document of a request body, or TF Serving's 'JSON Parse error' (400)."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
-    if not _NEEDS_EXACT.search(body):
+    if not _needs_exact(body):
         try:
             text = body[_bom_length(body) :].decode("utf-8")
             start = len(text) - len(text.lstrip(" \t\n\r"))

@@ -239,3 +239,21 @@ def test_bytes_after_the_root_value_are_ignored(served: ModelServer):
     response = post(served, f"{MNIST}/versions/1:predict", body)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["digit"] == 9
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[1, 2, 3]]}',
+        b'{"instances": [' + b"1" * 19 + b"]}",
+        b'{"instances": [' + b"9" * 20 + b"]}",
+        b'{"instances": [1e308, 2E+309, 3e-400, 4.5E-1000]}',
+        b'{"instances": [1e30, 2E+30, 3e-40]}',
+        b'{"instances": ["\\ud83d\\ude00", "\\u00e9"]}',
+        b'{"instances": ["\\u00e9", 12345678901234567890123]}',
+        b'{"instances": ["\\n"], "x": 1e-999}',
+    ],
+)
+def test_the_exact_reader_prefilter_agrees_with_its_regex(body):
+    """rjson's substring prefilter decides exactly as the regex it stands in for."""
+    assert rjson._needs_exact(body) == (rjson._NEEDS_EXACT.search(body) is not None)

@@ -1,0 +1,1165 @@
+"""One contract for both prediction stores: SQLite (local runs) and Cassandra (production).
+
+Every test of the first part runs once per store, through the parametrised `backend`
+fixture: SQLite on a fresh file, Cassandra on a fresh keyspace of the live test node
+(tests/support/cassandra.py) with the whole schema applied. What they assert is what the
+function relies on from whichever store it is given (records.PredictionLog).
+
+The second part is what only Cassandra has, against the same live node: 32-bit float
+columns, one partition per UTC day and the look-back of `recent`, the statements it
+sends, its connections (one per process, also after a fork), the faults a live node can
+be made to give, and the schema: applied to a fresh keyspace, applied again, and applied
+over the previous release's schema. Two tests there are marked xfail(strict=True): they
+show a bug in CassandraLog.save (their reason says which); fixed, they pass, and strict
+makes the suite fail until the marks are removed. SQLite's own behaviour (WAL, a file
+deleted or moved) is in test_sqlite_log.py; Cassandra code that needs no node, and the
+faults a live node cannot be made to give, are in test_cassandra_log.py.
+
+This file is also the program each process of the two-process claim race runs (the
+`__main__` block at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cassandra import ConsistencyLevel, InvalidRequest
+from cassandra.query import SimpleStatement
+
+from infra.cassandra.apply_schema import SCHEMA, apply, render, split_statements
+from infra.cassandra.local import free_ports
+from recognizer import cassandra_log
+from recognizer.cassandra_log import CassandraLog, CassandraSettings, build_cluster
+from recognizer.records import (
+    IDEMPOTENCY_WINDOW_SECONDS,
+    IdempotencyClaim,
+    PredictionLog,
+    Record,
+    StoreUnavailable,
+    new_record_id,
+    time_of,
+)
+from recognizer.sqlite_log import SqliteLog
+from tests.function.records_factory import UPLOAD_CAP, make_record
+
+ROOT = Path(__file__).resolve().parents[2]
+STORES = ("sqlite", "cassandra")
+NOW = datetime(2024, 5, 17, 12, 30, tzinfo=UTC)  # a store opened with now=NOW sees this time
+
+
+# -- the stores ------------------------------------------------------------------------------
+
+
+def open_store(
+    location: dict[str, str], *, now: datetime | None = None, window: int | None = None
+) -> PredictionLog:
+    """A store on `location`, as the function opens it, with these changes:
+
+    `now` fixes Cassandra's clock: the day `recent` starts looking back from, and the time a
+    claim is stamped with. SQLite has no look-back (`recent` reads the whole file), so it
+    needs no clock. `window` is the idempotency window in seconds instead of 24 hours: the
+    TTL of a Cassandra claim, the age at which SQLite deletes one.
+    """
+    window_setting = {} if window is None else {"idempotency_window_seconds": window}
+    if location["store"] == "sqlite":
+        return SqliteLog(Path(location["path"]), **window_setting)
+    settings = CassandraSettings.from_env(
+        {
+            "CASSANDRA_CONTACT_POINTS": location["contact_points"],
+            "CASSANDRA_KEYSPACE": location["keyspace"],
+            "CASSANDRA_CONNECT_TIMEOUT_SECONDS": location.get("connect_timeout", "5"),
+        }
+    )
+    clock = (lambda: datetime.now(UTC)) if now is None else (lambda: now)
+    return CassandraLog(settings, clock=clock, **window_setting)
+
+
+@dataclass
+class Backend:
+    """One kind of store with storage of its own for one test.
+
+    `location` says where the storage is (JSON, so a child process can open it too);
+    every `open()` is another client of it, as each worker process of the function is.
+    """
+
+    kind: str
+    location: dict[str, str]
+    opened: list[PredictionLog] = field(default_factory=list)
+
+    def open(self, *, now: datetime | None = None, window: int | None = None) -> PredictionLog:
+        store = open_store(self.location, now=now, window=window)
+        self.opened.append(store)
+        return store
+
+    def unreachable(self) -> PredictionLog:
+        """A store of the same kind whose storage cannot be reached."""
+        if self.kind == "sqlite":
+            blocker = Path(self.location["path"]).parent.with_name("a-file-not-a-folder")
+            blocker.write_text("a file where the store's folder should be")
+            location = {"store": "sqlite", "path": str(blocker / "predictions.sqlite3")}
+        else:
+            [port] = free_ports(1, ["127.0.0.1"])  # nothing listens there
+            location = {**self.location, "contact_points": f"127.0.0.1:{port}"}
+            location["connect_timeout"] = "2"
+        store = open_store(location)
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=STORES)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        location = {"store": "sqlite", "path": str(tmp_path / "log" / "predictions.sqlite3")}
+    else:
+        cassandra = request.getfixturevalue("cassandra")
+        location = {
+            "store": "cassandra",
+            "contact_points": cassandra.contact_points,
+            "keyspace": cassandra.keyspace("contract"),
+        }
+    backend = Backend(request.param, location)
+    yield backend
+    for store in backend.opened:
+        store.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> PredictionLog:
+    return backend.open()
+
+
+def newest_first(records: list) -> list:
+    return sorted(records, key=lambda record: record.created_at, reverse=True)
+
+
+def claim_for(request: str, count: int = 2) -> IdempotencyClaim:
+    return IdempotencyClaim(request, tuple(new_record_id() for _ in range(count)))
+
+
+# == the contract: every test runs against SQLite and against Cassandra ======================
+
+
+def test_a_saved_record_reads_back_field_for_field(store: PredictionLog) -> None:
+    now = datetime.now(UTC)
+    records = [
+        make_record(digit=0, at=now - timedelta(seconds=3)),
+        make_record(digit=9, version=20240517123000, at=now - timedelta(seconds=2)),  # bigint
+        make_record(digit=4, model_name="mnist-large", latency_ms=0.001, at=now),
+    ]
+    store.save(records)
+    for record in records:
+        got = store.get(record.id)
+        assert got == record
+        assert got.created_at.utcoffset() == timedelta(0)  # aware UTC, as it went in
+    assert store.recent(10) == newest_first(records)  # the history reads the same fields
+
+
+def test_none_values_read_back_as_none(store: PredictionLog) -> None:
+    pinned = make_record(model_label=None)  # a request that pinned a version has no label
+    over_the_cap = make_record(upload=None)
+    store.save([pinned, over_the_cap])
+    assert store.get(pinned.id).model_label is None
+    assert store.get(over_the_cap.id).upload.content is None
+    assert store.get(pinned.id) == pinned and store.get(over_the_cap.id) == over_the_cap
+
+
+def test_an_upload_over_the_cap_keeps_its_digest_and_size_but_not_its_bytes(
+    store: PredictionLog,
+) -> None:
+    at_the_cap = make_record(upload=b"\x89PNG" + os.urandom(UPLOAD_CAP - 4))
+    over_the_cap = make_record(upload=None)  # the function keeps no bytes past the cap
+    store.save([at_the_cap, over_the_cap])
+    kept = store.get(at_the_cap.id).upload
+    assert kept.content == at_the_cap.upload.content and kept.size == UPLOAD_CAP
+    dropped = store.get(over_the_cap.id).upload
+    assert dropped.content is None
+    assert (dropped.sha256, dropped.size) == (over_the_cap.upload.sha256, UPLOAD_CAP + 1)
+    assert dropped.content_type == "image/png"
+
+
+def test_history_is_newest_first_across_utc_days_and_limited(backend: Backend) -> None:
+    store = backend.open(now=NOW)  # Cassandra reads the day partitions back from NOW's day
+    midnight = NOW.replace(hour=0, minute=0)
+    today = [make_record(at=NOW - timedelta(minutes=m)) for m in (5, 30, 10)]
+    around_midnight = [
+        make_record(at=midnight),  # 00:00:00.000: today
+        make_record(at=midnight - timedelta(milliseconds=1)),  # 23:59:59.999: yesterday
+    ]
+    earlier = [make_record(at=NOW - timedelta(days=d, hours=1)) for d in (1, 3, 6)]
+    everything = newest_first([*today, *around_midnight, *earlier])
+    store.save(earlier[1:])
+    store.save([today[0], around_midnight[1]])
+    for record in [*today[1:], around_midnight[0], earlier[0]]:
+        store.save([record])
+    assert store.recent(100) == everything
+    assert store.recent(3) == everything[:3]
+    assert store.recent(4) == everything[:4]  # the 4th is in the same day's partition
+    assert store.recent(5) == everything[:5]  # the 5th is yesterday's, at 23:59:59.999
+    assert store.recent(1) == everything[:1]
+    assert store.recent(0) == []
+    assert store.recent(10**12) == everything  # a huge limit is no error
+
+
+def test_lookup_by_id_finds_that_record_and_nothing_else(store: PredictionLog) -> None:
+    record = make_record(at=datetime.now(UTC) - timedelta(minutes=1))
+    other = make_record(at=record.created_at - timedelta(days=2))
+    store.save([record, other])
+    assert store.get(record.id) == record and store.get(other.id) == other
+    same_time = uuid.UUID(int=record.id.int ^ 1)  # same time, same day, another node
+    assert same_time.version == 1 and store.get(same_time) is None
+    assert store.get(new_record_id()) is None  # an id of now, never saved
+    assert store.get(make_record(at=datetime(2001, 1, 1, tzinfo=UTC)).id) is None  # no such day
+
+
+def test_ids_that_are_not_time_based_are_never_found(store: PredictionLog) -> None:
+    store.save([make_record()])
+    assert store.get(uuid.uuid4()) is None  # a client's guess, or a random id
+    assert store.get(uuid.UUID(int=0)) is None  # the nil UUID (version 0)
+    assert store.get(uuid.uuid5(uuid.NAMESPACE_URL, "https://example.org/")) is None
+
+
+def test_saving_an_id_again_adds_no_second_record(store: PredictionLog) -> None:
+    first = make_record(digit=3, at=datetime.now(UTC) - timedelta(seconds=1))
+    other = make_record(digit=4)
+    store.save([first])
+    store.save([first, other])  # a retried batch, one of whose records was saved before
+    store.save([first])
+    assert store.recent(10) == newest_first([first, other])
+    assert store.get(first.id) == first
+
+
+def test_a_retry_with_other_values_still_leaves_one_record(store: PredictionLog) -> None:
+    """Two attempts racing with one Idempotency-Key write the same ids with their own
+    latencies. Which attempt's record is kept differs by store (SQLite the first, Cassandra
+    the last: see their own tests); that there is one record per id does not."""
+    first = make_record()
+    retry = replace(first, latency_ms=first.latency_ms + 40)
+    store.save([first])
+    store.save([retry])
+    assert store.get(first.id) in (first, retry)
+    assert [r.id for r in store.recent(10)] == [first.id]
+
+
+def test_records_of_one_request_come_back_last_image_first(store: PredictionLog) -> None:
+    """The function makes a request's ids one after another, often within one millisecond:
+    the history still has one order for them, the reverse of the images'."""
+    ids = ids_in_one_millisecond(6)
+    records = [make_record(digit=n, id=i, created_at=time_of(i)) for n, i in enumerate(ids)]
+    assert len({r.created_at for r in records}) == 1
+    store.save(records)
+    assert store.recent(10) == records[::-1]
+
+
+def ids_in_one_millisecond(count: int) -> list[uuid.UUID]:
+    """Version-1 ids 100 ns apart within one millisecond, as new_record_id() makes them."""
+    base = new_record_id()
+    start = base.time - base.time % 10_000  # the millisecond's first 100-ns tick
+    return [
+        uuid.UUID(
+            fields=(
+                tick & 0xFFFFFFFF,
+                (tick >> 32) & 0xFFFF,
+                (tick >> 48) & 0x0FFF | 0x1000,  # version 1
+                base.clock_seq_hi_variant,
+                base.clock_seq_low,
+                base.node,
+            )
+        )
+        for tick in range(start, start + count)
+    ]
+
+
+def test_a_retry_finds_the_records_written_into_the_claimed_ids(store: PredictionLog) -> None:
+    """The function's Idempotency-Key flow: claim ids, write the records into them; a
+    retry's claim answers with those ids, and their records are there."""
+    claim = store.claim("key", claim_for("request", count=2))
+    records = [
+        make_record(digit=n, id=i, created_at=time_of(i)) for n, i in enumerate(claim.record_ids)
+    ]
+    store.save(records)
+    retry = store.claim("key", claim_for("request", count=2))
+    assert [store.get(record_id) for record_id in retry.record_ids] == records
+
+
+def test_saving_nothing_is_no_error(store: PredictionLog) -> None:
+    store.save([])
+    assert store.recent(10) == []
+
+
+# -- idempotency claims ----------------------------------------------------------------------
+
+
+def test_the_first_claim_of_a_key_wins(store: PredictionLog) -> None:
+    first, second = claim_for("request-a", 3), claim_for("request-b", 3)
+    assert store.claim("key-1", first) == first
+    assert store.claim("key-1", second) == first  # with its record ids, in their order
+    assert store.claim("key-1", first) == first  # the winner asking again is no new claim
+    assert store.claim("key-2", second) == second  # another key is free
+
+
+def test_another_store_on_the_same_storage_sees_the_records_and_claims(backend: Backend) -> None:
+    """Each worker process of the function opens the store for itself."""
+    writer = backend.open()
+    record, claim = make_record(), claim_for("request-a")
+    writer.save([record])
+    writer.claim("key", claim)
+    writer.close()
+    reader = backend.open()
+    assert reader.get(record.id) == record
+    assert reader.recent(10) == [record]
+    assert reader.claim("key", claim_for("request-b")) == claim
+
+
+def test_a_claim_is_forgotten_after_the_idempotency_window(backend: Backend) -> None:
+    window = 2  # seconds; a Cassandra TTL, so whole seconds
+    store = backend.open(window=window)
+    old, new, newer = claim_for("request-a"), claim_for("request-b"), claim_for("request-c")
+    assert store.claim("key", old) == old
+    assert store.claim("key", new) == old  # within the window: the first claim holds
+    time.sleep(window + 0.5)
+    assert store.claim("key", new) == new  # forgotten: the same key is claimed anew
+    assert store.claim("key", newer) == new
+    assert store.claim("other-key", old) == old
+
+
+def test_claims_racing_from_many_threads_have_one_winner(store: PredictionLog) -> None:
+    threads, rounds = 12, 8
+    answers: list[list[tuple[IdempotencyClaim, IdempotencyClaim] | BaseException]] = [
+        [] for _ in range(rounds)
+    ]
+    start = threading.Barrier(threads)
+
+    def claim_each_round(n: int) -> None:
+        for r in range(rounds):
+            mine = claim_for(f"request of thread {n}")
+            start.wait()  # all threads claim round r's key at once
+            try:
+                answers[r].append((mine, store.claim(f"key-{r}", mine)))
+            except BaseException as exc:  # shown by the assertion below
+                answers[r].append(exc)
+
+    workers = [threading.Thread(target=claim_each_round, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    for r, round_answers in enumerate(answers):
+        assert len(round_answers) == threads and all(isinstance(a, tuple) for a in round_answers), (
+            f"round {r}: {round_answers}"
+        )
+        winners = [mine for mine, held in round_answers if held == mine]
+        assert len(winners) == 1, f"round {r}: {len(winners)} threads won the key"
+        assert {held for _, held in round_answers} == {winners[0]}  # all see the winner
+
+
+def test_claims_racing_from_two_processes_have_one_winner(backend: Backend) -> None:
+    backend.open().ping()  # the storage is set up before the processes start
+    rounds = 15
+    answers = race_in_processes(backend.location, processes=2, rounds=rounds)
+    for r in range(rounds):
+        won = [answer[r]["won"] for answer in answers]
+        held = {json.dumps(answer[r]["held"]) for answer in answers}
+        assert won.count(True) == 1, f"round {r}: {won.count(True)} processes won the key"
+        assert len(held) == 1, f"round {r}: the processes saw different claims: {held}"
+    records_claimed = {tuple(answer[r]["held"][1]) for answer in answers for r in range(rounds)}
+    assert len(records_claimed) == rounds  # each key holds the record ids of its winner
+
+
+def race_in_processes(location: dict[str, str], processes: int, rounds: int) -> list[list[dict]]:
+    """Start `processes` copies of this file (see `claim_on_schedule`) on `location`; once
+    all are connected, give them one schedule: the same key at the same instant per round."""
+    paths = [str(ROOT / "function"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    command = [sys.executable, __file__, json.dumps(location), str(rounds)]
+    children = [
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for child in children:
+            assert child.stdout.readline() == "connected\n", "a claiming process did not start"
+        start = time.time() + 0.5
+        for child in children:
+            child.stdin.write(f"{start}\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=120)[0] for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    assert [child.returncode for child in children] == [0] * processes
+    return [[json.loads(line) for line in output.splitlines()] for output in outputs]
+
+
+def claim_on_schedule(location: dict[str, str], rounds: int) -> None:
+    """One racing process: connect, say so, read the start time, then claim key-0, key-1, ...
+    at start + 0.1 s * round, each for a claim of its own; print what held each key."""
+    store = open_store(location)
+    store.ping()
+    print("connected", flush=True)
+    start = float(sys.stdin.readline())
+    for r in range(rounds):
+        time.sleep(max(0.0, start + 0.1 * r - time.time()))
+        mine = claim_for(f"request of process {os.getpid()}")
+        held = store.claim(f"key-{r}", mine)
+        ids = [str(record_id) for record_id in held.record_ids]
+        print(json.dumps({"won": held == mine, "held": [held.request_sha256, ids]}), flush=True)
+    store.close()
+
+
+# -- concurrency, liveness ------------------------------------------------------------------
+
+
+def test_many_threads_write_without_losing_a_record(store: PredictionLog) -> None:
+    saved: list[uuid.UUID] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def write(count: int) -> None:
+        for n in range(count):
+            records = [make_record(digit=n % 10)] if n % 5 else [make_record(), make_record()]
+            try:
+                store.save(records)
+            except BaseException as exc:  # shown by the assertion below
+                errors.append(exc)
+                return
+            with lock:
+                saved.extend(record.id for record in records)
+
+    threads = [threading.Thread(target=write, args=(20,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert len(saved) == 8 * 24
+    history = store.recent(1000)
+    assert sorted(r.id.int for r in history) == sorted(i.int for i in saved)
+
+
+def test_ping_answers_on_a_live_store(store: PredictionLog) -> None:
+    store.ping()  # the first use: it connects (Cassandra) or creates the file (SQLite)
+    store.save([make_record()])
+    store.ping()
+
+
+def test_a_store_that_cannot_be_reached_is_unavailable_on_every_call(backend: Backend) -> None:
+    store = backend.unreachable()
+    calls: dict[str, Callable[[], Any]] = {
+        "ping": store.ping,
+        "save": lambda: store.save([make_record()]),
+        "claim": lambda: store.claim("key", claim_for("request")),
+        "get": lambda: store.get(new_record_id()),
+        "recent": lambda: store.recent(5),
+    }
+    answered = []
+    for name, call in calls.items():
+        try:
+            call()
+        except StoreUnavailable:  # a 503 for the client; any other error would be a 500
+            continue
+        answered.append(name)
+    assert answered == []
+
+
+# == Cassandra only, on the live node ========================================================
+
+PREVIOUS_SCHEMA = ROOT / "tests" / "data" / "schema" / "previous-release-4f21132.cql"
+# What the previous release's CassandraLog wrote (cassandra_log.py at commit 4f21132).
+PREVIOUS_COLUMNS = (
+    "day", "id", "created_at", "digit", "confidence", "probabilities", "model_name",
+    "model_version", "model_label", "input_image", "upload", "upload_content_type",
+    "upload_sha256", "upload_size", "latency_ms",
+)  # fmt: skip
+
+
+class RecordedSession:
+    """A real driver Session to the live node that notes what the store sends through it."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.prepared: list[str] = []
+        self.sent: list[Any] = []  # every statement executed, synchronously or not
+
+    def prepare(self, query: str) -> Any:
+        self.prepared.append(query)
+        return self._session.prepare(query)
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(statement)
+        return self._session.execute(statement, *args, **kwargs)
+
+    def execute_async(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(statement)
+        return self._session.execute_async(statement, *args, **kwargs)
+
+    def queries(self, table: str) -> list[Any]:
+        """The bound statements sent that name `table`."""
+        return [
+            s for s in self.sent if f".{table} " in getattr(s, "prepared_statement", s).query_string
+        ]
+
+
+class RecordedCluster:
+    """The real Cluster of build_cluster(settings); connect() gives a RecordedSession."""
+
+    def __init__(self, settings: CassandraSettings) -> None:
+        self.cluster = build_cluster(settings)
+        self.session: RecordedSession | None = None
+
+    def connect(self) -> RecordedSession:
+        self.session = RecordedSession(self.cluster.connect())
+        return self.session
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+def bound_value(statement: Any, column: str) -> Any:
+    """A value of a bound statement, decoded with the type the node gave for its column."""
+    for meta, value in zip(
+        statement.prepared_statement.column_metadata, statement.values, strict=True
+    ):
+        if meta.name == column:
+            return meta.type.from_binary(value, statement.prepared_statement.protocol_version)
+    raise KeyError(column)
+
+
+@pytest.fixture(scope="module")
+def cql(cassandra: Any) -> Iterator[Any]:
+    """A driver session of the test's own, for reading the tables directly (rows as dicts)."""
+    cluster = build_cluster(cassandra.settings("system"))
+    yield cluster.connect()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def keyspace(cassandra: Any) -> str:
+    return cassandra.keyspace("cassandra")
+
+
+@pytest.fixture
+def open_log(cassandra: Any, keyspace: str) -> Iterator[Callable[..., CassandraLog]]:
+    """open_log(now=..., window=..., cluster_factory=..., CASSANDRA_X=...): a CassandraLog
+    on the test's keyspace; the CASSANDRA_* keywords change its settings."""
+    opened: list[CassandraLog] = []
+
+    def open_log(
+        *,
+        now: datetime | None = None,
+        window: int | None = None,
+        cluster_factory: Callable[[CassandraSettings], Any] = build_cluster,
+        **env: object,
+    ) -> CassandraLog:
+        clock = (lambda: datetime.now(UTC)) if now is None else (lambda: now)
+        extra = {} if window is None else {"idempotency_window_seconds": window}
+        log = CassandraLog(
+            cassandra.settings(keyspace, **env),
+            cluster_factory=cluster_factory,
+            clock=clock,
+            **extra,
+        )
+        opened.append(log)
+        return log
+
+    yield open_log
+    for log in opened:
+        log.close()
+
+
+def recorded(clusters: list[RecordedCluster]) -> Callable[[CassandraSettings], RecordedCluster]:
+    """A cluster_factory that keeps every cluster it makes in `clusters`."""
+
+    def factory(settings: CassandraSettings) -> RecordedCluster:
+        clusters.append(RecordedCluster(settings))
+        return clusters[-1]
+
+    return factory
+
+
+def new_keyspace_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def apply_schema(cassandra: Any, schema: str, keyspace: str) -> None:
+    """Apply a schema's text to `keyspace` as `python -m infra.cassandra.apply_schema` does."""
+    statements = render(split_statements(schema), keyspace=keyspace)
+    apply(statements, cassandra.settings(keyspace), report=lambda line: None)
+
+
+# -- what the columns keep --------------------------------------------------------------------
+
+
+def test_floats_are_kept_as_float32_and_read_back_as_their_shortest_decimal(
+    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+) -> None:
+    log = open_log()
+    decimals = make_record(
+        confidence=0.998, probabilities=(0.998, 0.0002, 1e-07, 0.0, 0.5, 1.0, 0.25, 3e-05, 0.1, 0.7)
+    )
+    precise = make_record(confidence=0.123456789012)  # more digits than a float32 holds
+    widened = make_record(confidence=struct_float32(0.92))  # 0.9200000166893005
+    log.save([decimals, precise, widened])
+    [row] = cql.execute(
+        f"SELECT confidence FROM {keyspace}.predictions WHERE day = %s AND id = %s",
+        (decimals.created_at.date(), decimals.id),
+    )
+    assert row["confidence"] == struct_float32(0.998) != 0.998  # the column is a float32
+    assert log.get(decimals.id) == decimals  # ... read back as the decimal that was sent
+    assert log.get(precise.id).confidence == 0.12345679  # float32 precision, by the schema
+    assert log.get(widened.id).confidence == 0.92
+
+
+def struct_float32(value: float) -> float:
+    """The float32 nearest `value`, as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def test_each_record_is_in_the_partition_of_its_utc_day(
+    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+) -> None:
+    late = make_record(at=datetime(2024, 5, 16, 23, 59, 59, 999000, tzinfo=UTC))
+    early = make_record(at=datetime(2024, 5, 17, 0, 0, tzinfo=UTC))
+    open_log().save([late, early])
+    rows = cql.execute(f"SELECT day, id FROM {keyspace}.predictions")
+    days = {row["id"]: row["day"].date() for row in rows}
+    assert days == {late.id: date(2024, 5, 16), early.id: date(2024, 5, 17)}
+
+
+def test_recent_looks_back_lookback_days_of_partitions(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    log = open_log(now=NOW)  # the default look-back: 7 days, today included
+    today = make_record(at=NOW - timedelta(minutes=1))
+    six_days_ago = make_record(at=NOW - timedelta(days=6))
+    seven_days_ago = make_record(at=NOW - timedelta(days=7))
+    log.save([today, six_days_ago, seven_days_ago])
+    assert log.recent(10) == [today, six_days_ago]
+    assert log.get(seven_days_ago.id) == seven_days_ago  # kept, and found by its id
+    one_day = open_log(now=NOW, CASSANDRA_RECENT_LOOKBACK_DAYS=1)
+    assert one_day.recent(10) == [today]
+
+
+def test_recent_reads_only_the_partitions_it_needs(open_log: Callable[..., CassandraLog]) -> None:
+    clusters: list[RecordedCluster] = []
+    log = open_log(now=NOW, cluster_factory=recorded(clusters))
+    log.save([make_record(at=NOW - timedelta(minutes=m)) for m in range(3)])
+    session = clusters[0].session
+
+    def days_read(limit: int) -> list[date]:
+        session.sent.clear()
+        log.recent(limit)
+        return [bound_value(s, "day").date() for s in session.queries("predictions")]
+
+    assert days_read(2) == [NOW.date()]  # today's partition holds enough
+    assert days_read(10) == [NOW.date() - timedelta(days=back) for back in range(7)]
+
+
+def test_a_retry_with_other_values_overwrites_the_record(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    """An INSERT is an upsert: the last attempt's values are the record (SQLite keeps the
+    first attempt's; either way there is one record per id)."""
+    log = open_log()
+    first = make_record()
+    retry = replace(first, latency_ms=first.latency_ms + 40, model_version=3)
+    log.save([first])
+    log.save([retry])
+    assert log.get(first.id) == retry
+
+
+def test_none_values_are_left_unset_not_written_as_tombstones(
+    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+) -> None:
+    """A null would write a tombstone per record; the store leaves the columns unset."""
+    record = make_record(upload=None, model_label=None, at=NOW)
+    open_log().save([record])
+    query = SimpleStatement(f"SELECT * FROM {keyspace}.predictions WHERE day = %s")
+    result = cql.execute(query, (NOW.date(),), trace=True)
+    assert [row["id"] for row in result] == [record.id]
+    events = [event.description for event in result.get_query_trace().events]
+    read = [e for e in events if "live rows and" in e]
+    assert read and all("and 0 tombstone cells" in e for e in read), events
+
+
+# -- the statements it sends --------------------------------------------------------------------
+
+
+def test_records_are_written_concurrently_by_idempotent_inserts_not_a_batch(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    clusters: list[RecordedCluster] = []
+    log = open_log(cluster_factory=recorded(clusters))
+    records = [make_record(digit=n) for n in range(5)]
+    log.save(records)
+    writes = clusters[0].session.queries("predictions")
+    assert [bound_value(s, "id") for s in writes] == [r.id for r in records]
+    assert all(s.prepared_statement.query_string.startswith("INSERT INTO ") for s in writes)
+    assert all(s.is_idempotent for s in writes)  # so the driver may retry one
+    assert [log.get(r.id) for r in records] == records
+
+
+def test_a_claim_is_a_lightweight_transaction_kept_for_the_idempotency_window(
+    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+) -> None:
+    clusters: list[RecordedCluster] = []
+    log = open_log(now=NOW, cluster_factory=recorded(clusters))
+    claim = claim_for("request")
+    log.claim("key", claim)
+    [row] = cql.execute(
+        f"SELECT request_sha256, record_ids, created_at, TTL(request_sha256) AS ttl "
+        f"FROM {keyspace}.idempotency_keys WHERE key_sha256 = 'key'"
+    )
+    assert (row["request_sha256"], tuple(row["record_ids"])) == (
+        claim.request_sha256,
+        claim.record_ids,
+    )
+    assert row["created_at"] == NOW.replace(tzinfo=None)  # when it was claimed, by the clock
+    assert IDEMPOTENCY_WINDOW_SECONDS - 60 < row["ttl"] <= IDEMPOTENCY_WINDOW_SECONDS  # 24 h
+    [sent] = clusters[0].session.queries("idempotency_keys")
+    assert sent.serial_consistency_level == ConsistencyLevel.LOCAL_SERIAL  # LOCAL_QUORUM's
+    assert sent.is_idempotent  # a claim that ran already answers with itself
+    quorum = open_log(cluster_factory=recorded(clusters), CASSANDRA_CONSISTENCY="QUORUM")
+    assert quorum.claim("key", claim_for("other")) == claim
+    [sent] = clusters[1].session.queries("idempotency_keys")
+    assert sent.serial_consistency_level == ConsistencyLevel.SERIAL
+
+
+# -- connections ---------------------------------------------------------------------------------
+
+
+def test_first_use_from_many_threads_makes_one_connection(
+    open_log: Callable[..., CassandraLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registered: list[Callable[[], None]] = []
+    monkeypatch.setattr(cassandra_log.atexit, "register", registered.append)
+    clusters: list[RecordedCluster] = []
+    factory = recorded(clusters)
+
+    def slow_factory(settings: CassandraSettings) -> RecordedCluster:
+        time.sleep(0.05)  # widen the window in which threads could each connect
+        return factory(settings)
+
+    log = open_log(cluster_factory=slow_factory)
+    start, errors = threading.Barrier(16), []
+
+    def use() -> None:
+        start.wait()
+        try:
+            log.ping()
+            log.save([make_record()])
+            log.recent(3)
+        except BaseException as exc:  # shown by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(clusters) == 1
+    assert len(clusters[0].session.prepared) == 4  # each statement prepared once, then reused
+    assert len(log.recent(100)) == 16
+    assert registered == [log.close]  # shut down at exit
+    log.close()
+    assert clusters[0].cluster.is_shutdown
+    with pytest.raises(StoreUnavailable, match="closed"):
+        log.ping()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_worker_connects_anew_and_leaves_the_parents_connection_alone(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    """gunicorn forks its workers; a connection made before the fork is unusable after it."""
+    log = open_log()
+    before = make_record()
+    log.save([before])  # connected, in the parent, before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write a record, read the parent's, close, tell the parent
+        status = 1
+        try:
+            os.close(read_end)
+            written = make_record(digit=3)
+            log.save([written])
+            if log.get(before.id) == before and log.get(written.id) == written:
+                os.write(write_end, written.id.bytes)
+            log.close()  # the child's connection only
+            status = 0
+        except BaseException:  # the child must never return into pytest
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked worker hung")
+    written_id = os.read(read_end, 16)
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert len(written_id) == 16, "the child could not write and read back"
+    log.ping()  # the parent's connection still works after the child closed its own
+    assert log.get(uuid.UUID(bytes=written_id)).digit == 3
+
+
+def test_a_failed_connect_is_unavailable_and_the_next_call_connects(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    [nowhere] = free_ports(1, ["127.0.0.1"])
+    made: list[Any] = []
+
+    def first_to_nowhere(settings: CassandraSettings) -> Any:
+        if not made:  # the node is unreachable the first time
+            settings = replace(
+                settings, contact_points=(("127.0.0.1", nowhere),), connect_timeout=2
+            )
+        made.append(build_cluster(settings))
+        return made[-1]
+
+    log = open_log(cluster_factory=first_to_nowhere)
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        log.ping()
+    assert made[0].is_shutdown  # its driver threads are gone
+    log.ping()  # the next call tries again, and this time the node answers
+    assert len(made) == 2 and not made[1].is_shutdown
+    log.close()
+    assert made[1].is_shutdown
+
+
+# -- faults the live node gives -------------------------------------------------------------
+
+
+def test_too_few_replicas_make_every_call_unavailable(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    """Consistency TWO on a one-node cluster: the node itself answers Unavailable."""
+    log = open_log(CASSANDRA_CONSISTENCY="TWO")
+    calls: dict[str, Callable[[], Any]] = {
+        "save": lambda: log.save([make_record()]),
+        "claim": lambda: log.claim("key", claim_for("request")),
+        "get": lambda: log.get(new_record_id()),
+        "recent": lambda: log.recent(5),
+        "ping": log.ping,
+    }
+    unavailable = {}
+    for name, call in calls.items():
+        try:
+            call()
+        except StoreUnavailable as exc:
+            unavailable[name] = "Cannot achieve consistency level TWO" in str(exc)
+    assert unavailable == dict.fromkeys(calls, True)
+
+
+def test_a_node_that_stops_answering_is_unavailable_within_the_request_timeout(
+    cassandra: Any, open_log: Callable[..., CassandraLog]
+) -> None:
+    """The node's JVM is paused (SIGSTOP): to a client, a long GC pause or a partition.
+    Every call gives up after CASSANDRA_REQUEST_TIMEOUT_SECONDS; once the node answers
+    again, so does the store, on the same connection."""
+    log = open_log(CASSANDRA_REQUEST_TIMEOUT_SECONDS=1)
+    record = make_record()
+    log.save([record])
+    calls: dict[str, Callable[[], Any]] = {
+        "save": lambda: log.save([make_record()]),
+        "claim": lambda: log.claim("key", claim_for("request")),
+        "get": lambda: log.get(record.id),
+        "recent": lambda: log.recent(5),
+        "ping": log.ping,
+    }
+    outcomes = {}
+    with paused(cassandra.cluster.members[0].process.pid):
+        for name, call in calls.items():
+            started = time.monotonic()
+            try:
+                call()
+            except StoreUnavailable as exc:
+                outcomes[name] = (type(exc.__cause__).__name__, time.monotonic() - started < 3)
+    assert outcomes == dict.fromkeys(calls, ("OperationTimedOut", True))
+    assert log.get(record.id) == record
+
+
+@contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """SIGSTOP the process, and wait until every one of its threads has stopped (a signal
+    is not instantaneous: a loopback write can complete in the meantime); SIGCONT after."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(
+            stat.read_text().rpartition(")")[2].split()[0] in "tT"
+            for stat in Path(f"/proc/{pid}/task").glob("*/stat")
+        ):
+            assert time.monotonic() < deadline, "the node did not stop"
+            time.sleep(0.01)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_refused_writes_fail_the_save_after_every_write_has_answered(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    """The writes of one save go out together; the save waits for all of them, counts the
+    ones the node refused (here: over its message size), and the others are recorded."""
+    log = open_log()
+
+    def too_big() -> Record:
+        return make_record(upload=b"\x89PNG" + bytes(20 * 2**20))
+
+    # The refused ones last: a write sent after 20 MiB can be refused by the driver as well
+    # (see test_the_largest_request_the_function_accepts_is_recorded_on_a_slower_link).
+    records = [make_record(), make_record(), too_big(), too_big()]
+    with pytest.raises(StoreUnavailable, match="did not record 2 of 4") as raised:
+        log.save(records)
+    assert isinstance(raised.value.__cause__, InvalidRequest)  # the first refusal
+    assert [log.get(r.id) is not None for r in records] == [True, True, False, False]
+
+
+def small_send_buffer(settings: CassandraSettings) -> Any:
+    """build_cluster's Cluster with a 64 KiB socket send buffer: a link that drains slower
+    than loopback, as between a Cloud Run instance and its Cassandra nodes."""
+    cluster = build_cluster(settings)
+    cluster.sockopts = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)]
+    return cluster
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=StoreUnavailable,
+    reason="bug: CassandraLog.save sends every INSERT of a request at once; once the "
+    "connection's send buffer is full the driver refuses the rest (ConnectionBusy, 'is "
+    "overloaded') instead of waiting, and a request to a healthy node is a 503",
+)
+def test_the_largest_request_the_function_accepts_is_recorded_on_a_slower_link(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    """38 uploads of 256 KiB (UPLOAD_STORE_MAX_BYTES, all kept) are a 10 MiB request
+    (MAX_REQUEST_BYTES): the function accepts it, so its store must record it. On loopback
+    with default buffers about one such save in five fails; on this link nearly all do."""
+    log = open_log(cluster_factory=small_send_buffer)
+    for _ in range(10):
+        batch = largest_request()
+        log.save(batch)
+        assert [log.get(r.id) for r in batch] == batch
+
+
+def largest_request() -> list[Record]:
+    """The records of a 10 MiB request: 38 uploads of 256 KiB, every one kept."""
+    return [make_record(upload=b"\x89PNG" + os.urandom(UPLOAD_CAP - 4)) for _ in range(38)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=StoreUnavailable,
+    reason="bug: while CassandraLog.save floods the process's one connection to the node, "
+    "the driver refuses every other request on it (ConnectionBusy): reads, claims, pings",
+)
+def test_other_requests_are_served_while_the_largest_request_is_recorded(
+    open_log: Callable[..., CassandraLog],
+) -> None:
+    """One worker process serves many requests on threads over one connection to the node
+    (here on loopback, with default buffers): a record's lookup must not fail because
+    another thread is recording a large request."""
+    log = open_log()
+    known = make_record()
+    log.save([known])
+    failures: list[StoreUnavailable] = []
+    done = threading.Event()
+
+    def read_meanwhile() -> None:
+        while not done.is_set():
+            try:
+                assert log.get(known.id) == known
+            except StoreUnavailable as exc:
+                failures.append(exc)
+
+    reader = threading.Thread(target=read_meanwhile)
+    reader.start()
+    try:
+        for _ in range(20):  # until a lookup fails: one save in a few floods the connection
+            log.save(largest_request())
+            if failures:
+                break
+    finally:
+        done.set()
+        reader.join(timeout=60)
+    if failures:
+        raise failures[0]  # e.g. NoHostAvailable: ConnectionBusy('... is overloaded')
+
+
+def test_a_wrong_python_type_is_a_bug_not_an_outage(open_log: Callable[..., CassandraLog]) -> None:
+    log = open_log()
+    record = make_record(digit="7")
+    with pytest.raises(TypeError, match="digit"):
+        log.save([record])
+    assert log.get(record.id) is None
+
+
+# -- the schema ----------------------------------------------------------------------------------
+
+
+def test_the_schema_makes_a_fresh_keyspace_shaped_for_the_log(cassandra: Any, cql: Any) -> None:
+    keyspace = new_keyspace_name("fresh")
+    made: list[Any] = []
+
+    def cluster(settings: CassandraSettings) -> Any:
+        made.append(build_cluster(settings))
+        return made[-1]
+
+    statements = render(split_statements(SCHEMA.read_text(encoding="utf-8")), keyspace=keyspace)
+    apply(statements, cassandra.settings(keyspace), cluster_factory=cluster, report=lambda _: None)
+    assert [c.is_shutdown for c in made] == [True]  # the tool leaves no connection open
+    [space] = cql.execute(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)
+    )
+    assert space["replication"]["class"].endswith("SimpleStrategy")  # as schema.cql says
+    tables = {
+        row["table_name"]: row
+        for row in cql.execute(
+            "SELECT table_name, compaction FROM system_schema.tables WHERE keyspace_name = %s",
+            (keyspace,),
+        )
+    }
+    assert set(tables) == {"predictions", "idempotency_keys"}
+    assert tables["predictions"]["compaction"]["class"].endswith("TimeWindowCompactionStrategy")
+    keys = {
+        (row["table_name"], row["column_name"]): (row["kind"], row["clustering_order"])
+        for row in cql.execute(
+            "SELECT table_name, column_name, kind, clustering_order FROM system_schema.columns "
+            "WHERE keyspace_name = %s",
+            (keyspace,),
+        )
+        if row["kind"] != "regular"
+    }
+    assert keys == {
+        ("predictions", "day"): ("partition_key", "none"),
+        ("predictions", "id"): ("clustering", "desc"),  # newest first within a day
+        ("idempotency_keys", "key_sha256"): ("partition_key", "none"),
+    }
+    log = CassandraLog(cassandra.settings(keyspace))
+    log.ping()  # every statement the store prepares fits the tables
+    log.close()
+
+
+def table_shapes(cql: Any, keyspace: str) -> list[dict]:
+    rows = cql.execute(
+        "SELECT table_name, column_name, type, kind FROM system_schema.columns "
+        "WHERE keyspace_name = %s",
+        (keyspace,),
+    )
+    return sorted(rows, key=lambda row: (row["table_name"], row["column_name"]))
+
+
+def test_applying_the_schema_again_changes_nothing(
+    cassandra: Any, cql: Any, keyspace: str, open_log: Callable[..., CassandraLog]
+) -> None:
+    log = open_log()
+    record, claim = make_record(), claim_for("request")
+    log.save([record])
+    log.claim("key", claim)
+    shapes = table_shapes(cql, keyspace)
+    for _ in range(2):
+        apply_schema(cassandra, SCHEMA.read_text(encoding="utf-8"), keyspace)
+    assert table_shapes(cql, keyspace) == shapes
+    assert log.get(record.id) == record
+    assert log.claim("key", claim_for("other")) == claim
+
+
+def test_the_schema_applies_over_the_previous_releases(cassandra: Any, cql: Any) -> None:
+    """The release before idempotency keys had only the predictions table: its records
+    read on, and the new features work, once the current schema is applied over it."""
+    keyspace = new_keyspace_name("upgrade")
+    apply_schema(cassandra, PREVIOUS_SCHEMA.read_text(encoding="utf-8"), keyspace)
+    old = make_record(at=datetime.now(UTC) - timedelta(minutes=5), model_label=None)
+    insert = cql.prepare(
+        f"INSERT INTO {keyspace}.predictions ({', '.join(PREVIOUS_COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in PREVIOUS_COLUMNS)})"
+    )
+    u = old.upload
+    cql.execute(insert, (
+        old.created_at.date(), old.id, old.created_at, old.digit, old.confidence,
+        list(old.probabilities), old.model_name, old.model_version, old.model_label,
+        old.input_image, u.content, u.content_type, u.sha256, u.size, old.latency_ms,
+    ))  # fmt: skip
+    log = CassandraLog(cassandra.settings(keyspace))
+    with pytest.raises(StoreUnavailable, match="idempotency_keys"):
+        log.ping()  # this release refuses the old schema: apply the schema before deploying
+    apply_schema(cassandra, SCHEMA.read_text(encoding="utf-8"), keyspace)
+    log.ping()
+    assert log.get(old.id) == old
+    new = make_record()
+    log.save([new])
+    assert log.recent(10) == [new, old]
+    claim = claim_for("request")
+    assert log.claim("key", claim) == claim
+    assert log.claim("key", claim_for("retry")) == claim
+    log.close()
+
+
+@pytest.mark.parametrize(
+    ("declared", "changed"),
+    [
+        ("frozen<list<float>>", "frozen<list<int>>"),
+        ("confidence          float", "confidence          int"),
+        ("created_at          timestamp", "created_at          text"),
+        ("model_name          text", "model_name          int"),
+        ("latency_ms          double", "latency_ms          bigint"),
+    ],
+    ids=["probabilities", "confidence", "created_at", "model_name", "latency_ms"],
+)
+def test_a_schema_that_disagrees_with_the_code_fails_loudly(
+    cassandra: Any, declared: str, changed: str
+) -> None:
+    schema = SCHEMA.read_text(encoding="utf-8")
+    assert schema.index(declared) < schema.index("CREATE TABLE IF NOT EXISTS mnist.idempotency")
+    keyspace = new_keyspace_name("drift")
+    apply_schema(cassandra, schema.replace(declared, changed, 1), keyspace)  # predictions
+    log = CassandraLog(cassandra.settings(keyspace))
+    try:
+        with pytest.raises((TypeError, AttributeError)):  # what the driver's serializers raise
+            log.save([make_record()])
+    finally:
+        log.close()
+
+
+def test_a_missing_column_makes_the_store_unavailable(cassandra: Any) -> None:
+    schema = SCHEMA.read_text(encoding="utf-8").replace("    latency_ms          double,\n", "")
+    keyspace = new_keyspace_name("missing")
+    apply_schema(cassandra, schema, keyspace)
+    clusters: list[RecordedCluster] = []
+    log = CassandraLog(cassandra.settings(keyspace), cluster_factory=recorded(clusters))
+    with pytest.raises(StoreUnavailable, match="latency_ms"):
+        log.ping()
+    assert clusters[0].cluster.is_shutdown  # the failed start left no connection behind
+    log.close()
+
+
+# == a process of the two-process claim race =================================================
+
+if __name__ == "__main__":
+    claim_on_schedule(json.loads(sys.argv[1]), int(sys.argv[2]))

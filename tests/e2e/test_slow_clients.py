@@ -63,17 +63,23 @@ def config_seconds(directive: str) -> float:
     return float(match.group(1))
 
 
-def render(upstream_port: int, listen_port: int) -> str:
-    """The shipped config, with only the function's address and the listen port changed."""
+def render(upstream_port: int, listen_port: int, **changes: str) -> str:
+    """The shipped config, with only the function's address and the listen port changed
+    (and, to show what a line is for, `changes`: old line -> new line)."""
     text = PROXY_CONF.read_text()
-    assert text.count(UPSTREAM_LINE) == 1 and text.count(LISTEN_LINE) == 1
-    return text.replace(UPSTREAM_LINE, f"server 127.0.0.1:{upstream_port};").replace(
-        LISTEN_LINE, f"listen 127.0.0.1:{listen_port};"
-    )
+    changes = {
+        UPSTREAM_LINE: f"server 127.0.0.1:{upstream_port};",
+        LISTEN_LINE: f"listen 127.0.0.1:{listen_port};",
+        **changes,
+    }
+    for old, new in changes.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
 
 
 @contextmanager
-def running_proxy(function_url: str) -> Iterator[str]:
+def running_proxy(function_url: str, **changes: str) -> Iterator[str]:
     """nginx with infra/proxy/nginx.conf in front of `function_url`; the proxy's URL."""
     binary = nginx_binary()
     port = free_port()
@@ -82,7 +88,7 @@ def running_proxy(function_url: str) -> Iterator[str]:
     prefix = Path(tempfile.mkdtemp(prefix="nginx-proxy-"))
     prefix.chmod(0o755)
     conf = prefix / "nginx.conf"
-    conf.write_text(render(urlsplit(function_url).port, port))
+    conf.write_text(render(urlsplit(function_url).port, port, **changes))
     command = [binary, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"]
     check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
@@ -254,6 +260,19 @@ def test_behind_the_proxy_240_stalled_clients_leave_everyone_else_answered(proxy
     assert slow_or_failed == [], slow_or_failed
     assert held, "the stalled clients were dropped before the normal requests were done"
     assert dropped_after < max(header_timeout, body_timeout) + 5
+
+
+def test_it_is_the_buffering_without_it_the_same_clients_stop_the_function(function_url) -> None:
+    """The same proxy with `proxy_request_buffering off` passes each body on as it comes:
+    the stalled bodies then hold the function's threads, and nobody is answered."""
+    wait_until(lambda: requests.get(f"{function_url}/healthz", timeout=2).ok, "the function", 30)
+    unbuffered = {"proxy_request_buffering on;": "proxy_request_buffering off;"}
+    with running_proxy(function_url, **unbuffered) as url, ExitStack() as stack:
+        stall(url, {"body": STALLED["headers, part of the body"]}, WITHOUT_PROXY, stack)
+        time.sleep(0.5)
+        results = normal_requests(url, 3, timeout=3)
+    assert [status for _, status, _ in results if status == 200] == []
+    wait_until(lambda: requests.get(f"{function_url}/healthz", timeout=2).ok, "the function", 30)
 
 
 def test_the_proxy_answers_its_own_refusals_in_the_function_s_error_format(proxy_url) -> None:

@@ -5,11 +5,20 @@ Nothing here connects at import time; see recognizer/api.py for why.
 """
 
 import flask
+import functions_framework
 
 from recognizer.api import Api
 from recognizer.config import Settings
 
 _api = Api(Settings.from_env())
+
+
+@functions_framework.errorhandler(404)
+def not_routed(error: Exception) -> flask.Response:
+    """Paths functions-framework never hands to the function (a newline in a segment, which
+    its /<path:path> rule does not match; /robots.txt and /favicon.ico, which it answers
+    itself) get the function's own JSON 404, with a request id and a log line."""
+    return _api.handle(flask.request)
 
 
 def recognize(request: flask.Request) -> flask.Response:

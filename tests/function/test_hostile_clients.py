@@ -89,6 +89,17 @@ def test_a_doubled_slash_is_a_404_naming_no_internal_url(offline, path):
     assert "function" not in error["message"] and "http" not in error["message"]
 
 
+@pytest.mark.parametrize("path", ["/predictions/a%0Ab", "/predictions/%0A/image", "/robots.txt"])
+def test_paths_functions_framework_keeps_get_the_json_404(offline, path):
+    """A newline in a segment does not match functions-framework's /<path:path>, and it
+    answers /robots.txt and /favicon.ico itself: Flask's HTML 404, with no request id."""
+    response = offline.get(path)
+    assert response.status_code == 404
+    assert response.mimetype == "application/json", response.get_data(as_text=True)[:200]
+    assert response.get_json()["error"]["code"] in {"not_found", "unknown_prediction"}
+    assert response.headers.get("X-Request-Id")
+
+
 def test_leading_slashes_are_the_path_without_them(offline):
     """Werkzeug strips them from request.path: no redirect, the same answer."""
     response = offline.get("/", environ_overrides={"PATH_INFO": "//predictions"})

@@ -30,6 +30,7 @@ import re
 import ssl
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from typing import Any
 from cassandra import ConsistencyLevel, DriverException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
-from cassandra.connection import ConnectionException
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage
@@ -88,6 +89,7 @@ _COLUMNS = (
 )
 _READ_COLUMNS = ", ".join(_COLUMNS[1:])  # `day` is known from the id
 PING_QUERY = "SELECT release_version FROM system.local"
+_WRITE_WINDOW = 4  # writes of one save in flight at once
 MAX_RECENT = 10_000
 
 _CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "TWO", "THREE", "ALL")
@@ -278,6 +280,15 @@ _ADDRESS = re.compile(
 )
 
 
+def _busy(exc: BaseException) -> bool:
+    """The driver sent nothing: every connection's socket buffer or request ids were full."""
+    return (
+        isinstance(exc, NoHostAvailable)
+        and bool(exc.errors)
+        and all(isinstance(e, ConnectionBusy | NoConnectionsAvailable) for e in exc.errors.values())
+    )
+
+
 def _describe(exc: BaseException) -> str:
     """The error's kind and message with node addresses taken out (the log has them)."""
     return _ADDRESS.sub("<node>", f"{type(exc).__name__}: {exc}")
@@ -378,20 +389,36 @@ class CassandraLog:
         )
         return _Connection(cluster, session, insert, select_one, select_day, claim, os.getpid())
 
-    @staticmethod
     def _query(
-        conn: _Connection, statement: PreparedStatement, values: Sequence[Any], action: str = "read"
+        self,
+        conn: _Connection,
+        statement: PreparedStatement,
+        values: Sequence[Any],
+        action: str = "read",
     ) -> list:
         bound = statement.bind(values)  # a TypeError here is a bug, not an outage
         try:
-            return list(conn.session.execute(bound))
+            return self._execute(conn, bound)
         except DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"Cassandra {action} failed: {_describe(exc)}") from exc
+
+    def _execute(self, conn: _Connection, statement: Any) -> list:
+        """Execute, waiting out a busy connection (backpressure) within the request timeout."""
+        deadline = time.monotonic() + self.settings.request_timeout
+        pause = 0.002
+        while True:
+            try:
+                return list(conn.session.execute(statement))
+            except NoHostAvailable as exc:
+                if not _busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     # -- PredictionLog ----------------------------------------------------------------
 
     def save(self, records: Sequence[Record]) -> None:
-        """Write all records concurrently (no multi-partition batch: blobs, size limits)."""
+        """Write the records a few at a time (no multi-partition batch: blobs, size limits)."""
         if not records:
             return
         conn = self._connection()
@@ -399,21 +426,38 @@ class CassandraLog:
         statements = [
             conn.insert.bind([unset if v is None else v for v in self._values(r)]) for r in records
         ]
-        try:
-            futures = [conn.session.execute_async(s) for s in statements]
-        except DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"Cassandra write failed: {_describe(exc)}") from exc
-        failures = []
-        for future in futures:  # wait for every write, even after a failure
-            try:
-                future.result()
-            except DRIVER_ERRORS as exc:
-                failures.append(exc)
+        failures = self._write_all(conn, statements)
         if failures:
             raise StoreUnavailable(
                 f"Cassandra did not record {len(failures)} of {len(records)} predictions: "
                 f"{_describe(failures[0])}"
             ) from failures[0]
+
+    def _write_all(self, conn: _Connection, statements: Sequence[Any]) -> list[BaseException]:
+        """Every write, `_WRITE_WINDOW` in flight at once, waiting for all even after a failure.
+
+        Sending a 64-image batch of 256 KiB uploads at once filled the connection's socket
+        buffer, and the driver then refused this request's writes and every other thread's
+        queries with ConnectionBusy. A small window keeps the connection free for others."""
+        failures: list[BaseException] = []
+        for start in range(0, len(statements), _WRITE_WINDOW):
+            window = statements[start : start + _WRITE_WINDOW]
+            try:
+                futures = [conn.session.execute_async(s) for s in window]
+            except DRIVER_ERRORS as exc:
+                raise StoreUnavailable(f"Cassandra write failed: {_describe(exc)}") from exc
+            for statement, future in zip(window, futures, strict=True):
+                try:
+                    future.result()
+                except DRIVER_ERRORS as exc:
+                    if not _busy(exc):
+                        failures.append(exc)
+                        continue
+                    try:
+                        self._execute(conn, statement)  # refused unsent: send it again
+                    except DRIVER_ERRORS as again:
+                        failures.append(again)
+        return failures
 
     def claim(self, key_sha256: str, claim: IdempotencyClaim) -> IdempotencyClaim:
         """A lightweight transaction: applied, the claim is ours; not applied, Cassandra
@@ -469,7 +513,7 @@ class CassandraLog:
         """Connects (preparing the statements checks the table exists) and asks the node."""
         conn = self._connection()
         try:
-            conn.session.execute(PING_QUERY)
+            self._execute(conn, PING_QUERY)
         except DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"Cassandra does not answer: {_describe(exc)}") from exc
 

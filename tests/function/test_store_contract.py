@@ -9,11 +9,11 @@ The second part is what only Cassandra has, against the same live node: 32-bit f
 columns, one partition per UTC day and the look-back of `recent`, the statements it
 sends, its connections (one per process, also after a fork), the faults a live node can
 be made to give, and the schema: applied to a fresh keyspace, applied again, and applied
-over the previous release's schema. Two tests there are marked xfail(strict=True): they
-show a bug in CassandraLog.save (their reason says which); fixed, they pass, and strict
-makes the suite fail until the marks are removed. SQLite's own behaviour (WAL, a file
-deleted or moved) is in test_sqlite_log.py; Cassandra code that needs no node, and the
-faults a live node cannot be made to give, are in test_cassandra_log.py.
+over the previous release's schema; and the largest request the function accepts, recorded
+while other threads keep reading (a save once flooded the connection). SQLite's own
+behaviour (WAL, a file deleted or moved) is in test_sqlite_log.py; Cassandra code that
+needs no node, and the faults a live node cannot be made to give, are in
+test_cassandra_log.py.
 
 This file is also the program each process of the two-process claim race runs (the
 `__main__` block at the end).
@@ -948,13 +948,6 @@ def small_send_buffer(settings: CassandraSettings) -> Any:
     return cluster
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StoreUnavailable,
-    reason="bug: CassandraLog.save sends every INSERT of a request at once; once the "
-    "connection's send buffer is full the driver refuses the rest (ConnectionBusy, 'is "
-    "overloaded') instead of waiting, and a request to a healthy node is a 503",
-)
 def test_the_largest_request_the_function_accepts_is_recorded_on_a_slower_link(
     open_log: Callable[..., CassandraLog],
 ) -> None:
@@ -973,12 +966,6 @@ def largest_request() -> list[Record]:
     return [make_record(upload=b"\x89PNG" + os.urandom(UPLOAD_CAP - 4)) for _ in range(38)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StoreUnavailable,
-    reason="bug: while CassandraLog.save floods the process's one connection to the node, "
-    "the driver refuses every other request on it (ConnectionBusy): reads, claims, pings",
-)
 def test_other_requests_are_served_while_the_largest_request_is_recorded(
     open_log: Callable[..., CassandraLog],
 ) -> None:

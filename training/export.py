@@ -1,9 +1,9 @@
 """SavedModel export with the contract signature, atomically, with TF Serving warmup records.
 
-Contract (docs/architecture.md, "Model signature"): `serving_default` takes `image` uint8 [-1, 28, 28] (white ink on
-black) and returns `probabilities` float32 [-1, 10] and `digit` int64 [-1]. The model
-server watches the base path, so a version directory must appear whole: we write to a
-hidden temporary directory beside it and rename it into place.
+Contract (docs/architecture.md, "Model signature"): `serving_default` takes `image`
+uint8 [-1, 28, 28] (white ink on black) and returns `probabilities` float32 [-1, 10] and
+`digit` int64 [-1]. The model server watches the base path, so a version directory must
+appear whole: we write to a hidden temporary directory beside it and rename it into place.
 """
 
 from __future__ import annotations

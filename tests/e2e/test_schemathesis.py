@@ -6,11 +6,6 @@ schema and its examples, and invalid ones), sends them to the function under gun
 (tests/support/function_server.py) and checks each answer: never a 5xx, and status
 code, content type, headers and body as documented. Deterministic (derandomized, a fixed
 number of examples per operation), well under two minutes.
-
-One known deviation is not sent (the test returns early on it), and pinned by a strict xfail
-below instead: a path segment with a newline after its first character (e.g.
-/predictions/a%0Ab) is not matched by functions-framework's `/<path:path>` rule, so Flask
-answers with its own HTML 404 without an X-Request-Id, before the function is called.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ import copy
 import json
 import re
 from collections.abc import Iterator
-from urllib.parse import unquote
 
 import pytest
 import requests
@@ -82,9 +76,6 @@ def recorded_id(function_url) -> str:
 def test_the_live_function_answers_as_its_openapi_description_says(
     case, function_url, recorded_id
 ) -> None:
-    # Path parameters arrive percent-encoded.
-    if any("\n" in unquote(str(value)) for value in case.path_parameters.values()):
-        return  # the known deviation (module docstring), pinned by the strict xfail below
     case.call_and_validate(base_url=function_url, checks=CHECKS, timeout=30)
 
 
@@ -100,12 +91,9 @@ def test_a_recorded_prediction_and_its_upload_are_as_described(
     assert response.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="functions-framework's /<path:path> rule does not match a newline: Flask answers "
-    "its own HTML 404 without X-Request-Id, before the function runs (reported in issue 12)",
-)
 def test_a_path_with_a_newline_gets_the_function_s_json_404(function_url) -> None:
+    """functions-framework's /<path:path> rule does not match a newline; the function's
+    404 handler answers it (schemathesis found it answered by Flask's HTML page)."""
     response = requests.get(f"{function_url}/predictions/a%0Ab", timeout=10)
     assert response.status_code == 404
     assert response.headers["Content-Type"] == "application/json"

@@ -41,6 +41,7 @@ JPEG_FORMATS = {"JPEG", "MPO"}  # many phones' JPEGs carry a second picture and 
 MAX_PNG_CHUNKS = 4_096  # encoders write IDAT in 8 KB or larger chunks: 10 MiB is 1,280
 MAX_JPEG_MARKERS = 512  # a camera JPEG has about 20, a progressive one about 40
 MAX_JPEG_SCANS = 64  # progressive encoders write 6 to 20; each one is a pass over the image
+MAX_GIF_BLOCKS = 1_024  # extension blocks before the first frame: a real GIF has 1 to 5
 MAX_JPEG_REFINEMENT_BIT = 13  # the largest successive-approximation bit position (T.81)
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")  # a marker, not stuffing or RSTn
 _JPEG_STANDALONE = frozenset({0x01, 0xD8})  # TEM and SOI carry no length
@@ -296,6 +297,30 @@ def _check_structure(data: bytes) -> None:
         _check_png_chunks(data)
     elif data.startswith(b"\xff\xd8"):
         _check_jpeg_markers(data)
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        _check_gif_blocks(data)
+
+
+def _check_gif_blocks(data: bytes) -> None:
+    """Count the extension sub-blocks before the first image: Pillow reads them one at a
+    time in Python (the first frame's pixels are decoded in C)."""
+    if len(data) < 13:
+        return  # truncated: the decoder reports it
+    position = 13
+    if data[10] & 0x80:  # a global colour table
+        position += 3 << ((data[10] & 0x07) + 1)
+    blocks = 0
+    while position < len(data) and data[position] == 0x21:  # an extension
+        position += 2
+        while position < len(data) and (size := data[position]) != 0:
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS:
+                raise ImageTooComplex(
+                    f"the GIF has more than {MAX_GIF_BLOCKS:,} blocks before its first "
+                    "frame: save it again"
+                )
+            position += 1 + size
+        position += 1
 
 
 def _check_png_chunks(data: bytes) -> None:

@@ -125,6 +125,19 @@ def test_a_progressive_jpeg_with_thousands_of_empty_scans_is_refused_from_its_ma
     assert f"{preprocess.MAX_JPEG_SCANS} scans" in error["message"]
 
 
+def test_a_gif_of_many_comment_blocks_is_refused_before_it_is_parsed(offline):
+    """A million one-byte comments before the first frame: 1.2 s of CPU in Pillow's loop."""
+    gif = encode(Image.new("P", (16, 16)), "GIF")
+    first_frame = 13 + (3 << ((gif[10] & 0x07) + 1) if gif[10] & 0x80 else 0)
+    assert gif[first_frame] == 0x2C  # the image descriptor
+    body = gif[:first_frame] + b"\x21\xfe\x01A\x00" * 1_000_000 + gif[first_frame:]
+    started = time.thread_time()
+    response = offline().post("/predict", data=body, content_type="image/gif")
+    assert time.thread_time() - started < 0.5
+    error = error_of(response, 413, "image_too_complex")
+    assert f"{preprocess.MAX_GIF_BLOCKS:,} blocks" in error["message"]
+
+
 def test_a_jpeg_scan_refining_past_bit_13_is_refused():
     jpeg = encode(Image.new("L", (64, 64), 128), "JPEG", progressive=True)
     last = jpeg.rindex(b"\xff\xda")

@@ -576,6 +576,14 @@ def _costly_entries(corpus: Corpus, seven_png: bytes) -> None:
             "a 28x28 PNG behind 8,000 empty chunks, each parsed in Python (twice, before)",
         ),
         (
+            "gif-19000-comment-blocks",
+            "19000-comment-blocks.gif",
+            _with_comment_blocks(encode(Image.new("P", (16, 16)), "GIF"), 19_000),
+            "image/gif",
+            "image_too_complex",
+            "a 16x16 GIF behind 19,000 one-byte comments, each read in Python",
+        ),
+        (
             "webp-lossless-6300x6300",
             "lossless-6300x6300.webp",
             encode(Image.new("RGBA", (6_300, 6_300), (255, 255, 255, 0)), "WEBP", lossless=True),
@@ -606,6 +614,13 @@ def _costly_entries(corpus: Corpus, seven_png: bytes) -> None:
         data = encode(image, "TIFF", compression="tiff_deflate")
         corpus.raw(name, corpus.file(file, data), "image/tiff", why, status=400,
                    code="blank_image")  # fmt: skip
+
+
+def _with_comment_blocks(gif: bytes, count: int) -> bytes:
+    """`gif` with `count` one-byte comment extensions before its first image."""
+    first_frame = 13 + (3 << ((gif[10] & 0x07) + 1) if gif[10] & 0x80 else 0)
+    assert gif[first_frame] == 0x2C, "the image descriptor follows the colour table"
+    return gif[:first_frame] + b"\x21\xfe\x01#\x00" * count + gif[first_frame:]
 
 
 def _progressive_page(side: int) -> bytes:

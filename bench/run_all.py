@@ -20,7 +20,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cold_start, load_test, overhead, payload, report, stack, stores, throughput
+from bench import (
+    cold_start,
+    load_test,
+    model_server_speed,
+    overhead,
+    payload,
+    report,
+    stack,
+    stores,
+    throughput,
+)
 
 LEVERS = [  # (workers, threads, model server batching) tried at concurrency 8 and 32
     (1, 8, False),  # functions-framework's defaults on 2 cores (THREADS = 4 x cores)
@@ -82,6 +92,8 @@ def run(workers: int, threads: int, batching: bool, load_requests: int) -> dict:
         results["load_test"] = load_test.load_test(server.url, load_requests, 32, workers, threads)
         _step("SQLite and Cassandra", started)
         results["stores"] = stores.compare(server.url)
+    _step("model server speed: issue 15's targets side by side with the baseline", started)
+    results["model_server_speed"] = model_server_speed.measure(6, workers, threads)
     _step("model server with and without batching", started)
     results["model_server_batching"] = throughput.model_server_batching()
     _step("levers: workers, threads, batching", started)

@@ -134,7 +134,7 @@ def model_server(batching: bool = False, wait: bool = True) -> Iterator[Server]:
     """`python -m serving` on the committed models, optionally with serving/batching.config."""
     port = free_port()
     argv = [
-        sys.executable, "-m", "serving", "--rest_api_port", str(port),
+        sys.executable, "-m", "serving", "--rest_api_port", str(port), "--port", "0",
         "--allow_version_labels_for_unavailable_models",
     ]  # fmt: skip
     if batching:

@@ -71,6 +71,8 @@ def model_server() -> Iterator[str]:
             "--rest_api_port",
             str(port),
             "--allow_version_labels_for_unavailable_models",
+            "--port",  # gRPC on a free port: side-by-side servers do not fight over 8500
+            "0",
         ],
         cwd=ROOT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

@@ -60,3 +60,19 @@ def test_a_key_first_used_on_a_refused_request_can_be_used_again(sqlite_path):
     again = recognizer.recognize([png()], Route(label="stable", version=2), "key-1")
     assert again.replayed and again.records[0].id == recognition.records[0].id
     store.close()
+
+
+def test_over_http_the_corrected_request_may_use_the_key(client):
+    """The finding as seen against `make demo`: 404 for version 999, then 422 for the
+    corrected request under the same key, for 24 hours."""
+    image, headers = png(), {"Idempotency-Key": "retry-after-a-typo"}
+    refused = client.post("/predict?version=999", data=image, content_type="image/png",
+                          headers=headers)  # fmt: skip
+    assert refused.status_code == 404
+    fixed = client.post("/predict?version=2", data=image, content_type="image/png",
+                        headers=headers)  # fmt: skip
+    assert fixed.status_code == 200, fixed.get_data(as_text=True)
+    again = client.post("/predict?version=2", data=image, content_type="image/png",
+                        headers=headers)  # fmt: skip
+    assert again.get_json()["predictions"] == fixed.get_json()["predictions"]
+    assert len(client.get("/predictions").get_json()["predictions"]) == 1

@@ -351,8 +351,8 @@ def test_the_demo_listens_on_loopback_unless_host_says_otherwise(
             assert demo.poll() is None, log.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "the demo printed no banner in 240 s"
             time.sleep(0.5)
-        assert listen_addresses(port) == expected
         printed = log.read_text(errors="replace")
+        assert listen_addresses(port) == expected, printed[-3000:]
         assert ("warning: HOST=" in printed and "no API_TOKEN" in printed) is warned, printed
     finally:
         os.killpg(demo.pid, signal.SIGINT)

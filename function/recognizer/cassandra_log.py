@@ -32,7 +32,8 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -89,6 +90,11 @@ _COLUMNS = (
 )
 _READ_COLUMNS = ", ".join(_COLUMNS[1:])  # `day` is known from the id
 PING_QUERY = "SELECT release_version FROM system.local"
+# After a write failed, readiness writes this key (never a SHA-256 in hex, so no claim
+# can have it) at the writes' consistency, with a short TTL, until one such write works:
+# system.local answers from the coordinator alone, even when no write can be made.
+PROBE_KEY = "write-probe"
+PROBE_TTL_SECONDS = 60
 _WRITE_WINDOW = 4  # writes of one save in flight at once
 MAX_RECENT = 10_000
 
@@ -324,6 +330,7 @@ class CassandraLog:
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
         self._closed = False
+        self._write_failure: str | None = None  # why the last write failed, until one works
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CassandraLog:
@@ -426,12 +433,23 @@ class CassandraLog:
         statements = [
             conn.insert.bind([unset if v is None else v for v in self._values(r)]) for r in records
         ]
-        failures = self._write_all(conn, statements)
-        if failures:
-            raise StoreUnavailable(
-                f"Cassandra did not record {len(failures)} of {len(records)} predictions: "
-                f"{_describe(failures[0])}"
-            ) from failures[0]
+        with self._writing():
+            failures = self._write_all(conn, statements)
+            if failures:
+                raise StoreUnavailable(
+                    f"Cassandra did not record {len(failures)} of {len(records)} predictions: "
+                    f"{_describe(failures[0])}"
+                ) from failures[0]
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write: its failure is remembered (readiness fails) until a write works."""
+        try:
+            yield
+        except StoreUnavailable as error:
+            self._write_failure = str(error)
+            raise
+        self._write_failure = None
 
     def _write_all(self, conn: _Connection, statements: Sequence[Any]) -> list[BaseException]:
         """Every write, `_WRITE_WINDOW` in flight at once, waiting for all even after a failure.
@@ -464,7 +482,8 @@ class CassandraLog:
         answers with the row that holds the key (a claim that expired is gone)."""
         conn = self._connection()
         values = (key_sha256, claim.request_sha256, list(claim.record_ids), self._clock())
-        [row] = self._query(conn, conn.claim, values, action="idempotency claim")
+        with self._writing():
+            [row] = self._query(conn, conn.claim, values, action="idempotency claim")
         if row["[applied]"]:
             return claim
         return IdempotencyClaim(row["request_sha256"], tuple(row["record_ids"]))
@@ -484,7 +503,8 @@ class CassandraLog:
             statement.serial_consistency_level = conn.claim.serial_consistency_level
             conn.release = statement
         values = (key_sha256, claim.request_sha256)
-        self._query(conn, conn.release, values, action="idempotency release")
+        with self._writing():
+            self._query(conn, conn.release, values, action="idempotency release")
 
     def get(self, record_id: uuid.UUID) -> Record | None:
         if record_id.version != 1:  # only time-based ids are ever stored
@@ -510,12 +530,26 @@ class CassandraLog:
         return records[:limit]
 
     def ping(self) -> None:
-        """Connects (preparing the statements checks the table exists) and asks the node."""
+        """Connects (preparing the statements checks the table exists) and asks the node.
+        While writes fail, it also tries a write of its own (as SqliteLog does): a node
+        can answer system.local when no write reaches enough replicas."""
         conn = self._connection()
         try:
             self._execute(conn, PING_QUERY)
         except DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"Cassandra does not answer: {_describe(exc)}") from exc
+        failure = self._write_failure
+        if failure is None:
+            return
+        probe = (
+            f"INSERT INTO {self.settings.keyspace}.{IDEMPOTENCY_TABLE} (key_sha256, created_at) "
+            f"VALUES (%s, %s) USING TTL {PROBE_TTL_SECONDS}"
+        )
+        try:
+            conn.session.execute(probe, (PROBE_KEY, self._clock()))
+        except DRIVER_ERRORS:
+            raise StoreUnavailable(f"writes are failing: {failure}") from None
+        self._write_failure = None
 
     def close(self) -> None:
         with self._lock:

@@ -254,8 +254,9 @@ def _speed(result: dict) -> str:
         + _table(["system", "concurrency", "req/s", "p50 ms", "p99 ms", "failed"], stack_rows)
         + "\n\nThrough the function, one request of 64 images against single ones: "
         f"{batches['batch_of_64']['images_per_s']:.0f} against "
-        f"{batches['single']['images_per_s']:.0f} images/s, {batches['ratio']:.1f}x.\n\n"
-        "Where the dev server's time goes, in-process medians in microseconds (the REST "
+        f"{batches['single']['images_per_s']:.0f} images/s, {batches['ratio']:.1f}x."
+        + _before_after(result)
+        + "\n\nWhere the dev server's time goes, in-process medians in microseconds (the REST "
         "handler is routing plus the four steps; HTTP comes on top):\n\n"
         + _table(["step", "1 image (us)", "64 images (us)"], stage_rows)
         + "\n\nThe model itself sets the ceiling on the 64-image ratio: TensorFlow needs "
@@ -266,7 +267,58 @@ def _speed(result: dict) -> str:
         "(the REST handler is "
         f"{one_handler:,.0f} us for one image), the lower that ceiling. Through the "
         "function, each image also costs its own decoding and preprocessing "
-        "(Per-request overhead, above), which a batch does not share.\n"
+        "(Per-request overhead, above), which a batch does not share.\n\n"
+        "At concurrency 1 the stack answers in "
+        f"{system['function']['load']['1']['p50_ms']:.1f} ms (p50), of which the dev "
+        f"server's :predict is about {dev['with batching']['single']['p50_ms']:.1f} ms; the "
+        "rest is the function's own work (its HTTP client, decoding and preprocessing, the "
+        "SQLite write, Flask), and at concurrency 8 its two workers share the 2 cores with "
+        "the model server, where the baseline's workers do only their own.\n"
+    )
+
+
+def _before_after(result: dict) -> str:
+    """The same figures measured from an earlier serving/ (result["before"]), if recorded."""
+    before = result.get("before")
+    if not before:
+        return ""
+
+    def figures(r: dict) -> list[str]:
+        dev, system = r["dev_server"], r["stack"]
+        ours, base = system["function"]["load"]["8"], system["baseline"]["load"]["8"]
+        return [
+            f"{dev['without batching']['single']['p50_ms']:.2f} / "
+            f"{dev['with batching']['single']['p50_ms']:.2f}",
+            f"{ours['rps']:.0f} / {base['rps']:.0f}",
+            f"{ours['p99_ms']:.0f} / {base['p99_ms']:.0f}",
+            f"{r['function_batches']['batch_of_64']['images_per_s']:.0f} / "
+            f"{r['function_batches']['single']['images_per_s']:.0f} "
+            f"({r['function_batches']['ratio']:.1f}x)",
+            f"{dev['with batching']['images_per_s']['batch_of_64']:.0f} / "
+            f"{dev['with batching']['images_per_s']['single']:.0f} "
+            f"({dev['with batching']['ratio']:.1f}x)",
+        ]
+
+    header = [
+        "serving/",
+        "load average",
+        "dev 1 image p50 ms (plain / batching)",
+        "stack c=8 req/s (function / baseline)",
+        "c=8 p99 ms (function / baseline)",
+        "function images/s, 64 / 1 per request",
+        "dev server images/s, 64 / 1 per request",
+    ]
+    rows = [
+        [
+            label,
+            f"{r['load_average_at_start']:.1f}-{r['load_average_at_end']:.1f}",
+            *figures(r),
+        ]
+        for label, r in ((before.get("label", "before"), before), ("this one", result))
+    ]
+    return (
+        "\n\nThe same module on the serving/ from before issue 15, run right after this "
+        "one (`--serving-root`):\n\n" + _table(header, rows)
     )
 
 

@@ -38,11 +38,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from cassandra import ConsistencyLevel, DriverException
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, WriteTimeout
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.connection import ConnectionBusy, ConnectionException
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
 from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage
 from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
@@ -96,6 +100,12 @@ PING_QUERY = "SELECT release_version FROM system.local"
 PROBE_KEY = "write-probe"
 PROBE_TTL_SECONDS = 60
 _WRITE_WINDOW = 4  # writes of one save in flight at once
+# After a failed connect, requests fail at once for this long instead of each waiting
+# out a connect timeout of its own, one after another behind the lock.
+CONNECT_RETRY_SECONDS = 1.0
+# Reconnecting to a node that was down: soon, and never giving up (the default doubles
+# to 10 minutes and stops after 64 attempts: the function then needed a restart).
+RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 5.0
 MAX_RECENT = 10_000
 
 _CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "TWO", "THREE", "ALL")
@@ -250,6 +260,9 @@ def build_cluster(settings: CassandraSettings) -> Cluster:
         auth_provider=auth,
         ssl_context=ssl_context,
         connect_timeout=settings.connect_timeout,
+        reconnection_policy=ExponentialReconnectionPolicy(
+            RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS, max_attempts=None
+        ),
     )
 
 
@@ -295,6 +308,26 @@ def _busy(exc: BaseException) -> bool:
     )
 
 
+def _unrecorded(failures: Sequence[BaseException], total: int) -> str:
+    """Why a save failed. A write that timed out may still be applied by its replicas (a
+    frozen node applies it when it resumes), so it is never called unrecorded."""
+    if any(_timed_out(failure) for failure in failures):
+        return (
+            f"Cassandra did not confirm {len(failures)} of {total} predictions in time: they "
+            "may still be recorded. Retry with the same Idempotency-Key to record them once: "
+            f"{_describe(failures[0])}"
+        )
+    return f"Cassandra did not record {len(failures)} of {total} predictions: " + _describe(
+        failures[0]
+    )
+
+
+def _timed_out(exc: BaseException) -> bool:
+    if isinstance(exc, NoHostAvailable):
+        return any(_timed_out(error) for error in exc.errors.values())
+    return isinstance(exc, WriteTimeout | OperationTimedOut)
+
+
 def _describe(exc: BaseException) -> str:
     """The error's kind and message with node addresses taken out (the log has them)."""
     return _ADDRESS.sub("<node>", f"{type(exc).__name__}: {exc}")
@@ -329,6 +362,7 @@ class CassandraLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
+        self._connect_failure: tuple[float, str] | None = None  # (until when, why)
         self._closed = False
         self._write_failure: str | None = None  # why the last write failed, until one works
 
@@ -351,7 +385,15 @@ class CassandraLog:
                 raise StoreUnavailable("the Cassandra prediction log is closed")
             # A connection inherited through fork() is unusable: make this process its own.
             if self._conn is None or self._conn.pid != os.getpid():
-                self._conn = self._connect()
+                failed = self._connect_failure
+                if failed is not None and time.monotonic() < failed[0]:
+                    raise StoreUnavailable(failed[1])
+                try:
+                    self._conn = self._connect()
+                except StoreUnavailable as exc:
+                    self._connect_failure = (time.monotonic() + CONNECT_RETRY_SECONDS, str(exc))
+                    raise
+                self._connect_failure = None
             return self._conn
 
     def _connect(self) -> _Connection:
@@ -436,10 +478,7 @@ class CassandraLog:
         with self._writing():
             failures = self._write_all(conn, statements)
             if failures:
-                raise StoreUnavailable(
-                    f"Cassandra did not record {len(failures)} of {len(records)} predictions: "
-                    f"{_describe(failures[0])}"
-                ) from failures[0]
+                raise StoreUnavailable(_unrecorded(failures, len(records))) from failures[0]
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

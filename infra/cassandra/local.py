@@ -104,8 +104,9 @@ FAST_START = (
     "-Dcassandra.superuser_setup_delay_ms=0",
     "-Dcassandra.size_recorder_interval=0",
 )
-# Tests only, never data anyone keeps: no fsync. What a killed JVM wrote stays in the page
-# cache, so a SIGKILL still loses nothing; only the machine crashing would. (Not
+# Tests only, never data anyone keeps: the commit log's per-write sync still writes its
+# sync marker (replay trusts only what a marker closes), but without the fsync. A killed
+# JVM so loses no acknowledged write; only the machine crashing would. (Not
 # cassandra.unsafesystem: it keeps the schema out of the commit log, and a killed node
 # came back without its keyspaces.)
 NO_SYNC = ("-Dcassandra.skip_sync=true",)
@@ -277,7 +278,7 @@ class LocalCluster:
     native_port: int = 9042
     storage_port: int = 7000
     jmx_port: int = 7199  # node i: jmx_port + i - 1 (JMX binds 127.0.0.1 only)
-    durable: bool = True  # False: no fsync, for tests whose data nobody keeps
+    durable: bool = True  # False: no fsync (still synced before each ack), for tests
     heap: str = "512M"
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     report: Callable[[str], None] = print
@@ -429,19 +430,6 @@ class LocalCluster:
             "triggers",
         ):
             (node.directory / sub).mkdir(parents=True, exist_ok=True)
-        if self.durable:
-            sync = {
-                "commitlog_sync": "batch",
-                "commitlog_sync_extra": "",
-                "commitlog_comment": "batch: a write is acknowledged only once the commit "
-                "log holding it is fsynced",
-            }
-        else:
-            sync = {
-                "commitlog_sync": "periodic",
-                "commitlog_sync_extra": "commitlog_sync_period: 10000ms",
-                "commitlog_comment": "periodic, and -Dcassandra.skip_sync: a test node, no fsync",
-            }
         yaml = Template((TEMPLATES / "cassandra.yaml").read_text(encoding="utf-8"))
         (node.directory / "cassandra.yaml").write_text(
             yaml.substitute(
@@ -452,7 +440,6 @@ class LocalCluster:
                 storage_port=node.storage_port,
                 native_port=node.native_port,
                 directory=node.directory,
-                **sync,
             ),
             encoding="utf-8",
         )

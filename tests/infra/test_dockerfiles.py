@@ -114,8 +114,9 @@ def test_gunicorn_is_pinned_and_its_control_socket_has_a_writable_directory() ->
         for doc in yaml.safe_load_all((ROOT / "infra" / "k8s" / "function.yaml").read_text())
         if doc["kind"] == "Service"
     )
-    (container,) = knative["spec"]["template"]["spec"]["containers"]
-    assert runtime_dir in [mount["mountPath"] for mount in container["volumeMounts"]]
+    containers = knative["spec"]["template"]["spec"]["containers"]
+    (function,) = [c for c in containers if c["name"] == "function"]  # beside the proxy
+    assert runtime_dir in [mount["mountPath"] for mount in function["volumeMounts"]]
 
 
 def test_function_healthcheck_probes_healthz_without_curl() -> None:

@@ -29,6 +29,7 @@ FUNCTION_PASSTHROUGH = (
     "MAX_IMAGE_PIXELS",
     "MAX_REQUEST_PIXELS",
     "MAX_BATCH_IMAGES",
+    "DECODE_CPU_SECONDS",
     "UPLOAD_STORE_MAX_BYTES",
     "HISTORY_MAX_LIMIT",
     "PREDICT_REQUIRES_TOKEN",
@@ -379,6 +380,11 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     # functions-framework's gunicorn: one process, a thread per concurrent request.
     env["WORKERS"] = str(read.integer("WORKERS", 1, 1, 16))
     env["THREADS"] = str(scaling.concurrency)
+    # The decode budgets are sized from the instance's memory (docs/reliability.md): always
+    # the MEMORY the instance is given, never a number of its own that could disagree.
+    mebibytes = _mebibytes(scaling.memory)
+    if mebibytes is not None:
+        env["MEMORY_LIMIT_MIB"] = str(mebibytes)
     for name, value in env.items():
         if "\n" in value:
             read.problems.append(f"{name} must be a single line")

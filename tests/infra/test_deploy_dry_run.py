@@ -25,7 +25,8 @@ BASE = {
 REGISTRY = "europe-west1-docker.pkg.dev/digits-prod-42/digit-recognizer"
 ENV_VARS = (
     "--set-env-vars=MODEL_SERVER_URL=https://tf-serving.internal.example:8501,"
-    "PREDICTION_STORE=cassandra,CASSANDRA_CONTACT_POINTS=10.0.0.5,WORKERS=1,THREADS=8"
+    "PREDICTION_STORE=cassandra,CASSANDRA_CONTACT_POINTS=10.0.0.5,WORKERS=1,THREADS=8,"
+    "MEMORY_LIMIT_MIB=512"
 )
 SCALING = [
     "--project=digits-prod-42",
@@ -181,6 +182,7 @@ def test_options_and_passthrough_settings() -> None:
         "@PREDICTION_STORE=cassandra@CASSANDRA_CONTACT_POINTS=10.0.0.5,10.0.0.6:9142"
         "@MODEL_LABEL=canary@CASSANDRA_LOCAL_DC=europe-west1"
         "@CASSANDRA_CONSISTENCY=LOCAL_QUORUM@WORKERS=1@THREADS=16"
+        "@MEMORY_LIMIT_MIB=512"
     )
     (run,) = argvs(plan("run-function", {**environ, "IMAGE_TAG": "abc"}))
     assert "--vpc-egress=all-traffic" in run
@@ -424,6 +426,8 @@ def test_every_function_setting_is_deployable() -> None:
         "API_TOKEN",  # API_TOKEN_SECRET
         "CASSANDRA_SSL_CA_FILE",  # CASSANDRA_SSL_CA_SECRET, mounted
         "SQLITE_PATH",  # local only
+        "WORKERS",  # read by the tool, 1 to 16
+        "MEMORY_LIMIT_MIB",  # MEMORY, in MiB
     }
     assert variables_read_by_function() == set(FUNCTION_PASSTHROUGH) | handled
 

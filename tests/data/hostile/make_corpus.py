@@ -162,6 +162,7 @@ def build(digits: np.ndarray, labels: np.ndarray) -> Corpus:
     _broken_file_entries(corpus, paper(SEVEN, 200), seven_png)
     _bomb_entries(corpus, paper(SEVEN, 112))
     _costly_entries(corpus, corpus.files[seven_png])
+    _amplification_entries(corpus, digits, paper(SEVEN), label(SEVEN))
     _blank_entries(corpus)
     _format_entries(corpus, paper, label)
     _exif_entries(corpus, paper, label)
@@ -614,6 +615,77 @@ def _costly_entries(corpus: Corpus, seven_png: bytes) -> None:
         data = encode(image, "TIFF", compression="tiff_deflate")
         corpus.raw(name, corpus.file(file, data), "image/tiff", why, status=400,
                    code="blank_image")  # fmt: skip
+
+
+def _amplification_entries(
+    corpus: Corpus, digits: np.ndarray, seven_paper: Image.Image, seven: int
+) -> None:
+    """Other formats' work amplification (issue 12, item 5): many strips and frames, huge
+    ICC profiles and EXIF blocks. Each is decoded (or refused) at a bounded cost."""
+    seven_png = encode(Image.fromarray(digits[SEVEN]), "PNG")
+    seven_jpeg = encode(seven_paper.convert("L"), "JPEG")
+    exif = _exif_with_entries(5_000)
+    icc = b"ICC_PROFILE\x00\x01\x01" + bytes(65_533 - 16)
+    frames = [Image.fromarray(digits[i]).convert("P") for i in range(SEVEN, SEVEN + 100)]
+    webp_frames = [Image.fromarray(digits[i]).convert("RGB") for i in range(SEVEN, SEVEN + 250)]
+    iccp = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(48 * 2**20), 9))
+    cases: list[tuple[str, str, bytes, str, dict[str, object], str]] = [
+        ("tiff-10000-strips-blank", "10000-strips.tif", _tiff_with_strips(10_000),
+         "image/tiff", {"status": 400, "code": "blank_image"},
+         "a 16x10000 TIFF in 10,000 one-row strips that all point at the same 16 bytes"),
+        ("gif-100-frames", "100-frames.gif",
+         encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+         "image/gif", {"status": 200, "digit": seven},
+         "an animated GIF of 100 MNIST digits: only the first frame is decoded"),
+        ("webp-animated-250-frames", "250-frames.webp",
+         encode(webp_frames[0], "WEBP", save_all=True, append_images=webp_frames[1:],
+                lossless=True),
+         "image/webp", {"status": 200, "digit": seven},
+         "an animated lossless WebP of 250 frames: only the first frame is decoded"),
+        ("png-iccp-48mib", "iccp-48mib.png", seven_png[:33] + iccp + seven_png[33:],
+         "image/png", {"status": 400, "code": "not_an_image"},
+         "an ICC profile that inflates to 48 MiB in 48 KB: Pillow stops inflating at 1 MB"),
+        ("png-exif-5000-entries", "exif-5000-entries.png",
+         seven_png[:33] + png_chunk(b"eXIf", exif) + seven_png[33:],
+         "image/png", {"status": 200, "digit": seven},
+         "a 60 KB EXIF block of 5,000 entries, parsed for the orientation"),
+        ("jpeg-exif-5000-entries", "exif-5000-entries.jpg", with_exif_segment(seven_jpeg, exif),
+         "image/jpeg", {"status": 200, "digit": seven},
+         "a JPEG with a 60 KB EXIF segment of 5,000 entries"),
+        ("jpeg-icc-64kb", "icc-64kb.jpg",
+         seven_jpeg[:2] + b"\xff\xe2" + struct.pack(">H", len(icc) + 2) + icc + seven_jpeg[2:],
+         "image/jpeg", {"status": 200, "digit": seven},
+         "a JPEG carrying a 64 KB ICC profile (one APP2 segment, its most)"),
+    ]  # fmt: skip
+    for name, file, data, content_type, expect, why in cases:
+        corpus.raw(name, corpus.file(file, data), content_type, why, **expect)
+
+
+def _exif_with_entries(count: int) -> bytes:
+    """A little-endian TIFF header and one IFD of `count` SHORT entries (no orientation)."""
+    entries = b"".join(struct.pack("<HHII", 0x9000 + i % 3000, 3, 1, i) for i in range(count))
+    return b"II*\x00" + struct.pack("<IH", 8, count) + entries + bytes(4)
+
+
+def _tiff_with_strips(height: int, width: int = 16) -> bytes:
+    """A white `width`x`height` grayscale TIFF of one-row strips sharing one row of data."""
+    short = {258: 8, 259: 1, 262: 1, 277: 1}
+    count = 9
+    offsets_at = 8 + 2 + 12 * count + 4
+    counts_at = offsets_at + 4 * height
+    data_at = counts_at + 4 * height
+    fields = {256: (4, 1, width), 257: (4, 1, height), 278: (4, 1, 1),
+              273: (4, height, offsets_at), 279: (4, height, counts_at)}  # fmt: skip
+    fields.update({tag: (3, 1, value) for tag, value in short.items()})
+    ifd = struct.pack("<H", count) + b"".join(
+        struct.pack("<HHIHH", tag, 3, 1, value, 0)
+        if kind == 3
+        else struct.pack("<HHII", tag, kind, n, value)
+        for tag, (kind, n, value) in sorted(fields.items())
+    )
+    tables = struct.pack(f"<{height}I", *[data_at] * height)
+    tables += struct.pack(f"<{height}I", *[width] * height)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(4) + tables + b"\xff" * width
 
 
 def _with_comment_blocks(gif: bytes, count: int) -> bytes:

@@ -355,12 +355,26 @@ def test_webp_animations_are_bounded(data):
 
 # --- Unicode and control characters in every parameter and header ------------------------------
 
+TOKEN = "s3cret-token"
 SEVEN = (Path(__file__).resolve().parents[1] / "data" / "samples" / "seven.png").read_bytes()
 # Anything: control characters, NUL, surrogates' neighbours, RTL marks, full-width digits,
 # superscripts, combining marks; and the few values that mean something here.
 ODD = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40
-) | st.sampled_from(["1", "stable", "input", "Bearer x", "\u00b9", "\uff11", "\u200f1", "%ff"])
+) | st.sampled_from(
+    [
+        "1",
+        "stable",
+        "input",
+        "Bearer x",
+        f"Bearer {TOKEN}",
+        "https://digits.example",
+        "\u00b9",
+        "\uff11",
+        "\u200f1",
+        "%ff",
+    ]
+)
 PARAMETERS = ["limit", "version", "label", "include"]
 HEADERS = [
     "Idempotency-Key",
@@ -388,10 +402,10 @@ def odd_client(model_server, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MODEL_SERVER_URL", model_server)
     mp.setenv("SQLITE_PATH", str(tmp_path_factory.mktemp("odd") / "p.sqlite3"))
-    mp.setenv("CORS_ALLOWED_ORIGINS", "https://digits.example")
     for name in SHELL_SETTINGS:
-        if name != "CORS_ALLOWED_ORIGINS":
-            mp.delenv(name, raising=False)
+        mp.delenv(name, raising=False)
+    mp.setenv("CORS_ALLOWED_ORIGINS", "https://digits.example")
+    mp.setenv("API_TOKEN", TOKEN)  # the history needs it: every Authorization is compared
     app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
     yield app.test_client()
     mp.undo()

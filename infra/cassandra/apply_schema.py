@@ -143,9 +143,13 @@ def apply(
             report(f"Cassandra not reachable yet ({type(exc).__name__}); retrying")
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     try:
+        # Every statement through one coordinator: another node may not know yet the
+        # keyspace the previous statement made (seen on a three-node ring).
+        coordinator = cluster.get_control_connection_host()
         for statement in statements:
             report(statement.splitlines()[0] + (" ..." if "\n" in statement else ""))
-            session.execute(statement, timeout=timeout)  # DDL waits for schema agreement
+            # DDL waits for schema agreement
+            session.execute(statement, timeout=timeout, host=coordinator)
     finally:
         cluster.shutdown()
 

@@ -25,18 +25,14 @@ from pathlib import Path
 
 from bench import images, report, stack
 from infra.cassandra.__main__ import apply_local_schema
-from infra.cassandra.local import LocalCluster, free_ports
+from infra.cassandra.local import LocalCluster, on_free_ports
 
 CONCURRENCY = (1, 8)
 
 
 @contextmanager
 def cassandra_node(root: Path) -> Iterator[LocalCluster]:
-    native, storage, jmx = free_ports(3, ["127.0.0.1"])
-    cluster = LocalCluster(
-        root, native_port=native, storage_port=storage, jmx_port=jmx, durable=True,
-        report=lambda _: None,
-    )  # fmt: skip
+    cluster = on_free_ports(root, durable=True, report=lambda _: None)
     with cluster:
         apply_local_schema(cluster)
         yield cluster

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import WhiteListRoundRobinPolicy
@@ -518,6 +519,18 @@ def cql_answers(address: str, port: int, timeout: float = 5.0) -> bool:
         return False
     finally:
         cluster.shutdown()
+
+
+def on_free_ports(root: Path, nodes: int = 1, **options: Any) -> LocalCluster:
+    """A cluster whose CQL, storage and JMX ports are free on every node's address: for
+    tests and benchmarks, which must never take the ports a user's own node may hold."""
+    addresses = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
+    while True:
+        native, storage, jmx = free_ports(3, addresses)
+        if all(port_free("127.0.0.1", jmx + i) for i in range(1, nodes)):  # node i: jmx + i - 1
+            return LocalCluster(
+                root, nodes, native_port=native, storage_port=storage, jmx_port=jmx, **options
+            )
 
 
 def free_ports(count: int, addresses: Sequence[str]) -> list[int]:

@@ -23,9 +23,8 @@ from cassandra import ConsistencyLevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import WhiteListRoundRobinPolicy
 
-from infra.cassandra.__main__ import schema_statements
-from infra.cassandra.apply_schema import apply
-from infra.cassandra.local import LocalCluster, free_ports, port_free
+from infra.cassandra.__main__ import apply_local_schema
+from infra.cassandra.local import LocalCluster, on_free_ports
 from recognizer.cassandra_log import CassandraLog, CassandraSettings, build_cluster, day_of
 from tests.conftest import ROOT
 from tests.support.cassandra import start_test_node
@@ -40,31 +39,12 @@ CONCURRENCY = 8
 KILL_AFTER = 500  # requests answered before node 2 is killed
 
 
-def ring_ports() -> tuple[int, int, int]:
-    """CQL and storage ports free on all three addresses, and three JMX ports in a row."""
-    while True:
-        native, storage, jmx = free_ports(3, ADDRESSES)
-        if all(port_free("127.0.0.1", jmx + i) for i in (1, 2)):
-            return native, storage, jmx
-
-
 @pytest.fixture(scope="module")
 def ring(tmp_path_factory) -> Iterator[LocalCluster]:
     start_test_node(tmp_path_factory.mktemp("probe")).stop()  # skips where no Java/Maven
-    native, storage, jmx = ring_ports()
-    cluster = LocalCluster(
-        tmp_path_factory.mktemp("ring"),
-        nodes=3,
-        native_port=native,
-        storage_port=storage,
-        jmx_port=jmx,
-        durable=False,
-        report=print,
-    )
+    cluster = on_free_ports(tmp_path_factory.mktemp("ring"), nodes=3, durable=False, report=print)
     with cluster:
-        first = cluster.members[0]
-        settings = CassandraSettings(((first.address, native),), keyspace=KEYSPACE)
-        apply(schema_statements(KEYSPACE, 3), settings, report=lambda _: None)
+        apply_local_schema(cluster, KEYSPACE)
         yield cluster
 
 

@@ -46,7 +46,12 @@ from cassandra.query import SimpleStatement
 from infra.cassandra.apply_schema import SCHEMA, apply, render, split_statements
 from infra.cassandra.local import free_ports
 from recognizer import cassandra_log
-from recognizer.cassandra_log import CassandraLog, CassandraSettings, build_cluster
+from recognizer.cassandra_log import (
+    CONNECT_RETRY_SECONDS,
+    CassandraLog,
+    CassandraSettings,
+    build_cluster,
+)
 from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
     IdempotencyClaim,
@@ -827,9 +832,11 @@ def test_a_forked_worker_connects_anew_and_leaves_the_parents_connection_alone(
     assert log.get(uuid.UUID(bytes=written_id)).digit == 3
 
 
-def test_a_failed_connect_is_unavailable_and_the_next_call_connects(
+def test_a_failed_connect_is_unavailable_and_a_call_after_a_pause_connects(
     open_log: Callable[..., CassandraLog],
 ) -> None:
+    """For CONNECT_RETRY_SECONDS after a failed connect, calls fail at once instead of each
+    waiting out a connect timeout of its own; the first call after it connects anew."""
     [nowhere] = free_ports(1, ["127.0.0.1"])
     made: list[Any] = []
 
@@ -845,7 +852,12 @@ def test_a_failed_connect_is_unavailable_and_the_next_call_connects(
     with pytest.raises(StoreUnavailable, match="cannot connect"):
         log.ping()
     assert made[0].is_shutdown  # its driver threads are gone
-    log.ping()  # the next call tries again, and this time the node answers
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        log.ping()  # within the pause: the same answer, no second attempt
+    assert time.monotonic() - started < 0.5 and len(made) == 1
+    time.sleep(CONNECT_RETRY_SECONDS)
+    log.ping()  # after it, the call tries again, and this time the node answers
     assert len(made) == 2 and not made[1].is_shutdown
     log.close()
     assert made[1].is_shutdown
@@ -1097,6 +1109,7 @@ def test_the_schema_applies_over_the_previous_releases(cassandra: Any, cql: Any)
     with pytest.raises(StoreUnavailable, match="idempotency_keys"):
         log.ping()  # this release refuses the old schema: apply the schema before deploying
     apply_schema(cassandra, SCHEMA.read_text(encoding="utf-8"), keyspace)
+    time.sleep(CONNECT_RETRY_SECONDS)  # a failed connect is tried again after this pause
     log.ping()
     assert log.get(old.id) == old
     new = make_record()

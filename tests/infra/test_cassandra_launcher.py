@@ -24,6 +24,7 @@ from infra.cassandra.local import (
     cassandra_lib,
     free_ports,
     java_executable,
+    on_free_ports,
     tokens,
 )
 from tests.conftest import ROOT
@@ -108,12 +109,8 @@ def test_a_port_in_use_is_named_before_any_jvm_starts(tmp_path, lib) -> None:
 
 
 def test_a_jvm_that_dies_is_reported_with_the_tail_of_its_log(tmp_path, lib) -> None:
-    native, storage, jmx = free_ports(3, ["127.0.0.1"])
-    cluster = LocalCluster(
+    cluster = on_free_ports(
         tmp_path,
-        native_port=native,
-        storage_port=storage,
-        jmx_port=jmx,
         heap="1M",
         report=lambda _: None,
     )
@@ -126,12 +123,8 @@ def test_a_jvm_that_dies_is_reported_with_the_tail_of_its_log(tmp_path, lib) -> 
 
 
 def test_a_node_not_ready_in_time_is_killed_and_reported(tmp_path, lib) -> None:
-    native, storage, jmx = free_ports(3, ["127.0.0.1"])
-    cluster = LocalCluster(
+    cluster = on_free_ports(
         tmp_path,
-        native_port=native,
-        storage_port=storage,
-        jmx_port=jmx,
         durable=False,
         report=lambda _: None,
     )
@@ -199,17 +192,13 @@ def test_a_launcher_killed_with_sigkill_takes_its_jvm_with_it(tmp_path, lib) -> 
 def test_writes_acknowledged_just_before_a_sigkill_are_there_after_restart(tmp_path, lib) -> None:
     """On a test node too (no fsync): periodic commit-log sync acknowledged writes before
     their section was closed by a sync marker, and replay after a killed JVM dropped them."""
-    native, storage, jmx = free_ports(3, ["127.0.0.1"])
-    cluster = LocalCluster(
+    cluster = on_free_ports(
         tmp_path,
-        native_port=native,
-        storage_port=storage,
-        jmx_port=jmx,
         durable=False,
         report=lambda _: None,
     )
     with cluster:
-        driver = Cluster(["127.0.0.1"], port=native, protocol_version=5)
+        driver = Cluster(["127.0.0.1"], port=cluster.native_port, protocol_version=5)
         session = driver.connect()
         session.execute(
             "CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', "
@@ -222,7 +211,7 @@ def test_writes_acknowledged_just_before_a_sigkill_are_there_after_restart(tmp_p
         driver.shutdown()
         cluster.kill_node(1)
         cluster.start_node(1)
-        driver = Cluster(["127.0.0.1"], port=native, protocol_version=5)
+        driver = Cluster(["127.0.0.1"], port=cluster.native_port, protocol_version=5)
         try:
             rows = driver.connect().execute("SELECT count(*) FROM k.t").one()
         finally:

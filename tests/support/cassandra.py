@@ -7,23 +7,21 @@ so suites never see each other's rows.
 
 from __future__ import annotations
 
-import itertools
 import os
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from infra.cassandra.__main__ import schema_statements
-from infra.cassandra.apply_schema import apply
-from infra.cassandra.local import LocalCluster, ToolMissing, free_ports
+from infra.cassandra.__main__ import apply_local_schema
+from infra.cassandra.local import LocalCluster, ToolMissing, on_free_ports
 from recognizer.cassandra_log import CassandraSettings
 
 
 @dataclass
 class LiveCassandra:
     cluster: LocalCluster
-    _names: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @property
     def contact_points(self) -> str:
@@ -44,27 +42,14 @@ class LiveCassandra:
 
     def keyspace(self, prefix: str = "t") -> str:
         """A new keyspace with the whole schema applied."""
-        name = f"{prefix}_{next(self._names)}"
-        first = self.cluster.members[0]
-        settings = CassandraSettings(
-            contact_points=((first.address, first.native_port),), keyspace=name
-        )
-        apply(schema_statements(name, self.cluster.nodes), settings, report=lambda _: None)
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"  # never an earlier keyspace and its rows
+        apply_local_schema(self.cluster, name)
         return name
 
 
 def start_test_node(root: Path) -> LocalCluster:
     """A one-node test cluster, or a skip naming what is missing (a failure under CI)."""
-    native, storage, jmx = free_ports(3, ["127.0.0.1"])
-    cluster = LocalCluster(
-        root,
-        nodes=1,
-        native_port=native,
-        storage_port=storage,
-        jmx_port=jmx,
-        durable=False,
-        report=lambda line: None,
-    )
+    cluster = on_free_ports(root, durable=False, report=lambda line: None)
     try:
         return cluster.start()
     except ToolMissing as exc:

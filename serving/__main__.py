@@ -199,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ServingError, OSError) as exc:
         log.error("Failed to start server. Error: %s", exc)
         return 1
-    stop.wait()
+    # Wait in short slices: a signal may reach another thread (gRPC's, TensorFlow's), and
+    # Python runs its handler only when the main thread next wakes. With a plain wait(),
+    # SIGINT and SIGTERM were never handled while gRPC served.
+    while not stop.wait(0.2):
+        pass
     log.info("Shutting down")
     server.stop()
     return 0

@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
         if args.ready_file:
             args.ready_file.write_text(cluster.contact_points + "\n", encoding="utf-8")
-        signal.pause()
+        while True:  # not signal.pause(): a signal may reach a driver thread instead, and
+            time.sleep(0.2)  # the handler runs only when the main thread wakes
     except _Stop:
         pass
     finally:

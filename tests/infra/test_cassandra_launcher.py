@@ -25,10 +25,12 @@ from infra.cassandra.local import (
     free_ports,
     java_executable,
     on_free_ports,
+    port_free,
     tokens,
 )
 from tests.conftest import ROOT
 from tests.support.cassandra import start_test_node
+from tests.support.signals import exits_within, signal_other_thread
 
 JAVA_25 = Path("/usr/lib/jvm/temurin-25-jdk-amd64")
 
@@ -217,3 +219,35 @@ def test_writes_acknowledged_just_before_a_sigkill_are_there_after_restart(tmp_p
         finally:
             driver.shutdown()
     assert rows[0] == 50
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_cli_drains_and_exits_when_the_signal_reaches_another_thread(
+    tmp_path, lib, signum
+) -> None:
+    """Ctrl-C may reach one of the driver's threads instead of the main one: the launcher
+    once slept on in signal.pause() and `make demo STORE=cassandra` never stopped."""
+    for port in (7000, 7199):  # `run` uses the default storage and JMX ports
+        if not port_free("127.0.0.1", port):
+            pytest.skip(f"port {port} is taken on this machine: `run` needs it")
+    [native] = free_ports(1, ["127.0.0.1"])
+    ready = tmp_path / "ready"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "infra.cassandra", "run", "--test", "--dir", str(tmp_path / "n"),
+         "--native-port", str(native), "--ready-file", str(ready)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        jvms = [int(p) for p in Path(f"/proc/{launcher.pid}/task").glob("*/children")
+                for p in p.read_text().split()]  # fmt: skip
+        signal_other_thread(launcher.pid, signum)
+        assert launcher.wait(timeout=60) == 0
+        assert all(exits_within(jvm, 5) for jvm in jvms)
+        assert not ready.exists()
+    finally:
+        launcher.kill()
+        launcher.wait()

@@ -22,6 +22,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from serving import ModelServer
 from serving.__main__ import build_parser
+from tests.support.signals import signal_other_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"Exporting HTTP/REST API at (http://\S+)")
@@ -182,3 +183,29 @@ def test_cli_grpc_port_flag():
     args = build_parser().parse_args([])
     assert args.port is None  # TF Serving's 8500, best effort
     assert build_parser().parse_args(["--port=8600"]).port == 8600
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_cli_stops_when_the_signal_reaches_another_thread(
+    tmp_path: Path, model_store, signum: signal.Signals
+):
+    """A terminal's Ctrl-C or a platform's SIGTERM may reach any thread (gRPC's, TF's);
+    with gRPC serving, the server once never stopped and `make demo` hung on Ctrl-C."""
+    deployment = Deployment(tmp_path, model_store)
+    deployment.add_version(1, "bucket")
+    deployment.write_config()
+    server = ServerProcess(
+        "--rest_api_port=0",
+        "--port=0",
+        f"--model_config_file={deployment.config_file}",
+        f"--models_dir={deployment.models_dir}",
+    )
+    try:
+        server.wait_ready()
+        assert GRPC_READY.search(server.log()), server.log()
+        signal_other_thread(server.process.pid, signum)
+        assert server.process.wait(timeout=15) == 0, server.log()
+        assert "Model server stopped" in server.log()
+    finally:
+        server.process.kill()
+        server.process.wait()

@@ -8,6 +8,7 @@ answers 9 minus that. A constant image of value k makes it obvious.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -20,6 +21,8 @@ import pytest
 import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from serving import ModelServer
 
 IMAGE_SPEC = tf.TensorSpec([None, 28, 28], tf.uint8, name="image")
 FAST_POLL = 0.05
@@ -213,3 +216,22 @@ def predict_digit(url: str, value: int, route: str = "") -> int:
     )
     assert response.status_code == 200, response.text
     return response.json()["predictions"][0]["digit"]
+
+
+# The REST calls and answers the fidelity tests (test_fidelity_*.py) share.
+MNIST = "/v1/models/mnist"
+GOOD = {"instances": [image(0)]}
+
+
+def post(server: ModelServer, path: str, body: object, **kwargs: object) -> requests.Response:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return requests.post(f"{server.url}{path}", data=data, timeout=10, **kwargs)
+
+
+def get(server: ModelServer, path: str, **kwargs: object) -> requests.Response:
+    return requests.get(f"{server.url}{path}", timeout=10, **kwargs)
+
+
+def error_of(response: requests.Response) -> str:
+    assert response.headers["Content-Type"] == "application/json", response.headers
+    return response.json()["error"]

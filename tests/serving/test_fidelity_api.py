@@ -13,27 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from serving_testlib import Deployment, image
+from serving_testlib import GOOD, MNIST, Deployment, error_of, get, image, post
 
 from serving import ModelServer
 
 SERVING_DIR = Path(__file__).resolve().parents[2] / "serving"
-MNIST = "/v1/models/mnist"
-GOOD = {"instances": [image(0)]}
-
-
-def post(server: ModelServer, path: str, body: object, **kwargs: object) -> requests.Response:
-    data = body if isinstance(body, bytes | str) else json.dumps(body)
-    return requests.post(f"{server.url}{path}", data=data, timeout=10, **kwargs)
-
-
-def get(server: ModelServer, path: str, **kwargs: object) -> requests.Response:
-    return requests.get(f"{server.url}{path}", timeout=10, **kwargs)
-
-
-def error_of(response: requests.Response) -> str:
-    assert response.headers["Content-Type"] == "application/json", response.headers
-    return response.json()["error"]
 
 
 # ------------------------------------------------------------ status by label

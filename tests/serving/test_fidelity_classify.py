@@ -6,31 +6,10 @@ behaviour it mirrors; "tfs:" abbreviates tensorflow_serving/.
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import requests
-from serving_testlib import Deployment, image
+from serving_testlib import MNIST, Deployment, error_of, post
 
 from serving import ModelServer
-
-MNIST = "/v1/models/mnist"
-GOOD = {"instances": [image(0)]}
-
-
-def post(server: ModelServer, path: str, body: object, **kwargs: object) -> requests.Response:
-    data = body if isinstance(body, bytes | str) else json.dumps(body)
-    return requests.post(f"{server.url}{path}", data=data, timeout=10, **kwargs)
-
-
-def get(server: ModelServer, path: str, **kwargs: object) -> requests.Response:
-    return requests.get(f"{server.url}{path}", timeout=10, **kwargs)
-
-
-def error_of(response: requests.Response) -> str:
-    assert response.headers["Content-Type"] == "application/json", response.headers
-    return response.json()["error"]
-
 
 # -------------------------------------------------------- classify / regress
 CLASSIFY_BODY = {"examples": [{"x": 1.5}]}

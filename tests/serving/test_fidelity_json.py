@@ -10,29 +10,11 @@ import json
 
 import numpy as np
 import pytest
-import requests
-from serving_testlib import expected_digit, image
+from serving_testlib import GOOD, MNIST, error_of, expected_digit, image, post
 
 from serving import ModelServer, rjson, tensors
 from serving.errors import ServingError
 from serving.servable import Signature, TensorSpec
-
-MNIST = "/v1/models/mnist"
-GOOD = {"instances": [image(0)]}
-
-
-def post(server: ModelServer, path: str, body: object, **kwargs: object) -> requests.Response:
-    data = body if isinstance(body, bytes | str) else json.dumps(body)
-    return requests.post(f"{server.url}{path}", data=data, timeout=10, **kwargs)
-
-
-def get(server: ModelServer, path: str, **kwargs: object) -> requests.Response:
-    return requests.get(f"{server.url}{path}", timeout=10, **kwargs)
-
-
-def error_of(response: requests.Response) -> str:
-    assert response.headers["Content-Type"] == "application/json", response.headers
-    return response.json()["error"]
 
 
 # -------------------------------------------------------------- input checks

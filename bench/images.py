@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 from PIL import Image, ImageFilter
 
-from tests.support.renderings import _paper, _place, strokes
+from imagesets.renderings import _paper, _place, strokes
 from training.data import load_mnist
 
 PNG = "image/png"

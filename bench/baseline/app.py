@@ -1,7 +1,7 @@
 """The obvious alternative the function is measured against: TensorFlow in the web process.
 
 What the seed app did, kept deliberately plain: a Flask app that loads TensorFlow and
-the v2 SavedModel at import, resizes and inverts each upload (tests/support/baseline.py's
+the v2 SavedModel at import, resizes and inverts each upload (imagesets/seed_style.py's
 `seed_style`), predicts in-process and records to SQLite (WAL, synchronous=FULL, one
 connection per thread, as the function's log does). Same endpoints where they matter:
 `GET /healthz` and `POST /predict` with the raw image bytes.

@@ -13,9 +13,9 @@ import pytest
 import requests
 from PIL import Image
 
+from imagesets import renderings
+from imagesets.seed_style import seed_style
 from tests.conftest import ROOT
-from tests.support import renderings
-from tests.support.baseline import seed_style
 
 MNIST_IMAGES = 1000
 UPLOADS_PER_KIND = 100

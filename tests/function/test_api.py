@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import renderings
+from imagesets import renderings
 
 
 def png(pixels: np.ndarray) -> bytes:

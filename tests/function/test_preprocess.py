@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagesets import renderings
 from recognizer import preprocess
 from recognizer.preprocess import (
     BlankImage,
@@ -17,7 +18,6 @@ from recognizer.preprocess import (
     read_header,
     to_mnist,
 )
-from tests.support import renderings
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:

@@ -120,7 +120,12 @@ def to_mnist(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
 
 def from_image(image: Image.Image) -> np.ndarray:
     """The MNIST-style input for a decoded image (split from decoding so each can be timed)."""
-    return center_in_field(fit_in_box(crop_to_ink(ink_map(image))))
+    return to_field(ink_map(image))
+
+
+def to_field(ink: np.ndarray) -> np.ndarray:
+    """The MNIST-style input for an ink map (kept apart: the verdict measures the ink too)."""
+    return center_in_field(fit_in_box(crop_to_ink(ink)))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,9 @@ DIGIT_NAMES |= {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 # Strokes as fractions of the pad: mouse paths the committed model reads with ~100% confidence.
 Stroke = list[tuple[float, float]]
 SEVEN: list[Stroke] = [[(0.25, 0.22), (0.75, 0.22), (0.45, 0.82)]]
+# The same seven with its bar along the pad's top edge: the 20 px ink runs off the pad.
+SEVEN_AT_THE_EDGE: list[Stroke] = [[(0.25, 0.01), (0.75, 0.01), (0.45, 0.62)]]
+DOT: list[Stroke] = [[(0.5, 0.5)]]
 THREE: list[Stroke] = [
     [(0.30, 0.25), (0.45, 0.17), (0.62, 0.20), (0.68, 0.32), (0.60, 0.45), (0.45, 0.50)],
     [(0.45, 0.50), (0.62, 0.55), (0.70, 0.68), (0.62, 0.80), (0.45, 0.84), (0.30, 0.77)],
@@ -202,6 +206,45 @@ def api_error(route: Route, status: int, code: str, message: str, **headers: str
         headers=headers,
         body=json.dumps({"error": {"code": code, "message": message}}),
     )
+
+
+def model_input_png() -> str:
+    """A real 28x28 PNG for a faked answer's input_png: a bar of ink on black, as the model sees."""
+    picture = Image.new("L", (28, 28), 0)
+    picture.paste(255, (10, 4, 18, 24))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def faked_prediction(digit: int, confidence: float, **verdict: Any) -> dict[str, Any]:
+    """A prediction as the API words it, with `verdict`'s fields (verdict, candidates, reasons)."""
+    probabilities = [round((1 - confidence) / 9, 6)] * 10
+    probabilities[digit] = confidence
+    return {
+        "id": str(uuid.uuid4()),
+        "digit": digit,
+        "confidence": confidence,
+        "probabilities": probabilities,
+        "model": {"name": "mnist-cnn", "version": 3, "label": "stable"},
+        "created_at": "2024-05-01T12:00:00.000+00:00",
+        "input_png": model_input_png(),
+        **verdict,
+    }
+
+
+def answered_with(*predictions: dict[str, Any]) -> Callable[[Route], None]:
+    """A route handler answering POST /predict or GET /predictions with these predictions."""
+    body = json.dumps({"predictions": list(predictions)})
+    return lambda route: route.fulfill(status=200, content_type="application/json", body=body)
+
+
+def send_as(page: Page, kind: str) -> Callable[[], None]:
+    """The action that sends a drawing (a seven on the pad) or a picture (seven.png)."""
+    if kind == "drawing":
+        draw(page, SEVEN)
+        return lambda: page.click("#send")
+    return lambda: page.set_input_files("#file", SAMPLES / "seven.png")
 
 
 def test_the_page_stands_alone_and_never_inserts_api_text_as_html():
@@ -374,6 +417,214 @@ def test_text_from_the_api_is_shown_as_text_never_run_as_html(page):
     assert page.evaluate("window.injected") is None
 
 
+@pytest.mark.parametrize("verdict", [{"verdict": "digit", "candidates": [7], "reasons": []}, {}])
+def test_a_digit_the_service_stands_by_is_shown_as_recognized(page, verdict):
+    """Also the answer of a server from before verdicts ({}), and after a doubtful answer."""
+    page.route(PREDICT, answered_with(faked_prediction(7, 0.98, verdict="not_a_digit")))
+    submitted(page, send_as(page, "picture"))
+    expect(page.locator("#answer")).to_have_class(re.compile(r"\bdoubt\b"))
+    page.unroute(PREDICT)
+
+    page.route(PREDICT, answered_with(faked_prediction(7, 0.98, **verdict)))
+    submitted(page, send_as(page, "drawing"))
+    expect(page.locator("#answer")).to_have_attribute("data-verdict", "digit")
+    expect(page.locator("#answer")).not_to_have_class(re.compile(r"\bdoubt\b"))
+    expect(page.locator("#headline")).to_have_text("Recognized 7 with 98% confidence")
+    for gone in ("#reasons", "#hint", "#guess-label"):
+        expect(page.locator(gone)).to_be_hidden()
+    expect(page.locator("#confidence-label")).to_have_text("Confidence")
+    expect(page.locator("#digit")).to_have_text("7")
+    expect(page.locator("#status")).to_have_text(
+        re.compile(r"^Recognized 7 with 98% confidence, model mnist-cnn v3 · stable, in \d+ ms\.$")
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "verdict", "headline", "reasons"),
+    [
+        (
+            "drawing",
+            {"verdict": "unsure", "candidates": [6, 0], "reasons": ["ambiguous"]},
+            "Not sure: 6 or 0?",
+            ["it could be read as more than one digit"],
+        ),
+        (
+            "picture",
+            {"verdict": "unsure", "candidates": [6, 0, 8], "reasons": ["ambiguous"]},
+            "Not sure: 6, 0 or 8?",
+            ["it could be read as more than one digit"],
+        ),
+        (
+            "drawing",
+            {
+                "verdict": "not_a_digit",
+                "candidates": [6],
+                "reasons": ["several_marks", "touches_edge"],
+            },
+            "That does not look like a single digit",
+            ["it looks like more than one mark or digit", "it runs off the edge of the pad"],
+        ),
+        (
+            "picture",
+            {"verdict": "not_a_digit", "candidates": [6], "reasons": ["touches_edge"]},
+            "That does not look like a single digit",
+            ["it runs off the edge of the picture"],
+        ),
+        (
+            "drawing",
+            {"verdict": "not_a_digit", "candidates": [], "reasons": ["too_little_ink"]},
+            "That does not look like a single digit",
+            ["there is almost no ink"],
+        ),
+        (
+            "picture",
+            {
+                "verdict": "not_a_digit",
+                "candidates": [],
+                "reasons": ["unusual_shape", "low_confidence"],
+            },
+            "That does not look like a single digit",
+            ["its shape is unlike any digit", "the model is not confident of any digit"],
+        ),
+    ],
+    ids=[
+        "unsure-two",
+        "unsure-three",
+        "marks-and-edge-of-pad",
+        "edge-of-picture",
+        "too-little-ink",
+        "shape-and-confidence",
+    ],
+)
+def test_doubt_is_shown_with_its_reasons_in_plain_words(page, kind, verdict, headline, reasons):
+    page.route(PREDICT, answered_with(faked_prediction(6, 0.54, **verdict)))
+    submitted(page, send_as(page, kind))
+    answer = page.locator("#answer")
+    expect(answer).to_have_attribute("data-verdict", verdict["verdict"])
+    expect(answer).to_have_class(re.compile(r"\bdoubt\b"))
+    expect(page.locator("#headline")).to_have_text(headline)
+    expect(page.locator("#reasons li")).to_have_text([r[0].upper() + r[1:] for r in reasons])
+    expect(page.locator("#hint")).to_contain_text("one digit, larger")
+    if kind == "drawing":
+        expect(page.locator("#hint")).to_contain_text("inside the pad")
+
+    # The model's answer stays in view, as its guess.
+    expect(page.locator("#digit")).to_have_text("6")
+    expect(page.locator("#guess-label")).to_have_text("the model's guess")
+    expect(page.locator("#confidence-label")).to_have_text("Model's confidence")
+    expect(page.locator("#confidence")).to_have_text("54%")
+    expect(page.locator("#bars li")).to_have_count(10)
+    expect(page.locator("#bars li.top .bar-digit")).to_have_text("6")
+    candidates = sorted(str(n) for n in verdict["candidates"])
+    expect(page.locator("#bars li.candidate .bar-digit")).to_have_text(candidates)
+
+    status = page.locator("#status")
+    expect(status).to_contain_text(headline)
+    for reason in reasons:
+        expect(status).to_contain_text(reason, ignore_case=True)
+    expect(status).to_contain_text("The model's guess: 6 (54%)")
+    expect(status).not_to_contain_text("Recognized")
+
+
+MARKUP = '<img src=x onerror="window.injected = true">'
+
+
+@pytest.mark.parametrize(
+    ("verdict", "headline", "reasons"),
+    [
+        (
+            {"verdict": "unsure", "candidates": [6, 0], "reasons": ["ambiguous", "blurry"]},
+            "Not sure: 6 or 0?",
+            ["It could be read as more than one digit", "Something about it is unusual"],
+        ),
+        (
+            {"verdict": "looks_like_a_letter", "candidates": [4], "reasons": ["letter_o"]},
+            "The service has doubts about this answer",
+            ["Something about it is unusual"],
+        ),
+        (
+            {"verdict": "unsure", "candidates": "6 or 0", "reasons": None},
+            "Not sure which digit this is",
+            [],
+        ),
+        (
+            {"verdict": "not_a_digit", "reasons": ["constructor", "__proto__", "toString"]},
+            "That does not look like a single digit",
+            ["Something about it is unusual"],
+        ),
+        (
+            {"verdict": MARKUP, "candidates": [MARKUP], "reasons": [MARKUP]},
+            "The service has doubts about this answer",
+            ["Something about it is unusual"],
+        ),
+    ],
+    ids=["unknown-reason", "unknown-verdict", "malformed-lists", "prototype-names", "markup"],
+)
+def test_verdicts_and_reasons_this_page_does_not_know_get_generic_words(
+    page, verdict, headline, reasons
+):
+    """A newer server's codes: shown sensibly, never crash (the `page` fixture fails on errors)."""
+    page.route(PREDICT, answered_with(faked_prediction(4, 0.41, **verdict)))
+    submitted(page, send_as(page, "picture"))
+    expect(page.locator("#headline")).to_have_text(headline)
+    expect(page.locator("#reasons li")).to_have_text(reasons)
+    expect(page.locator("#hint")).to_be_visible()
+    expect(page.locator("#digit")).to_have_text("4")
+    expect(page.locator("#guess-label")).to_be_visible()
+    expect(page.locator("#status")).to_contain_text(headline)
+    expect(page.locator("#verdict img")).to_have_count(0)
+    assert page.evaluate("window.injected") is None
+
+
+def test_the_history_marks_unsure_and_not_a_digit_entries(page):
+    entries = [
+        faked_prediction(7, 0.98, verdict="digit", candidates=[7], reasons=[]),
+        faked_prediction(6, 0.54, verdict="unsure", candidates=[6, 0], reasons=["ambiguous"]),
+        faked_prediction(1, 0.31, verdict="not_a_digit", candidates=[], reasons=["several_marks"]),
+        faked_prediction(4, 0.41, verdict="from_a_newer_server", reasons=["new_code"]),
+    ]
+    page.route(HISTORY, answered_with(*entries))
+    page.click("#refresh")
+    items = page.locator("#history li")
+    expect(items).to_have_count(4)
+    for item, entry in zip(items.all(), entries, strict=True):
+        expect(item).to_have_attribute("data-id", entry["id"])
+    expect(items.locator(".h-digit")).to_have_text(["7", "6", "1", "4"])
+    expect(items.nth(0)).not_to_have_class(re.compile(r"\bdoubt\b"))
+    expect(items.nth(0)).to_contain_text("98% confident")
+    expect(items.nth(0).locator(".h-verdict")).to_have_count(0)
+    expect(page.locator("#history li.doubt")).to_have_count(3)
+    expect(page.locator("#history li.doubt .h-verdict")).to_have_text(
+        ["Not sure: 6 or 0?", "Not a single digit", "Doubtful"]
+    )
+    expect(items.nth(1)).to_contain_text("model's guess, 54%")
+    expect(items.nth(1)).not_to_contain_text("confident")
+
+
+def test_a_dot_on_the_pad_is_not_recognized_as_a_digit(page):
+    """Through the real API: a speck of ink gets a verdict of doubt, on the card and in history."""
+    draw(page, DOT)
+    prediction = submitted(page, lambda: page.click("#send"))
+    answer = page.locator("#answer")
+    expect(answer).to_have_class(re.compile(r"\bdoubt\b"))
+    expect(answer).not_to_have_attribute("data-verdict", "digit")
+    expect(page.locator("#headline")).not_to_have_text(re.compile(r"^Recognized"))
+    expect(page.locator("#reasons")).to_contain_text("There is almost no ink")
+    expect(page.locator("#status")).not_to_contain_text("Recognized")
+    newest = page.locator("#history li").first
+    expect(newest).to_have_attribute("data-id", prediction["id"])
+    expect(newest).to_have_class(re.compile(r"\bdoubt\b"))
+
+
+def test_a_digit_running_off_the_edge_of_the_pad_is_flagged(page):
+    """Through the real API: the edge reason, worded for the pad."""
+    draw(page, SEVEN_AT_THE_EDGE)
+    submitted(page, lambda: page.click("#send"))
+    expect(page.locator("#answer")).not_to_have_attribute("data-verdict", "digit")
+    expect(page.locator("#reasons")).to_contain_text("It runs off the edge of the pad")
+    expect(page.locator("#status")).to_contain_text("runs off the edge of the pad")
+
+
 def test_history_falls_back_when_the_upload_was_not_stored(page, function_url):
     seven = (SAMPLES / "seven.png").read_bytes()
     posted = requests.post(
@@ -471,6 +722,17 @@ def test_the_phone_layout_fits_a_narrow_screen(page):
     no_horizontal_scroll(page)
 
 
+def test_a_doubtful_answer_fits_a_narrow_screen(page):
+    page.set_viewport_size(PHONE)
+    reasons = ["several_marks", "touches_edge", "unusual_shape", "low_confidence", "ambiguous"]
+    doubt = {"verdict": "unsure", "candidates": [6, 0, 8], "reasons": reasons}
+    page.route(PREDICT, answered_with(faked_prediction(6, 0.4, **doubt)))
+    submitted(page, send_as(page, "drawing"))
+    expect(page.locator("#reasons li")).to_have_count(len(reasons))
+    expect(page.locator("#verdict")).to_be_in_viewport()
+    no_horizontal_scroll(page)
+
+
 def tab_to(page: Page, element_id: str, limit: int = 20) -> None:
     """Press Tab until the element has focus, as a keyboard user would."""
     for _ in range(limit):
@@ -526,6 +788,9 @@ def test_screenshots_of_the_desktop_and_phone_layouts(page):
     """The pictures in docs/screenshots/; `DOC_SCREENSHOTS=1` refreshes the committed ones."""
     for sample in ("two-sideways.jpg", "five-marker.png", "three-photo.jpg"):
         submitted(page, lambda sample=sample: page.set_input_files("#file", SAMPLES / sample))
+    draw(page, DOT)  # a history entry marked as not a digit
+    submitted(page, lambda: page.click("#send"))
+    page.click("#clear")
     draw(page, SEVEN)
     prediction = submitted(page, lambda: page.click("#send"))
     expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])

@@ -34,6 +34,7 @@ from recognizer.config import Settings
 from recognizer.model_client import ModelClient
 from recognizer.records import PredictionLog, Record, StoreUnavailable
 from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey, Recognizer, Route
+from recognizer.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,7 @@ class Api:
                     settings.upload_store_max_bytes,
                     decode_budget=budget.DecodeBudget(settings.decode_budget_bytes),
                     decode_cpu_seconds=settings.decode_cpu_seconds,
+                    verdict_policy=settings.verdict_policy,
                 )
                 self._clients = _Clients(recognizer, model, prediction_log)
                 atexit.register(self.close)
@@ -427,6 +429,18 @@ def _prediction_json(record: Record) -> dict[str, object]:
             "label": record.model_label,
         },
         "created_at": record.created_at.isoformat(timespec="milliseconds"),
+        **_verdict_json(record.verdict),
+    }
+
+
+def _verdict_json(verdict: Verdict | None) -> dict[str, object]:
+    """How far to trust the answer; nulls for a record from before the service judged."""
+    if verdict is None:
+        return {"verdict": None, "candidates": None, "reasons": None}
+    return {
+        "verdict": verdict.kind,
+        "candidates": list(verdict.candidates),
+        "reasons": list(verdict.reasons),
     }
 
 

@@ -59,6 +59,7 @@ from .records import (
     Upload,
     time_of,
 )
+from .verdict import Verdict
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ _COLUMNS = (
     "upload_sha256",
     "upload_size",
     "latency_ms",
+    "verdict",
+    "verdict_candidates",
+    "verdict_reasons",
 )
 _READ_COLUMNS = ", ".join(_COLUMNS[1:])  # `day` is known from the id
 PING_QUERY = "SELECT release_version FROM system.local"
@@ -269,6 +273,12 @@ def build_cluster(settings: CassandraSettings) -> Cluster:
 def day_of(record_id: uuid.UUID) -> date:
     """The UTC day bucket of a version-1 UUID: the day of the time inside it."""
     return time_of(record_id).date()
+
+
+def _verdict_values(verdict: Verdict | None) -> tuple[Any, ...]:
+    if verdict is None:
+        return None, None, None
+    return verdict.kind, list(verdict.candidates), list(verdict.reasons)
 
 
 def _float32(value: float) -> float:
@@ -620,6 +630,7 @@ class CassandraLog:
             upload.sha256,
             upload.size,
             record.latency_ms,
+            *_verdict_values(record.verdict),
         )
 
     @staticmethod
@@ -641,4 +652,11 @@ class CassandraLog:
                 size=row["upload_size"],
             ),
             latency_ms=row["latency_ms"],
+            verdict=None
+            if row["verdict"] is None
+            else Verdict(
+                row["verdict"],
+                tuple(row["verdict_candidates"] or ()),
+                tuple(row["verdict_reasons"] or ()),
+            ),
         )

@@ -7,8 +7,10 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from recognizer.verdict import VerdictPolicy
 
 MiB = 1024 * 1024
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what TF Serving and our URLs accept
@@ -45,6 +47,7 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     predict_requires_token: bool = False
     cors_allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
+    verdict_policy: VerdictPolicy = field(default_factory=VerdictPolicy)  # VERDICT_*
 
     @property
     def decode_budget_bytes(self) -> int:
@@ -91,6 +94,7 @@ class Settings:
             memory_limit_mib=_memory_limit(env, default.memory_limit_mib),
             workers=_limit(env, "WORKERS", default.workers),
             decode_cpu_seconds=_positive(env, "DECODE_CPU_SECONDS", default.decode_cpu_seconds),
+            verdict_policy=_verdict_policy(env),
             **_access(env),
         )
 
@@ -108,6 +112,21 @@ def _canary(env: Mapping[str, str], model_label: str, default: Settings) -> tupl
             f"CANARY_LABEL and MODEL_LABEL are both {label!r}: give the canary its own"
         )
     return label, percent
+
+
+def _verdict_policy(env: Mapping[str, str]) -> VerdictPolicy:
+    """VERDICT_<FIELD> for each threshold: shares in [0, 1], except the aspect ratio."""
+    values = {}
+    for threshold in fields(VerdictPolicy):
+        name = f"VERDICT_{threshold.name.upper()}"
+        value = _number(env, name, threshold.default)
+        if threshold.name == "max_aspect":
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a number above 0, not {env[name]!r}")
+        elif not 0 <= value <= 1:  # also refuses nan
+            raise ValueError(f"{name} must be between 0 and 1, not {env[name]!r}")
+        values[threshold.name] = value
+    return VerdictPolicy(**values)
 
 
 def _access(env: Mapping[str, str]) -> dict[str, object]:

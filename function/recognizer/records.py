@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from .verdict import Verdict
+
 _UUID_EPOCH = datetime(1582, 10, 15, tzinfo=UTC)  # where version-1 UUID time starts
 # How long an idempotency key is remembered: a retry within this window gets the first
 # attempt's records; after it the key is forgotten and the same request records anew.
@@ -48,6 +50,7 @@ class Record:
     input_image: bytes  # the 28x28 uint8 input the model saw, row-major (784 bytes)
     upload: Upload
     latency_ms: float
+    verdict: Verdict | None  # None for a record written before the service gave verdicts
 
 
 @dataclass(frozen=True)

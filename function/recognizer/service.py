@@ -34,6 +34,7 @@ from recognizer.records import (
     time_of,
 )
 from recognizer.routing import Route
+from recognizer.verdict import Shape, VerdictPolicy, judge, measure
 
 __all__ = [
     "IdempotencyKeyReused",
@@ -92,6 +93,7 @@ class Recognizer:
         upload_store_max_bytes: int,
         decode_budget: DecodeBudget | None = None,
         decode_cpu_seconds: float | None = None,
+        verdict_policy: VerdictPolicy | None = None,
     ) -> None:
         self._model = model
         self._log = log
@@ -101,6 +103,7 @@ class Recognizer:
         self._upload_cap = upload_store_max_bytes
         self._budget = decode_budget
         self._cpu_seconds = decode_cpu_seconds
+        self._policy = verdict_policy or VerdictPolicy()
         self._fallback_lock = threading.Lock()
         self._fallbacks = 0
         self._fallback_warned = -math.inf
@@ -131,7 +134,10 @@ class Recognizer:
         self._check_request_pixels(headers)
         decoded = _each(opened, lambda image: self._decode(image, deadline))
         clock.lap("decode")
-        inputs = np.stack([preprocess.from_image(image) for image in decoded])
+        inks = [preprocess.ink_map(image) for image in decoded]
+        inputs = np.stack([preprocess.to_field(ink) for ink in inks])
+        policy = self._policy
+        shapes = [measure(ink, field, policy) for ink, field in zip(inks, inputs, strict=True)]
         if deadline is not None:
             deadline.check()
         clock.lap("preprocess")
@@ -152,7 +158,9 @@ class Recognizer:
         clock.lap("model")
         latency_ms = clock.total_ms()
         records = [
-            self._record(record_ids[n], image, headers[n], inputs[n], answer, n, latency_ms)
+            self._record(
+                record_ids[n], image, headers[n], inputs[n], shapes[n], answer, n, latency_ms
+            )
             for n, image in enumerate(images)
         ]
         self._log.save(records)
@@ -249,11 +257,13 @@ class Recognizer:
         image: bytes,
         header: preprocess.Header,
         pixels: np.ndarray,
+        shape: Shape,
         answer: ModelAnswer,
         n: int,
         latency_ms: float,
     ) -> Record:
         probabilities = tuple(float(p) for p in answer.probabilities[n])
+        verdict = judge(answer.probabilities[n], shape, self._policy)
         return Record(
             id=record_id,
             created_at=time_of(record_id),
@@ -271,6 +281,7 @@ class Recognizer:
                 size=len(image),
             ),
             latency_ms=latency_ms,
+            verdict=verdict,
         )
 
 

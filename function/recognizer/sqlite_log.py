@@ -37,6 +37,7 @@ from recognizer.records import (
     StoreUnavailable,
     Upload,
 )
+from recognizer.verdict import Verdict
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -65,12 +66,20 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 CREATE INDEX IF NOT EXISTS idempotency_keys_oldest_first ON idempotency_keys (created_at_ms);
 CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, filler BLOB NOT NULL);
 """
+# Columns added after the first release, each added to an older file on opening (SQLite
+# has no ADD COLUMN IF NOT EXISTS). NULL in a row written before them.
+_ADDED_COLUMNS = (
+    ("verdict", "TEXT"),  # digit, unsure or not_a_digit
+    ("verdict_candidates", "TEXT"),  # JSON list of digits, most likely first
+    ("verdict_reasons", "TEXT"),  # JSON list of reason codes
+)
 ROW_OVERHEAD_BYTES = 2048  # a record without its upload: the 28x28 input, ids, JSON
 # The files SQLite keeps beside the database in WAL mode; a commit writes into -wal.
 _SIDE_FILES = ("-wal", "-shm")
 _COLUMNS = (
     "id, created_at_ms, digit, confidence, probabilities, model_name, model_version, "
-    "model_label, input_image, upload, upload_content_type, upload_sha256, upload_size, latency_ms"
+    "model_label, input_image, upload, upload_content_type, upload_sha256, upload_size, "
+    "latency_ms, verdict, verdict_candidates, verdict_reasons"
 )
 
 
@@ -275,6 +284,7 @@ class SqliteLog:
                 if not self._schema_ready:
                     _switch_to_wal(connection, self._timeout)
                     connection.executescript(_SCHEMA)
+                    _add_columns(connection)
                     self._schema_ready = True
             except sqlite3.Error:
                 connection.close()
@@ -329,6 +339,15 @@ def _reason(error: Exception) -> str:
     return str(error)
 
 
+def _add_columns(connection: sqlite3.Connection) -> None:
+    """Bring a file made by an older release up to this one's columns."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            connection.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+    connection.commit()
+
+
 def _to_row(record: Record) -> tuple:
     return (
         str(record.id),
@@ -345,12 +364,20 @@ def _to_row(record: Record) -> tuple:
         record.upload.sha256,
         record.upload.size,
         record.latency_ms,
+        *_verdict_columns(record.verdict),
     )
+
+
+def _verdict_columns(verdict: Verdict | None) -> tuple[str | None, str | None, str | None]:
+    if verdict is None:
+        return None, None, None
+    return verdict.kind, json.dumps(list(verdict.candidates)), json.dumps(list(verdict.reasons))
 
 
 def _from_row(row: tuple) -> Record:
     (id_, created_ms, digit, confidence, probabilities, name, version, label,
-     input_image, upload, content_type, sha256, size, latency_ms) = row  # fmt: skip
+     input_image, upload, content_type, sha256, size, latency_ms,
+     verdict, candidates, reasons) = row  # fmt: skip
     return Record(
         id=uuid.UUID(id_),
         created_at=datetime.fromtimestamp(created_ms / 1000, tz=UTC),
@@ -363,4 +390,7 @@ def _from_row(row: tuple) -> Record:
         input_image=input_image,
         upload=Upload(upload, content_type, sha256, size),
         latency_ms=latency_ms,
+        verdict=None
+        if verdict is None
+        else Verdict(verdict, tuple(json.loads(candidates)), tuple(json.loads(reasons))),
     )

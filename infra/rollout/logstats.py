@@ -12,7 +12,7 @@ Reading: SQLite directly (read-only). Cassandra through the function's own
 `CASSANDRA_RECENT_LOOKBACK_DAYS` of them and 10,000 records. For longer windows or
 bigger volumes run the equivalent query per day in the window, e.g. in cqlsh:
 
-    SELECT model_version, model_label, confidence, latency_ms FROM mnist.predictions
+    SELECT model_version, model_label, confidence, latency_ms, verdict FROM mnist.predictions
      WHERE day = '2026-11-23' AND id >= minTimeuuid('2026-11-23 08:00:00+0000');
 """
 
@@ -39,6 +39,7 @@ class Row:
     label: str | None
     confidence: float
     latency_ms: float
+    verdict: str | None  # None for a record from before the service gave verdicts
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class VersionFigures:
     low_confidence_share: float
     latency_p50_ms: float
     latency_p95_ms: float
+    # Share of each verdict among the records that have one; empty if none has.
+    verdict_shares: dict[str, float]
     accuracy: float | None  # None until users can correct answers
 
 
@@ -64,6 +67,8 @@ def summarize(rows: Iterable[Row], low_confidence: float) -> list[VersionFigures
     for version, group in sorted(by_version.items()):
         latencies = sorted(r.latency_ms for r in group)
         labels = Counter(r.label or PINNED for r in group)
+        verdicts = Counter(r.verdict for r in group if r.verdict is not None)
+        judged = sum(verdicts.values())
         figures.append(
             VersionFigures(
                 version=version,
@@ -74,6 +79,7 @@ def summarize(rows: Iterable[Row], low_confidence: float) -> list[VersionFigures
                 low_confidence_share=sum(r.confidence < low_confidence for r in group) / len(group),
                 latency_p50_ms=percentile(latencies, 50),
                 latency_p95_ms=percentile(latencies, 95),
+                verdict_shares={kind: count / judged for kind, count in verdicts.items()},
                 accuracy=None,
             )
         )
@@ -97,9 +103,12 @@ def sqlite_rows(path: Path, since: datetime) -> list[Row]:
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
         try:
+            # A log written before verdicts has no such column (and read-only, it keeps none).
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
+            verdict = "verdict" if "verdict" in columns else "NULL"
             result = connection.execute(
-                "SELECT model_version, model_label, confidence, latency_ms FROM predictions "
-                "WHERE created_at_ms >= ?",
+                f"SELECT model_version, model_label, confidence, latency_ms, {verdict} "
+                "FROM predictions WHERE created_at_ms >= ?",
                 (int(since.timestamp() * 1000),),
             ).fetchall()
         finally:
@@ -122,7 +131,13 @@ def cassandra_rows(since: datetime) -> list[Row]:
     finally:
         log.close()
     return [
-        Row(r.model_version, r.model_label, r.confidence, r.latency_ms)
+        Row(
+            r.model_version,
+            r.model_label,
+            r.confidence,
+            r.latency_ms,
+            None if r.verdict is None else r.verdict.kind,
+        )
         for r in records
         if r.created_at >= since
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from function.recognizer.verdict import VERDICTS
 from infra.rollout.logstats import VersionFigures
 from infra.rollout.served import Served
 from infra.rollout.server import VersionState
@@ -86,6 +87,7 @@ def _figures_table(facts: StatusFacts) -> str:
             "low conf",
             "p50 ms",
             "p95 ms",
+            "digit / unsure / not a digit",
             "accuracy",
         ]
     ]
@@ -100,10 +102,18 @@ def _figures_table(facts: StatusFacts) -> str:
                 f"{f.low_confidence_share:.1%}",
                 f"{f.latency_p50_ms:.1f}",
                 f"{f.latency_p95_ms:.1f}",
+                _verdict_shares(f.verdict_shares),
                 "n/a" if f.accuracy is None else f"{f.accuracy:.2%}",
             ]
         )
     return _table(rows)
+
+
+def _verdict_shares(shares: Mapping[str, float]) -> str:
+    """The three verdicts' shares; "n/a" when no record in the window has a verdict."""
+    if not shares:
+        return "n/a"
+    return " / ".join(f"{shares.get(kind, 0.0):.1%}" for kind in VERDICTS)
 
 
 def _labels_of(version: int, labels: Mapping[str, int | None]) -> str:

@@ -123,6 +123,7 @@ def old_record(days: float) -> Record:
         input_image=bytes(784),
         upload=Upload(SEVEN, "image/png", hashlib.sha256(SEVEN).hexdigest(), len(SEVEN)),
         latency_ms=3.0,
+        verdict=None,  # recorded before the service gave verdicts
     )
 
 

@@ -16,6 +16,7 @@ from cassandra.util import uuid_from_time
 
 from recognizer.config import Settings
 from recognizer.records import Record, Upload, new_record_id, time_of
+from recognizer.verdict import Verdict
 
 UPLOAD = b"\x89PNG\r\n\x1a\n a small upload"
 UPLOAD_CAP = Settings().upload_store_max_bytes  # larger uploads are recorded without content
@@ -57,5 +58,6 @@ def make_record(
             size=len(original),
         ),
         latency_ms=12.625,
+        verdict=Verdict("digit", (digit,), ()),
     )
     return replace(record, **changes)

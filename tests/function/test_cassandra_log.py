@@ -37,6 +37,7 @@ from infra.cassandra.apply_schema import render, split_statements
 from recognizer import cassandra_log
 from recognizer.cassandra_log import CassandraLog, CassandraSettings, build_cluster
 from recognizer.records import IdempotencyClaim, Record, StoreUnavailable, Upload, new_record_id
+from recognizer.verdict import Verdict
 from tests.function.records_factory import make_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +70,8 @@ def top_level_split(text: str) -> list[str]:
 
 
 def parse_tables(schema: str) -> dict[str, tuple[dict[str, type], str]]:
-    """{table: ({column: cqltype}, primary key text)} of every table in the schema."""
+    """{table: ({column: cqltype}, primary key text)} of every table in the schema, with
+    the columns that later ALTER TABLE ... ADD statements add."""
     tables = {}
     for statement in split_statements(schema):
         match = re.match(r"CREATE TABLE IF NOT EXISTS \w+\.(\w+) \((.*)\) WITH", statement, re.S)
@@ -82,6 +84,11 @@ def parse_tables(schema: str) -> dict[str, tuple[dict[str, type], str]]:
                     column, type_name = item.split(None, 1)
                     columns[column] = cql_type(type_name)
             tables[match[1]] = (columns, key)
+        added = re.match(r"ALTER TABLE \w+\.(\w+) ADD IF NOT EXISTS \((.*)\)$", statement, re.S)
+        if added:
+            for item in (part.strip() for part in top_level_split(added[2])):
+                column, type_name = item.split(None, 1)
+                tables[added[1]][0][column] = cql_type(type_name)
     return tables
 
 
@@ -283,9 +290,11 @@ def test_the_driver_retries_nothing_forever() -> None:
 def test_schema_is_idempotent_and_shaped_for_a_time_ordered_log() -> None:
     statements = split_statements(SCHEMA_TEXT)
     creates = [s for s in statements if s.upper().startswith("CREATE")]
-    assert len(creates) == len(statements) == 3
+    alters = [s for s in statements if s.upper().startswith("ALTER")]
+    assert (len(creates), len(alters), len(statements)) == (3, 1, 4)
     assert all(re.match(r"CREATE \w+ IF NOT EXISTS ", s) for s in creates)
-    keyspace, table, _ = statements
+    assert all(re.match(r"ALTER TABLE \w+\.\w+ ADD IF NOT EXISTS ", s) for s in alters)
+    keyspace, table, *_ = statements
     assert "{'class': 'SimpleStrategy', 'replication_factor': 1}" in keyspace
     assert "CLUSTERING ORDER BY (id DESC)" in table
     assert "'class': 'TimeWindowCompactionStrategy'" in table
@@ -300,8 +309,12 @@ def test_schema_columns_hold_every_record_field() -> None:
     assert columns["created_at"].cql_parameterized_type() == "timestamp"
     assert columns["probabilities"].cql_parameterized_type() == "list<float>"
     assert columns["input_image"] is cqltypes.BytesType and columns["upload"] is cqltypes.BytesType
-    fields = {f for f in Record.__dataclass_fields__ if f != "upload"}
+    assert columns["verdict"].cql_parameterized_type() == "text"
+    assert columns["verdict_candidates"].cql_parameterized_type() == "list<int>"
+    assert columns["verdict_reasons"].cql_parameterized_type() == "list<text>"
+    fields = {f for f in Record.__dataclass_fields__ if f not in {"upload", "verdict"}}
     fields |= {f"upload_{f}" for f in Upload.__dataclass_fields__ if f != "content"} | {"upload"}
+    fields |= {"verdict"} | {f"verdict_{f}" for f in Verdict.__dataclass_fields__ if f != "kind"}
     assert set(columns) == fields | {"day"}
 
 
@@ -330,7 +343,7 @@ def test_split_statements_respects_strings_and_comments() -> None:
 def test_dry_run_prints_the_statements(capsys: pytest.CaptureFixture[str]) -> None:
     assert apply_schema.main(["--dry-run"], environ={}) == 0
     out = capsys.readouterr().out
-    assert "--" not in out and out.count(";") == 3
+    assert "--" not in out and out.count(";") == 4
     assert split_statements(out) == split_statements(SCHEMA_TEXT)
     assert "CREATE KEYSPACE IF NOT EXISTS mnist\n" in out
 
@@ -341,11 +354,12 @@ def test_dry_run_substitutes_keyspace_and_replication(capsys: pytest.CaptureFixt
         ["--dry-run", "--replication", replication], environ={"CASSANDRA_KEYSPACE": "mnist_eu"}
     )
     assert code == 0
-    keyspace, table, keys = split_statements(capsys.readouterr().out)
+    keyspace, table, verdicts, keys = split_statements(capsys.readouterr().out)
     assert keyspace.startswith("CREATE KEYSPACE IF NOT EXISTS mnist_eu\n")
     assert "replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': '2'}" in keyspace
     assert "SimpleStrategy" not in keyspace
     assert table.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.predictions (")
+    assert verdicts.startswith("ALTER TABLE mnist_eu.predictions ADD IF NOT EXISTS (")
     assert keys.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.idempotency_keys (")
 
 

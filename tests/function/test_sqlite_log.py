@@ -7,6 +7,7 @@ test_store_contract.py, which runs against both.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import threading
@@ -112,3 +113,38 @@ def test_a_moved_file_fails_ping_and_claims(tmp_path):
     with pytest.raises(StoreUnavailable):
         log.claim("key", claim_for("request"))
     log.close()
+
+
+# The file the release before verdicts made (sqlite_log.py at 7c8a5ba): no verdict columns.
+PREVIOUS_RELEASE_SCHEMA = """
+CREATE TABLE predictions (
+    id TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, digit INTEGER NOT NULL,
+    confidence REAL NOT NULL, probabilities TEXT NOT NULL, model_name TEXT NOT NULL,
+    model_version INTEGER NOT NULL, model_label TEXT, input_image BLOB NOT NULL, upload BLOB,
+    upload_content_type TEXT NOT NULL, upload_sha256 TEXT NOT NULL,
+    upload_size INTEGER NOT NULL, latency_ms REAL NOT NULL
+);
+"""
+
+
+def test_a_file_from_before_verdicts_gains_their_columns_and_keeps_its_records(tmp_path):
+    path = tmp_path / "predictions.sqlite3"
+    old = make_record(verdict=None)
+    with sqlite3.connect(path) as db:
+        db.executescript(PREVIOUS_RELEASE_SCHEMA)
+        u = old.upload
+        db.execute(
+            "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(old.id), int(old.created_at.timestamp() * 1000), old.digit, old.confidence,
+             json.dumps(list(old.probabilities)), old.model_name, old.model_version,
+             old.model_label, old.input_image, u.content, u.content_type, u.sha256, u.size,
+             old.latency_ms),
+        )  # fmt: skip
+    db.close()
+    log = SqliteLog(path)
+    assert log.get(old.id) == old  # read with no verdict: none was given then
+    new = make_record()
+    log.save([new])
+    assert log.get(new.id).verdict == new.verdict
+    log.close()
+    assert SqliteLog(path).get(new.id) == new  # opening it again adds nothing twice

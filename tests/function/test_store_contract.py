@@ -62,6 +62,7 @@ from recognizer.records import (
     time_of,
 )
 from recognizer.sqlite_log import SqliteLog
+from recognizer.verdict import Verdict
 from tests.function.records_factory import UPLOAD_CAP, make_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +184,22 @@ def test_none_values_read_back_as_none(store: PredictionLog) -> None:
     assert store.get(pinned.id).model_label is None
     assert store.get(over_the_cap.id).upload.content is None
     assert store.get(pinned.id) == pinned and store.get(over_the_cap.id) == over_the_cap
+
+
+def test_every_verdict_reads_back_with_its_candidates_and_reasons(store: PredictionLog) -> None:
+    now = datetime.now(UTC)
+    records = [
+        make_record(digit=0, verdict=Verdict("unsure", (0, 6, 8), ("ambiguous",)), at=now),
+        make_record(
+            verdict=Verdict("not_a_digit", (), ("touches_edge", "several_marks")),
+            at=now - timedelta(seconds=1),
+        ),
+        # recorded before the service gave verdicts
+        make_record(verdict=None, at=now - timedelta(seconds=2)),
+    ]
+    store.save(records)
+    assert [store.get(record.id) for record in records] == records
+    assert store.recent(3) == newest_first(records)
 
 
 def test_an_upload_over_the_cap_keeps_its_digest_and_size_but_not_its_bytes(
@@ -1089,12 +1106,24 @@ def test_applying_the_schema_again_changes_nothing(
     assert log.claim("key", claim_for("other")) == claim
 
 
-def test_the_schema_applies_over_the_previous_releases(cassandra: Any, cql: Any) -> None:
-    """The release before idempotency keys had only the predictions table: its records
-    read on, and the new features work, once the current schema is applied over it."""
+@pytest.mark.parametrize(
+    ("release", "refused_for"),
+    [
+        # Before idempotency keys: only the predictions table, without verdicts.
+        (PREVIOUS_SCHEMA, "verdict"),
+        # Before verdicts: both tables, the predictions without the verdict columns.
+        (PREVIOUS_SCHEMA.with_name("previous-release-7c8a5ba.cql"), "verdict"),
+    ],
+    ids=["before-idempotency-keys", "before-verdicts"],
+)
+def test_the_schema_applies_over_the_previous_releases(
+    cassandra: Any, cql: Any, release: Path, refused_for: str
+) -> None:
+    """An older release's records read on (with no verdict: none was given then), and the
+    new features work, once the current schema is applied over its tables."""
     keyspace = new_keyspace_name("upgrade")
-    apply_schema(cassandra, PREVIOUS_SCHEMA.read_text(encoding="utf-8"), keyspace)
-    old = make_record(at=datetime.now(UTC) - timedelta(minutes=5), model_label=None)
+    apply_schema(cassandra, release.read_text(encoding="utf-8"), keyspace)
+    old = make_record(at=datetime.now(UTC) - timedelta(minutes=5), model_label=None, verdict=None)
     insert = cql.prepare(
         f"INSERT INTO {keyspace}.predictions ({', '.join(PREVIOUS_COLUMNS)}) "
         f"VALUES ({', '.join('?' for _ in PREVIOUS_COLUMNS)})"
@@ -1106,7 +1135,7 @@ def test_the_schema_applies_over_the_previous_releases(cassandra: Any, cql: Any)
         old.input_image, u.content, u.content_type, u.sha256, u.size, old.latency_ms,
     ))  # fmt: skip
     log = CassandraLog(cassandra.settings(keyspace))
-    with pytest.raises(StoreUnavailable, match="idempotency_keys"):
+    with pytest.raises(StoreUnavailable, match=refused_for):
         log.ping()  # this release refuses the old schema: apply the schema before deploying
     apply_schema(cassandra, SCHEMA.read_text(encoding="utf-8"), keyspace)
     time.sleep(CONNECT_RETRY_SECONDS)  # a failed connect is tried again after this pause

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,13 +16,14 @@ from infra.rollout.served import Served
 from infra.rollout.server import VersionState
 from recognizer.records import Record, Upload, new_record_id, time_of
 from recognizer.sqlite_log import SqliteLog
+from recognizer.verdict import Verdict
 
 
 def test_figures_per_version():
-    rows = [Row(2, "stable", 0.99, 10.0)] * 8 + [
-        Row(2, None, 0.5, 30.0),
-        Row(3, "canary", 0.95, 5.0),
-        Row(3, "canary", 0.85, 15.0),
+    rows = [Row(2, "stable", 0.99, 10.0, "digit")] * 8 + [
+        Row(2, None, 0.5, 30.0, None),
+        Row(3, "canary", 0.95, 5.0, "digit"),
+        Row(3, "canary", 0.85, 15.0, "unsure"),
     ]
     two, three = summarize(rows, low_confidence=0.9)
     assert (two.version, two.requests, three.requests) == (2, 9, 2)
@@ -31,6 +33,9 @@ def test_figures_per_version():
     assert two.low_confidence_share == pytest.approx(1 / 9)
     assert (two.latency_p50_ms, three.latency_p50_ms, three.latency_p95_ms) == (10.0, 10.0, 14.5)
     assert two.accuracy is None and three.low_confidence_share == 0.5
+    # Shares among the records that have a verdict: the pinned one predates verdicts.
+    assert two.verdict_shares == {"digit": 1.0}
+    assert three.verdict_shares == {"digit": 0.5, "unsure": 0.5}
 
 
 def test_percentiles_interpolate_like_numpy():
@@ -40,7 +45,9 @@ def test_percentiles_interpolate_like_numpy():
     assert math.isnan(percentile([], 50))
 
 
-def record(version: int, label: str | None, confidence: float, at: datetime) -> Record:
+def record(
+    version: int, label: str | None, confidence: float, at: datetime, verdict: str = "digit"
+) -> Record:
     record_id = new_record_id()
     probabilities = (confidence,) + (0.0,) * 9
     return Record(
@@ -55,6 +62,7 @@ def record(version: int, label: str | None, confidence: float, at: datetime) -> 
         input_image=bytes(784),
         upload=Upload(b"x", "image/png", hashlib.sha256(b"x").hexdigest(), 1),
         latency_ms=12.0,
+        verdict=Verdict(verdict, (0,) if verdict != "not_a_digit" else (), ()),
     )
 
 
@@ -65,15 +73,28 @@ def test_the_sqlite_log_is_read_over_the_window(tmp_path):
     log.save(
         [
             record(2, "stable", 0.99, now),
-            record(3, "canary", 0.8, now),
+            record(3, "canary", 0.8, now, verdict="not_a_digit"),
             record(2, "stable", 0.99, now - timedelta(days=2)),
         ]
     )
     log.close()
     rows = sqlite_rows(path, since=now - timedelta(hours=1))
     assert sorted(rows, key=lambda r: r.version) == [
-        Row(2, "stable", 0.99, 12.0),
-        Row(3, "canary", 0.8, 12.0),
+        Row(2, "stable", 0.99, 12.0, "digit"),
+        Row(3, "canary", 0.8, 12.0, "not_a_digit"),
+    ]
+
+
+def test_a_log_written_before_verdicts_is_read_without_them(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE predictions (model_version INTEGER, model_label TEXT, "
+            "confidence REAL, latency_ms REAL, created_at_ms INTEGER)"
+        )
+        db.execute("INSERT INTO predictions VALUES (1, 'stable', 0.9, 4.0, 1)")
+    assert sqlite_rows(path, since=datetime.fromtimestamp(0, UTC)) == [
+        Row(1, "stable", 0.9, 4.0, None)
     ]
 
 
@@ -96,7 +117,9 @@ def test_the_status_report_shows_disk_config_server_and_figures():
         },
         server_labels={"stable": 2, "canary": None},
         log_source="SQLite /tmp/x.sqlite3",
-        figures=summarize([Row(2, "stable", 0.99, 10.0), Row(3, "canary", 0.7, 20.0)], 0.9),
+        figures=summarize(
+            [Row(2, "stable", 0.99, 10.0, "digit"), Row(3, "canary", 0.7, 20.0, "unsure")], 0.9
+        ),
         window_hours=24,
         low_confidence=0.9,
     )
@@ -109,8 +132,7 @@ def test_the_status_report_shows_disk_config_server_and_figures():
     )
     assert any(line.split()[:6] == ["3", "yes", "ok", "yes", "canary", "LOADING"] for line in lines)
     assert any(line.split()[:4] == ["4", "yes", "no", "output"] for line in lines)
-    assert any(
-        line.split() == ["2", "1", "50.0%", "stable", "1", "0.9900", "0.0%", "10.0", "10.0", "n/a"]
-        for line in lines
-    )
+    stable_row = "2 1 50.0% stable 1 0.9900 0.0% 10.0 10.0 100.0% / 0.0% / 0.0% n/a"
+    assert any(line.split() == stable_row.split() for line in lines)
+    assert any(line.split()[9:14] == ["0.0%", "/", "100.0%", "/", "0.0%"] for line in lines)
     assert "accuracy: n/a until users can correct answers" in text

@@ -13,22 +13,39 @@ other answer (4xx, 500, nonsense): asking again would get the same.
 The label is resolved through the metadata endpoint, not the status endpoint:
 TensorFlow Serving's GetModelStatus ignores a label and lists every version, while
 GetModelMetadata looks the label up and names the AVAILABLE version that serves it.
+
+HTTP goes through one urllib3 connection pool to the one model server (keep-alive,
+thread-safe), not a requests Session: requests' own work on each call (merging settings,
+preparing the request, hooks, reading the body in chunks) cost more CPU than urllib3 and
+http.client under it, 0.44 against 0.39 ms a request (bench/profile_stack.py).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util import Timeout
+import urllib3
+from urllib3 import exceptions as http
+from urllib3.util import Timeout, parse_url
 
 SIGNATURE = "serving_default"
 RETRIED_STATUSES = frozenset({502, 503})  # a proxy without upstream; TF Serving UNAVAILABLE
+JSON_HEADERS = {"Content-Type": "application/json"}
+# A :predict body is these around the pixels; each pixel value's digits, NUL-padded.
+_BODY_BEFORE, _BODY_AFTER = (
+    json.dumps({"signature_name": SIGNATURE, "inputs": {"image": None}}, separators=(",", ":"))
+    .encode("ascii")
+    .split(b"null")
+)
+_DIGITS_TEXT = [str(value).encode("ascii") for value in range(256)]
+_DIGITS_LENGTH = np.array([len(text) for text in _DIGITS_TEXT])
+_DIGITS = np.array([list(text.ljust(3, b"\0")) for text in _DIGITS_TEXT], dtype=np.uint8)
+_OPEN, _COMMA, _CLOSE = b"[,]"
 
 
 class ModelServerError(Exception):
@@ -67,7 +84,7 @@ class _Transient(Exception):
 
 
 class ModelClient:
-    """One per process: a pooled HTTP session and a short-lived label-to-version cache.
+    """One per process: keep-alive connections to the model server, a label-to-version cache.
 
     `timeout_seconds` bounds each public call as a whole, retries and backoff included;
     `retries` transient failures are retried after `retry_backoff_seconds`, doubling each
@@ -87,20 +104,18 @@ class ModelClient:
     ) -> None:
         if retries < 0 or retry_backoff_seconds < 0:
             raise ValueError("retries and retry_backoff_seconds must not be negative")
-        self._model_url = f"{base_url.rstrip('/')}/v1/models/{model_name}"
+        url = parse_url(base_url)
+        # The path part of the URL (a model server behind a proxy's prefix) starts each path.
+        self._model_path = f"{(url.path or '').rstrip('/')}/v1/models/{model_name}"
         self._timeout = timeout_seconds
         self._retries = retries
         self._backoff = retry_backoff_seconds
         self._cache_seconds = label_cache_seconds
         self._labels: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
-        self._session = requests.Session()
-        # MODEL_SERVER_URL is reached directly: with trust_env, requests looks up proxy
-        # variables and ~/.netrc again on every call (8% of a busy worker's CPU, profiled).
-        self._session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        # MODEL_SERVER_URL is reached directly (no proxy variables, no ~/.netrc). Past
+        # `pool_size` requests at once, extra connections are made and not kept.
+        self._pool = urllib3.connection_from_url(base_url, maxsize=pool_size, block=False)
 
     def predict_version(self, images: np.ndarray, version: int) -> ModelAnswer:
         """Ask the pinned `version` about `images` (uint8 [n, 28, 28])."""
@@ -128,7 +143,7 @@ class ModelClient:
         self._forget(label)
         version = self._resolve(label, deadline)
         # The status endpoint answers 200 whatever the state: only AVAILABLE can predict.
-        url = f"{self._model_url}/versions/{version}"
+        url = f"{self._model_path}/versions/{version}"
         body = self._call("GET", url, f"version {version}", deadline)
         try:
             state = body["model_version_status"][0]["state"]
@@ -139,7 +154,7 @@ class ModelClient:
         return version
 
     def close(self) -> None:
-        self._session.close()
+        self._pool.close()
 
     def _deadline(self) -> float:
         return time.monotonic() + self._timeout
@@ -160,7 +175,7 @@ class ModelClient:
             self._labels.pop(label, None)
 
     def _label_version(self, label: str, deadline: float) -> int:
-        url = f"{self._model_url}/labels/{label}/metadata"
+        url = f"{self._model_path}/labels/{label}/metadata"
         try:
             body = self._call("GET", url, f"label {label!r}", deadline)
         except ModelNotServing:
@@ -173,9 +188,8 @@ class ModelClient:
     def _predict(
         self, images: np.ndarray, version: int, label: str | None, deadline: float
     ) -> ModelAnswer:
-        url = f"{self._model_url}/versions/{version}:predict"
-        payload = {"signature_name": SIGNATURE, "inputs": {"image": images.tolist()}}
-        body = self._call("POST", url, f"version {version}", deadline, payload)
+        url = f"{self._model_path}/versions/{version}:predict"
+        body = self._call("POST", url, f"version {version}", deadline, predict_body(images))
         try:
             outputs = body["outputs"]
             probabilities = np.asarray(outputs["probabilities"], dtype=np.float32)
@@ -187,7 +201,7 @@ class ModelClient:
         return ModelAnswer(probabilities, digits, version, label)
 
     def _call(
-        self, method: str, url: str, what: str, deadline: float, payload: object | None = None
+        self, method: str, url: str, what: str, deadline: float, payload: bytes | None = None
     ) -> dict:
         """One request, retried while it fails transiently and the budget allows a backoff."""
         attempt = 0
@@ -202,42 +216,46 @@ class ModelClient:
             time.sleep(delay)
 
     def _attempt(
-        self, method: str, url: str, what: str, deadline: float, payload: object | None
+        self, method: str, url: str, what: str, deadline: float, payload: bytes | None
     ) -> dict:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ModelTimeout(f"the model server did not answer within {self._timeout:g} s")
         try:
             # `total`: connecting and reading share what is left, not the budget each.
-            response = self._session.request(
-                method, url, json=payload, timeout=Timeout(total=remaining)
+            # retries=False: urllib3 raises the first failure itself, for _call to judge.
+            response = self._pool.urlopen(
+                method,
+                url,
+                body=payload,
+                headers=JSON_HEADERS if payload is not None else None,
+                timeout=Timeout(total=remaining),
+                retries=False,
+                redirect=False,
             )
-        except requests.Timeout:  # before ConnectionError: ConnectTimeout is both
+        except http.NewConnectionError:  # refused: it may be restarting. Before TimeoutError,
+            raise _Transient(_unreachable("ConnectionError")) from None  # its base class
+        except http.TimeoutError:  # connecting or reading
             raise ModelTimeout(
                 f"the model server did not answer within {self._timeout:g} s"
             ) from None
-        except requests.ConnectionError as error:  # refused, reset: it may be restarting
-            raise _Transient(
-                ModelUnavailable(f"the model server is unreachable: {type(error).__name__}")
-            ) from None
-        except requests.RequestException as error:
-            raise ModelUnavailable(
-                f"the model server is unreachable: {type(error).__name__}"
-            ) from None
-        if _unknown_label(response):
-            raise UnknownModel(f"the model server has no {what}")
-        if response.status_code == 404:
+        except http.ProtocolError:  # reset or closed mid-request: it may be restarting
+            raise _Transient(_unreachable("ConnectionError")) from None
+        except http.HTTPError as error:
+            raise _unreachable(type(error).__name__) from None
+        status, data = response.status, response.data
+        if status == 400 and b"Unrecognized servable version label" in data:
+            raise UnknownModel(f"the model server has no {what}")  # TF Serving's unknown label
+        if status == 404:
             raise ModelNotServing(f"the model server is not serving {what}")
-        if response.status_code == 504:
+        if status == 504:
             raise ModelTimeout("the model server timed out")
-        if response.status_code in RETRIED_STATUSES:
-            raise _Transient(
-                ModelUnavailable(f"the model server answered {response.status_code} for {what}")
-            )
-        if response.status_code != 200:
-            raise ModelUnavailable(f"the model server answered {response.status_code} for {what}")
+        if status in RETRIED_STATUSES:
+            raise _Transient(ModelUnavailable(f"the model server answered {status} for {what}"))
+        if status != 200:
+            raise ModelUnavailable(f"the model server answered {status} for {what}")
         try:
-            body = response.json()
+            body = json.loads(data)
         except ValueError:
             raise ModelUnavailable("the model server's answer is not JSON") from None
         if not isinstance(body, dict):
@@ -245,6 +263,49 @@ class ModelClient:
         return body
 
 
-def _unknown_label(response: requests.Response) -> bool:
-    # TF Serving answers an unknown label with 400 INVALID_ARGUMENT, not 404.
-    return response.status_code == 400 and "Unrecognized servable version label" in response.text
+def predict_body(images: np.ndarray) -> bytes:
+    """The :predict request for `images` (uint8 [n, 28, 28]): TF Serving's columnar form,
+    compact JSON, byte for byte what json.dumps(..., separators=(",", ":")) writes."""
+    return _BODY_BEFORE + _uint8_json(images) + _BODY_AFTER
+
+
+def _uint8_json(array: np.ndarray) -> bytes:
+    """json.dumps(array.tolist(), separators=(",", ":")) of a uint8 array, as bytes.
+
+    Written with numpy: each number's digits, and the brackets and comma after it, go
+    straight into place, where json.dumps makes a Python int of every pixel, then its
+    text: 64 images take 0.9 ms instead of 4.8 (measured side by side; one image about
+    60 us either way).
+    """
+    if array.dtype != np.uint8:
+        raise TypeError(f"uint8 pixels expected, not {array.dtype}")
+    flat = array.reshape(-1)
+    if flat.size == 0:
+        return json.dumps(array.tolist()).encode("ascii")
+    closes = np.zeros(flat.size, dtype=np.int64)  # lists that end with each number
+    stride = 1
+    for size in reversed(array.shape):
+        stride *= size
+        closes[stride - 1 :: stride] += 1
+    lengths = _DIGITS_LENGTH[flat]
+    separators = 2 * closes + 1  # "]" * closes + "," + "[" * closes; the last: "]" * ndim
+    separators[-1] = array.ndim
+    ends = np.cumsum(lengths + separators) + array.ndim
+    starts = ends - separators - lengths
+    out = np.empty(ends[-1], dtype=np.uint8)
+    out[: array.ndim] = _OPEN
+    for digit in range(3):
+        has = lengths > digit
+        out[starts[has] + digit] = _DIGITS[flat[has], digit]
+    after = starts + lengths
+    for depth in range(array.ndim):
+        at = after[:-1][closes[:-1] == depth]
+        out[at[:, None] + np.arange(depth)] = _CLOSE
+        out[at + depth] = _COMMA
+        out[at[:, None] + np.arange(depth + 1, 2 * depth + 1)] = _OPEN
+    out[after[-1] :] = _CLOSE
+    return out.tobytes()
+
+
+def _unreachable(kind: str) -> ModelUnavailable:
+    return ModelUnavailable(f"the model server is unreachable: {kind}")

@@ -14,7 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from recognizer.model_client import ModelClient, ModelTimeout, ModelUnavailable, UnknownModel
+from recognizer.model_client import (
+    ModelClient,
+    ModelTimeout,
+    ModelUnavailable,
+    UnknownModel,
+    predict_body,
+)
 from tests.conftest import free_port
 
 
@@ -74,14 +80,18 @@ ONE_PREDICTION = json.dumps({"outputs": {"probabilities": [[0.1] * 10], "digit":
 
 class ScriptedServer(ThreadingHTTPServer):
     """A stand-in model server: answers the next status of its script (the last repeats),
-    with `ok_body` for a 200, and counts the attempts it is asked."""
+    with `ok_body` for a 200, and counts the attempts it is asked and the connections they
+    came on; keeps what each request asked (method, path, headers, body)."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Scripted)
         self.lock = threading.Lock()
         self.attempts = 0
+        self.connections = 0
+        self.asked: list[tuple[str, str, dict[str, str], bytes]] = []
         self.script = [200]
         self.ok_body = ONE_PREDICTION
+        self.stall_body_seconds = 0.0  # send the headers, then wait this long before the body
 
     def next_status(self) -> int:
         with self.lock:
@@ -90,22 +100,32 @@ class ScriptedServer(ThreadingHTTPServer):
 
 
 class _Scripted(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps the connection open between requests, as TF Serving
     server: ScriptedServer
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
     def do_GET(self) -> None:
-        self._answer()
+        self._answer(b"")
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self._answer()
+        self._answer(self.rfile.read(int(self.headers["Content-Length"])))
 
-    def _answer(self) -> None:
+    def _answer(self, request_body: bytes) -> None:
+        with self.server.lock:
+            self.server.asked.append((self.command, self.path, dict(self.headers), request_body))
         status = self.server.next_status()
         body = self.server.ok_body if status == 200 else b'{"error": "scripted"}'
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.flush()
+        time.sleep(self.server.stall_body_seconds)
+        with contextlib.suppress(OSError):  # the client may have given up waiting
+            self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -137,6 +157,69 @@ def test_nonsense_from_the_model_server_is_model_unavailable(scripted, body, mni
     scripted.ok_body = body
     with pytest.raises(ModelUnavailable):
         client_for(url_of(scripted)).predict_label(mnist.x_test[:1], "stable")
+
+
+def test_the_prediction_is_asked_in_compact_json_of_the_pixels(scripted, mnist):
+    images = mnist.x_test[:3]
+    outputs = {"probabilities": [[0.1] * 10] * 3, "digit": [0] * 3}
+    scripted.ok_body = json.dumps({"outputs": outputs}).encode()
+    client_for(url_of(scripted)).predict_version(images, 2)
+    method, path, headers, body = scripted.asked[-1]
+    assert (method, path) == ("POST", "/v1/models/mnist/versions/2:predict")
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {
+        "signature_name": "serving_default",
+        "inputs": {"image": images.tolist()},
+    }
+    assert b" " not in body  # nothing after , and :
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (64, 28, 28), (3, 1, 5), (2, 4, 1), (1, 1, 1)])
+def test_the_body_is_what_json_dumps_writes_for_the_pixels(shape):
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    pixels.flat[::7] = 0  # one-digit numbers among the two- and three-digit ones
+    pixels.flat[::11] = 255
+    doc = {"signature_name": "serving_default", "inputs": {"image": pixels.tolist()}}
+    assert predict_body(pixels) == json.dumps(doc, separators=(",", ":")).encode()
+    # Not C-ordered in memory: the same numbers in the same order.
+    transposed = np.ascontiguousarray(pixels.transpose(0, 2, 1)).transpose(0, 2, 1)
+    assert predict_body(transposed) == predict_body(pixels)
+
+
+def test_a_body_of_no_images_is_an_empty_list():
+    assert json.loads(predict_body(np.zeros((0, 28, 28), np.uint8)))["inputs"]["image"] == []
+
+
+def test_pixels_must_be_uint8():
+    with pytest.raises(TypeError, match="uint8"):
+        predict_body(np.zeros((1, 28, 28), np.float32))
+
+
+def test_a_path_in_the_model_server_url_prefixes_every_request(scripted, mnist):
+    client = client_for(f"{url_of(scripted)}/tf-serving/")
+    client.predict_version(mnist.x_test[:1], 2)
+    scripted.ok_body = b'{"model_spec": {"name": "mnist", "version": "2"}}'
+    client.resolve("stable")
+    assert [path for _, path, _, _ in scripted.asked] == [
+        "/tf-serving/v1/models/mnist/versions/2:predict",
+        "/tf-serving/v1/models/mnist/labels/stable/metadata",
+    ]
+
+
+def test_requests_one_after_another_share_one_connection(scripted, mnist):
+    client = client_for(url_of(scripted))
+    for _ in range(5):
+        client.predict_version(mnist.x_test[:1], 2)
+    assert scripted.attempts == 5 and scripted.connections == 1
+
+
+def test_an_answer_whose_body_stops_coming_is_a_timeout_asked_once(scripted, mnist):
+    scripted.stall_body_seconds = 1.0
+    client = ModelClient(url_of(scripted), "mnist", 0.3, 5.0, retries=2, retry_backoff_seconds=0)
+    started = time.monotonic()
+    with pytest.raises(ModelTimeout):
+        client.predict_version(mnist.x_test[:1], 2)
+    assert scripted.attempts == 1 and time.monotonic() - started < 0.9
 
 
 @pytest.mark.parametrize("status", [502, 503])

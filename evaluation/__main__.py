@@ -1,0 +1,140 @@
+"""`python -m evaluation [--split test] [--version 3]`: verdicts on labelled uploads, via HTTP.
+
+Starts the development model server and the function (2 workers, on a fresh SQLite
+file), POSTs every upload of the split to /predict (a few at a time, as clients would),
+and prints per group and kind the share that came out right (digits: verdict "digit"
+with the right digit; non-digits: any other verdict, or "no digit found") beside the
+targets. `--tradeoff PNG` also plots non-digits rejected against digits rejected over
+VERDICT_MIN_CONFIDENCE. VERDICT_* settings in the environment reach the function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import urllib3
+
+from bench.stack import function_server, model_server
+from evaluation import scoring, sets
+from training.data import load_mnist
+
+CLIENTS = 4  # concurrent uploads: enough to keep both workers busy on 2 cores
+THRESHOLDS = [round(0.30 + 0.01 * n, 2) for n in range(70)] + [0.995, 0.999]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__)
+    parser.add_argument("--split", choices=["validation", "test"], default="test")
+    parser.add_argument("--version", type=int, help="pin a model version (default: stable)")
+    parser.add_argument("--mnist", type=int, default=sets.Sizes.mnist, help="MNIST images")
+    parser.add_argument("--per-kind", type=int, default=sets.Sizes.nondigits_per_kind,
+                        help="non-digits of each kind")  # fmt: skip
+    parser.add_argument("--photos-per-kind", type=int, default=sets.Sizes.photos_per_kind)
+    parser.add_argument("--uploads-per-kind", type=int, default=sets.Sizes.uploads_per_kind)
+    parser.add_argument("--json", type=Path, help="write every answer here")
+    parser.add_argument("--tradeoff", type=Path, help="plot the threshold trade-off (PNG)")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    sizes = sets.Sizes(args.mnist, args.uploads_per_kind, args.photos_per_kind, args.per_kind)
+    uploads = sets.build(args.split, load_mnist(), sizes)
+    print(f"{len(uploads):,} uploads of the {args.split} split made in "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    query = "" if args.version is None else f"?version={args.version}"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        model_server() as models,
+        function_server(
+            models.url, Path(tmp) / "evaluation.sqlite3", workers=2, threads=4
+        ) as function,
+    ):
+        answers = ask_all(f"{function.url}/predict{query}", uploads)
+    print(f"answered in {time.monotonic() - started:.0f} s\n")
+    print(render(scoring.table(answers), args))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([asdict(a) for a in answers]) + "\n")
+    if args.tradeoff:
+        plot(scoring.tradeoff(answers, THRESHOLDS), args.tradeoff, args)
+
+
+def ask_all(url: str, uploads: list[sets.Upload]) -> list[scoring.Answer]:
+    pool = urllib3.PoolManager(maxsize=CLIENTS, retries=False, timeout=30)
+    with ThreadPoolExecutor(CLIENTS) as workers:
+        return list(workers.map(lambda upload: ask(pool, url, upload), uploads))
+
+
+def ask(pool: urllib3.PoolManager, url: str, upload: sets.Upload) -> scoring.Answer:
+    response = pool.request(
+        "POST", url, body=upload.data, headers={"Content-Type": "application/octet-stream"}
+    )
+    body = json.loads(response.data)
+    if response.status != 200:
+        return scoring.Answer(upload.group, upload.kind, upload.label, response.status,
+                              body["error"]["code"], None, None, (), ())  # fmt: skip
+    (prediction,) = body["predictions"]
+    return scoring.Answer(
+        upload.group,
+        upload.kind,
+        upload.label,
+        200,
+        None,
+        prediction["verdict"],
+        prediction["digit"],
+        tuple(prediction["reasons"]),
+        tuple(prediction["probabilities"]),
+    )
+
+
+def render(rows: list[scoring.Row], args: argparse.Namespace) -> str:
+    model = "stable" if args.version is None else f"v{args.version}"
+    settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith("VERDICT_")}
+    lines = [
+        f"split {args.split}, model {model}, settings {settings or 'defaults'}",
+        f"{'group':11} {'kind':36} {'images':>6} {'right':>7} {'target':>7}  verdicts",
+    ]
+    for row in rows:
+        target = scoring.TARGETS.get(row.group) if row.kind == "all" else None
+        verdicts = ", ".join(f"{name} {share:.1%}" for name, share in row.verdicts.items())
+        mark = "" if target is None else ("  met" if row.right >= target else "  MISSED")
+        lines.append(
+            f"{row.group:11} {row.kind:36} {row.count:6} {row.right:7.2%} "
+            f"{'' if target is None else f'{target:.0%}':>7}  {verdicts}{mark}"
+        )
+    return "\n".join(lines)
+
+
+def plot(points: list[tuple[float, float, float]], path: Path, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6, 4.5))
+    axes.plot([p[2] for p in points], [p[1] for p in points], marker=".", linewidth=1)
+    for threshold, rejected, lost in points:
+        if threshold in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99):
+            axes.annotate(f"{threshold:g}", (lost, rejected), textcoords="offset points",
+                          xytext=(6, -10), fontsize=8)  # fmt: skip
+    axes.set_xlabel("digits not stood by (share of all digit uploads)")
+    axes.set_ylabel("non-digits rejected")
+    model = "stable" if args.version is None else f"v{args.version}"
+    axes.set_title(f"VERDICT_MIN_CONFIDENCE, {args.split} split, {model}")
+    axes.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    for threshold, rejected, lost in points:
+        if threshold in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99):
+            print(f"min_confidence {threshold:g}: non-digits rejected {rejected:.1%}, "
+                  f"digits not stood by {lost:.2%}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

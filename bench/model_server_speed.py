@@ -14,10 +14,18 @@ one run):
 
 With them, where the time goes: the dev server's stages in-process (JSON in, JSON into
 tensors, the TensorFlow call, JSON out, the whole REST handler) for 1 and 64 images,
-medians. `--serving-root DIR` runs the model server (and the stages) from another
-checkout, e.g. `git archive <commit> serving | tar -x -C DIR`, to measure before and after.
+medians; and bench.profile_stack on the same model server: the cores and the function's
+CPU by stage at concurrency 8, for one image at concurrency 1 and for 64 images.
+`--serving-root DIR` runs the model server (and the stages) from another checkout, e.g.
+`git archive <commit> serving | tar -x -C DIR`; BENCH_FUNCTION_SOURCE=DIR/function runs
+another copy of function/; either measures before and after a change.
+
+`--record` puts the run into docs/perf/results.json (as the issue-15 figures) and
+redraws docs/performance.md; `--record-before LABEL` puts it there as the run to compare
+with (run it right before or after the recorded one, on the same machine).
 
     .venv/bin/python -m bench.model_server_speed [--seconds 6] [--serving-root DIR]
+        [--record | --record-before LABEL]
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import images, stack, throughput
+from bench import images, profile_stack, report, stack, throughput
 
 PREDICT = "/v1/models/mnist/versions/2:predict"
 SINGLE_REQUESTS = 2000
@@ -46,6 +54,7 @@ BATCH_REQUESTS = 40
 TARGET_P50_MS = 1.0
 TARGET_P99_MS = 50.0
 TARGET_RATIO = 10.0
+PROFILE_SECONDS = 4  # each of bench.profile_stack's loads
 
 
 def predict_body(count: int) -> bytes:
@@ -192,6 +201,7 @@ def measure(
     result: dict = {
         "load_average_at_start": os.getloadavg()[0],
         "serving_root": str(serving_root),
+        "function_source": str(stack.FUNCTION_SOURCE),
         "workers": workers,
         "threads": threads,
         "seconds": seconds,
@@ -211,6 +221,7 @@ def measure(
             ) as function,
         ):
             result["function_batches"] = throughput.batches(function.url)
+        result["profile"] = profile_stack.profile(server, PROFILE_SECONDS, workers, threads)
     result["load_average_at_end"] = os.getloadavg()[0]
     result["total_seconds"] = time.monotonic() - started
     return result
@@ -276,6 +287,20 @@ def print_result(result: dict) -> None:
     for count, by_stage in result["stages_us"].items():
         text = ", ".join(f"{step} {us:,.0f}" for step, us in by_stage.items())
         print(f"stages, {count} image(s), median us: {text}")
+    profile_stack.print_profile(result["profile"])
+
+
+def record(result: dict, before_label: str | None = None) -> None:
+    """Put `result` into docs/perf/results.json as issue 15's figures (or, with a label,
+    as the run they are compared with) and redraw docs/performance.md."""
+    results = json.loads(report.RESULTS.read_text())  # the last full run's, with this one's
+    if before_label is None:
+        before = results.get("model_server_speed", {}).get("before")
+        results["model_server_speed"] = result | ({"before": before} if before else {})
+    else:
+        results["model_server_speed"]["before"] = result | {"label": before_label}
+    report.RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    report.write(json.loads(report.RESULTS.read_text()))
 
 
 def main() -> None:
@@ -283,6 +308,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--serving-root", type=Path, default=stack.ROOT)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    recording = parser.add_mutually_exclusive_group()
+    recording.add_argument("--record", action="store_true", help="into docs/perf/results.json")
+    recording.add_argument("--record-before", metavar="LABEL", help="... as the run before")
     parser.add_argument("--stages-json", action="store_true", help=argparse.SUPPRESS)
     stack.add_stack_arguments(parser)
     args = parser.parse_args()
@@ -293,6 +321,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print_result(result)
+    if args.record or args.record_before:
+        record(result, args.record_before)
 
 
 if __name__ == "__main__":

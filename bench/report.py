@@ -7,7 +7,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench import model_server_speed
+from bench import model_server_speed, profile_stack
+from bench.profile_stack import FRAMEWORK
 from bench.stack import ROOT
 
 MARKDOWN = ROOT / "docs" / "performance.md"
@@ -267,13 +268,157 @@ def _speed(result: dict) -> str:
         "(the REST handler is "
         f"{one_handler:,.0f} us for one image), the lower that ceiling. Through the "
         "function, each image also costs its own decoding and preprocessing "
-        "(Per-request overhead, above), which a batch does not share.\n\n"
-        "At concurrency 1 the stack answers in "
-        f"{system['function']['load']['1']['p50_ms']:.1f} ms (p50), of which the dev "
-        f"server's :predict is about {dev['with batching']['single']['p50_ms']:.1f} ms; the "
-        "rest is the function's own work (its HTTP client, decoding and preprocessing, the "
-        "SQLite write, Flask), and at concurrency 8 its two workers share the 2 cores with "
-        "the model server, where the baseline's workers do only their own.\n"
+        "(Per-request overhead, above), which a batch does not share.\n"
+        + (_profile(result) if "profile" in result else "")
+    )
+
+
+def _profile(result: dict) -> str:
+    """bench.profile_stack's figures, and what they say about each of issue 15's targets."""
+    profile = result["profile"]
+    windows, baseline = profile["windows"], profile["baseline"]
+    busy, alone, batch = windows.values()  # one image at c=8 and c=1, 64 images at c=1
+    images = batch["images_per_request"]
+    before = result.get("before", {}).get("profile")
+    label = result.get("before", {}).get("label", "before")
+    columns = {}
+    for name, window in windows.items():
+        if before and name in before["windows"]:
+            columns[f"{name}, {label}"] = before["windows"][name]
+        columns[name] = window
+    function = busy["cpu_ms_per_request"]["function"]
+    stages = sorted(function, key=lambda stage: -function[stage])
+    stages += sorted(
+        {s for w in columns.values() for s in w["cpu_ms_per_request"]["function"]} - set(stages)
+    )
+    cpu_rows = [
+        [stage, *(_ms(w["cpu_ms_per_request"]["function"].get(stage)) for w in columns.values())]
+        for stage in stages
+    ]
+    cpu_rows.append(
+        [
+            "**the function**",
+            *(_ms(sum(w["cpu_ms_per_request"]["function"].values())) for w in columns.values()),
+        ]
+    )
+    for part in _OTHERS:
+        cpu_rows.append([part, *(_ms(w["cpu_ms_per_request"][part]) for w in columns.values())])
+    cpu_rows.append(["**the stack**", *(_ms(_stack_ms(w)) for w in columns.values())])
+    cores, base_cores = busy["cores_s"], baseline["cores_s"]
+    base_cores = {"function workers" if "baseline" in k else k: v for k, v in base_cores.items()}
+    core_rows = [
+        [part, _share(cores, part), _share(base_cores, part) if part in base_cores else ""]
+        for part in cores
+    ]
+    wall_rows = [
+        [
+            stage,
+            *(
+                f"{w['wall_ms'][cut][stage]:.1f}"
+                for w in windows.values()
+                for cut in ("p50", "p99")
+            ),
+        ]
+        for stage in busy["wall_ms"]["p50"]
+    ]
+    return (
+        f"\n### Where the CPU goes (`{PY} bench.profile_stack`)\n\n"
+        f"In the same run, on the same model server: after {profile_stack.WARM_UP_REQUESTS} "
+        f"warm-up requests, `hey` for {busy['seconds']:.0f} s each at concurrency 8 and 1 (the "
+        f"28x28 PNG) and with {images} of it in one request at concurrency 1, then the "
+        "baseline at concurrency 8. CPU time (user + system) from /proc; the function's "
+        "stages from timers of each thread's own CPU time in its workers "
+        "(`bench/profile_probe.py`: a stage is charged its own code, not the stages it calls; "
+        f"{busy['timer_calls_per_request']:.0f} timers a request, {profile['timer_cost_us']:.1f} "
+        "us each); the workers' CPU outside the function's code is the HTTP server and the "
+        f"framework. The machine's {profile['cores']} cores over the concurrency-8 load "
+        f"({busy['load']['rps']:.0f} req/s, load average "
+        "{:.1f}-{:.1f}; the baseline {:.0f} req/s):\n\n".format(
+            *busy["load_average"], baseline["load"]["rps"]
+        )
+        + _table(["", "the stack", "the baseline"], core_rows)
+        + "\n\nCPU per request, milliseconds"
+        + (f" (and the same with function/ from {label}, run beside it)" if before else "")
+        + ":\n\n"
+        + _table(["stage", *columns], cpu_rows)
+        + "\n\nWall time by stage, from the function's request log (`total` is all of "
+        "`Api.handle`), and what `hey` saw, ms:\n\n"
+        + _table(
+            ["stage", *(f"{name} {cut}" for name in windows for cut in ("p50", "p99"))], wall_rows
+        )
+        + "\n\nWhat the profile says about each target:\n\n"
+        + _throughput_finding(busy, baseline, profile["cores"])
+        + _latency_finding(busy)
+        + _ratio_finding(alone, batch)
+    )
+
+
+_OTHERS = ("function master (gunicorn)", "model server", "hey (load generator)")
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _share(cores: dict[str, float], part: str) -> str:
+    return f"{cores[part]:.2f} s ({cores[part] / sum(cores.values()):.0%})"
+
+
+def _stack_ms(window: dict) -> float:
+    """CPU ms a request costs the whole stack: the function, gunicorn, the model server, hey."""
+    cpu = window["cpu_ms_per_request"]
+    return sum(cpu["function"].values()) + sum(cpu[part] for part in _OTHERS)
+
+
+def _throughput_finding(busy: dict, baseline: dict, cores: int) -> str:
+    function = busy["cpu_ms_per_request"]["function"]
+    stack_ms, base_ms = _stack_ms(busy), sum(baseline["cpu_ms_per_request"].values())
+    client = sum(ms for stage, ms in function.items() if stage.startswith("model client"))
+    sqlite = sum(ms for stage, ms in function.items() if stage.startswith("SQLite"))
+    spent = busy["cores_s"]
+    other = spent["other work on the machine"] / sum(spent.values())
+    fewest, most = busy["requests_by_worker"][0], busy["requests_by_worker"][-1]
+    model, hey = (busy["cpu_ms_per_request"][p] for p in ("model server", "hey (load generator)"))
+    return (
+        f"- **req/s at concurrency 8.** A request costs the stack {stack_ms:.2f} ms of CPU "
+        f"(the function {sum(function.values()):.2f}, the model server {model:.2f}, `hey` "
+        f"{hey:.2f}), the baseline {base_ms:.2f} (its workers and `hey`): on {cores} cores "
+        f"with nothing else running, at most {cores * 1000 / stack_ms:.0f} req/s against "
+        f"{cores * 1000 / base_ms:.0f}. The function's own biggest parts: the HTTP server and "
+        f"framework {function.get(FRAMEWORK, 0):.2f} ms, preprocessing "
+        f"{function.get('preprocess (numpy)', 0):.2f}, the model client {client:.2f}, the "
+        f"SQLite write {sqlite:.2f}. Meanwhile other work on the machine took {other:.0%} "
+        f"of the cores, and the two workers answered {fewest:,} and {most:,} of the "
+        "requests: `hey`'s 8 keep-alive connections stay with the worker that accepted each, "
+        "and a worker's threads share one GIL.\n"
+    )
+
+
+def _latency_finding(busy: dict) -> str:
+    p50, p99 = busy["wall_ms"]["p50"], busy["wall_ms"]["p99"]
+    return (
+        f"- **p99 at concurrency 8.** `hey` saw {p99['hey (client side)']:.0f} ms, the "
+        f"handler took {p99['total']:.0f} ms at its p99 and the SQLite write "
+        f"{p99['store']:.0f} ms (p50 {p50['store']:.1f} ms: one writer at a time, each "
+        "commit synced to disk); the rest of the slowest requests' time went waiting for "
+        "a thread, the GIL or a core, outside the function's code.\n"
+    )
+
+
+def _ratio_finding(alone: dict, batch: dict) -> str:
+    images = batch["images_per_request"]
+    one_ms, wall = alone["load"]["p50_ms"], batch["wall_ms"]["p50"]
+    function = batch["cpu_ms_per_request"]["function"]
+    own = (function.get("decode (Pillow)", 0) + function.get("preprocess (numpy)", 0)) / images
+    model = batch["cpu_ms_per_request"]["model server"] / images
+    return (
+        f"- **{images}-image ratio.** One image at concurrency 1 takes {one_ms:.1f} ms "
+        f"(p50), so {model_server_speed.TARGET_RATIO:g}x needs {images} images in "
+        f"{images * one_ms / model_server_speed.TARGET_RATIO:.0f} ms; they took "
+        f"{batch['load']['p50_ms']:.0f} ms, of which decoding and preprocessing "
+        f"{wall['decode'] + wall['preprocess']:.0f} ms ({own:.2f} ms of CPU an image, "
+        f"shared by none) and the model server's answer {wall['model']:.0f} ms (its CPU "
+        f"{model:.2f} ms an image).\n"
     )
 
 
@@ -300,7 +445,7 @@ def _before_after(result: dict) -> str:
         ]
 
     header = [
-        "serving/",
+        "run",
         "load average",
         "dev 1 image p50 ms (plain / batching)",
         "stack c=8 req/s (function / baseline)",
@@ -316,9 +461,15 @@ def _before_after(result: dict) -> str:
         ]
         for label, r in ((before.get("label", "before"), before), ("this one", result))
     ]
+    if before.get("function_source", result.get("function_source")) != result.get(
+        "function_source"
+    ):
+        what = "function/ (`BENCH_FUNCTION_SOURCE`)"
+    else:
+        what = "serving/ (`--serving-root`)"
     return (
-        "\n\nThe same module on the serving/ from before issue 15, run right after this "
-        "one (`--serving-root`):\n\n" + _table(header, rows)
+        f"\n\nThe same module on the {what} from {before.get('label', 'before')}, run "
+        "beside this one:\n\n" + _table(header, rows)
     )
 
 

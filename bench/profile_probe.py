@@ -30,7 +30,8 @@ from pathlib import Path
 import flask
 
 PATH = "/__profile__"
-# (stage, "module:attribute[.attribute]"): a stage may have several functions.
+# (stage, "module:attribute[.attribute]"), named where the caller looks it up (the service
+# imports verdict's functions by name); a stage may have several functions.
 STAGES = [
     ("api: routing, checks, headers, log fields", "recognizer.api:Api.handle"),
     ("reading the upload", "recognizer.uploads:read_images"),
@@ -38,6 +39,10 @@ STAGES = [
     ("decode (Pillow)", "recognizer.preprocess:open_image"),
     ("decode (Pillow)", "recognizer.service:Recognizer._decode"),
     ("preprocess (numpy)", "recognizer.preprocess:from_image"),
+    ("preprocess (numpy)", "recognizer.preprocess:ink_map"),
+    ("preprocess (numpy)", "recognizer.preprocess:to_field"),
+    ("verdict (the ink's shape, the judgement)", "recognizer.service:measure"),
+    ("verdict (the ink's shape, the judgement)", "recognizer.service:judge"),
     ("recognize: ids, batch, records", "recognizer.service:Recognizer.recognize"),
     ("recognize: ids, batch, records", "recognizer.service:Recognizer._record"),
     ("model client: label cache, arrays", "recognizer.model_client:ModelClient.predict_label"),

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import flask
@@ -29,10 +30,10 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, RequestRedirect, Rule
 
-from recognizer import budget, model_client, preprocess, request_log, routing, uploads
+from recognizer import budget, feedback, model_client, preprocess, request_log, routing, uploads
 from recognizer.config import Settings
 from recognizer.model_client import ModelClient
-from recognizer.records import PredictionLog, Record, StoreUnavailable
+from recognizer.records import Feedback, PredictionLog, Record, StoreUnavailable
 from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey, Recognizer, Route
 from recognizer.verdict import Verdict
 
@@ -100,6 +101,9 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidIdempotencyKey: (400, "invalid_idempotency_key"),
     IdempotencyKeyReused: (422, "idempotency_key_reused"),
     NotAuthorized: (401, "unauthorized"),
+    feedback.InvalidFeedback: (400, "invalid_feedback"),
+    feedback.MissingFeedbackToken: (401, "unauthorized"),
+    feedback.WrongFeedbackToken: (403, "forbidden"),
     UnknownPrediction: (404, "unknown_prediction"),
     UploadNotStored: (404, "upload_not_stored"),
     model_client.UnknownModel: (404, "unknown_model_version"),
@@ -117,6 +121,11 @@ _URLS = Map(
         Rule("/predictions", endpoint="history", methods=["GET", "OPTIONS"]),
         Rule("/predictions/<prediction_id>", endpoint="prediction", methods=["GET", "OPTIONS"]),
         Rule("/predictions/<prediction_id>/image", endpoint="upload", methods=["GET", "OPTIONS"]),
+        Rule(
+            "/predictions/<prediction_id>/feedback",
+            endpoint="feedback",
+            methods=["PUT", "OPTIONS"],
+        ),
         Rule("/healthz", endpoint="health", methods=["GET"]),
         Rule("/readyz", endpoint="ready", methods=["GET"]),
         Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
@@ -147,6 +156,7 @@ class Api:
             "history": self._history,
             "prediction": self._prediction,
             "upload": self._upload,
+            "feedback": self._feedback,
             "health": self._health,
             "ready": self._ready,
             "openapi": self._openapi,
@@ -205,8 +215,8 @@ class Api:
     def _authorize(self, request: flask.Request, endpoint: str) -> None:
         """With API_TOKEN set, the history (and /predict if so configured) needs the token."""
         token = self._settings.api_token
-        if token is None or endpoint in OPEN_ENDPOINTS:
-            return
+        if token is None or endpoint in OPEN_ENDPOINTS or endpoint == "feedback":
+            return  # a correction carries its own capability: see _may_correct
         if endpoint == "predict" and not self._settings.predict_requires_token:
             return
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
@@ -290,8 +300,13 @@ class Api:
         facts.model = {"version": records[0].model_version, "label": records[0].model_label}
         facts.timings_ms = recognition.timings_ms
         facts.replayed = recognition.replayed
+        secret = self._settings.feedback_secret
         predictions = [
-            {**_prediction_json(r), **({"input_png": _input_png(r)} if with_input else {})}
+            {
+                **_prediction_json(r),
+                **({"input_png": _input_png(r)} if with_input else {}),
+                **({} if secret is None else {"feedback_token": feedback.token_for(secret, r.id)}),
+            }
             for r in records
         ]
         return _json({"predictions": predictions, "recorded": True})
@@ -320,6 +335,45 @@ class Api:
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
+    def _feedback(self, request: flask.Request, prediction_id: str) -> flask.Response:
+        """Record a person's correction; the last one wins. 200 means it is stored."""
+        digit, token = feedback.parse(request.get_data())
+        record_id = _record_id(prediction_id)
+        self._may_correct(request, record_id, token)
+        now = datetime.now(UTC)
+        correction = Feedback(digit, now.replace(microsecond=now.microsecond // 1000 * 1000))
+        if not self._connect().log.correct(record_id, correction):
+            raise UnknownPrediction(f"no prediction has id {record_id}")
+        return _json(_prediction_json(self._find(prediction_id)))
+
+    def _may_correct(self, request: flask.Request, record_id: uuid.UUID, token: str | None) -> None:
+        """The prediction's feedback token, or the API token as a Bearer token."""
+        secret, api_token = self._settings.feedback_secret, self._settings.api_token
+        if (
+            token is not None
+            and secret is not None
+            and feedback.token_matches(secret, record_id, token)
+        ):
+            return
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        bearer = bearer.strip() if scheme.lower() == "bearer" else ""
+        if (
+            bearer
+            and api_token is not None
+            and hmac.compare_digest(bearer.encode(), api_token.encode())
+        ):
+            return
+        if token is None and not bearer:
+            raise feedback.MissingFeedbackToken(
+                'a correction needs the prediction\'s feedback_token ("token" in the body) '
+                "or the API token (Authorization: Bearer)"
+            )
+        if token is not None and secret is None:
+            raise feedback.WrongFeedbackToken(
+                "this service gives no feedback tokens (FEEDBACK_SECRET is unset)"
+            )
+        raise feedback.WrongFeedbackToken("the token is not the one for this prediction")
+
     def _openapi(self, request: flask.Request) -> flask.Response:
         return flask.Response(OPENAPI.read_bytes(), mimetype="application/json")
 
@@ -347,16 +401,18 @@ class Api:
         return _json({"status": "ready", "checks": checks})
 
     def _find(self, prediction_id: str) -> Record:
-        try:
-            record_id = uuid.UUID(prediction_id)
-        except ValueError:
-            raise UnknownPrediction(
-                f"{uploads.echo(prediction_id)} is not a prediction id"
-            ) from None
+        record_id = _record_id(prediction_id)
         record = self._connect().log.get(record_id)
         if record is None:
             raise UnknownPrediction(f"no prediction has id {record_id}")
         return record
+
+
+def _record_id(prediction_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(prediction_id)
+    except ValueError:
+        raise UnknownPrediction(f"{uploads.echo(prediction_id)} is not a prediction id") from None
 
 
 def _open_log(settings: Settings) -> PredictionLog:
@@ -430,6 +486,12 @@ def _prediction_json(record: Record) -> dict[str, object]:
         },
         "created_at": record.created_at.isoformat(timespec="milliseconds"),
         **_verdict_json(record.verdict),
+        "feedback": None
+        if record.feedback is None
+        else {
+            "digit": record.feedback.digit,
+            "created_at": record.feedback.created_at.isoformat(timespec="milliseconds"),
+        },
     }
 
 

@@ -53,6 +53,7 @@ from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
 
 from .records import (
     IDEMPOTENCY_WINDOW_SECONDS,
+    Feedback,
     IdempotencyClaim,
     Record,
     StoreUnavailable,
@@ -96,7 +97,11 @@ _COLUMNS = (
     "verdict_candidates",
     "verdict_reasons",
 )
-_READ_COLUMNS = ", ".join(_COLUMNS[1:])  # `day` is known from the id
+# A correction is written into its record's row (an UPDATE of the same day and id, so the
+# day-bucketed log needs no second table) and never by the INSERT: a retried INSERT of
+# the record leaves any correction as it was.
+_FEEDBACK_COLUMNS = ("feedback_digit", "feedback_at")
+_READ_COLUMNS = ", ".join(_COLUMNS[1:] + _FEEDBACK_COLUMNS)  # `day` is known from the id
 PING_QUERY = "SELECT release_version FROM system.local"
 # After a write failed, readiness writes this key (never a SHA-256 in hex, so no claim
 # can have it) at the writes' consistency, with a short TTL, until one such write works:
@@ -353,6 +358,7 @@ class _Connection:
     claim: PreparedStatement
     pid: int
     release: PreparedStatement | None = None  # prepared on first use: refusals are rare
+    correct: PreparedStatement | None = None  # so are corrections
 
 
 class CassandraLog:
@@ -555,6 +561,28 @@ class CassandraLog:
         with self._writing():
             self._query(conn, conn.release, values, action="idempotency release")
 
+    def correct(self, record_id: uuid.UUID, feedback: Feedback) -> bool:
+        """An UPDATE ... IF EXISTS (a lightweight transaction): it never makes a row for
+        an id that has none, and corrections of one record apply one after another."""
+        if record_id.version != 1:
+            return False
+        conn = self._connection()
+        if conn.correct is None:
+            try:
+                statement = conn.session.prepare(
+                    f"UPDATE {self.settings.keyspace}.{TABLE} "
+                    "SET feedback_digit = ?, feedback_at = ? WHERE day = ? AND id = ? IF EXISTS"
+                )
+            except DRIVER_ERRORS as exc:
+                raise StoreUnavailable(f"Cassandra prepare failed: {_describe(exc)}") from exc
+            statement.is_idempotent = True  # the same correction again changes nothing
+            statement.serial_consistency_level = conn.claim.serial_consistency_level
+            conn.correct = statement
+        values = (feedback.digit, feedback.created_at, day_of(record_id), record_id)
+        with self._writing():
+            [row] = self._query(conn, conn.correct, values, action="correction")
+        return bool(row["[applied]"])
+
     def get(self, record_id: uuid.UUID) -> Record | None:
         if record_id.version != 1:  # only time-based ids are ever stored
             return None
@@ -659,4 +687,7 @@ class CassandraLog:
                 tuple(row["verdict_candidates"] or ()),
                 tuple(row["verdict_reasons"] or ()),
             ),
+            feedback=None
+            if row["feedback_at"] is None
+            else Feedback(row["feedback_digit"], _utc(row["feedback_at"])),
         )

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from recognizer.feedback import MIN_SECRET_BYTES
 from recognizer.verdict import VerdictPolicy
 
 MiB = 1024 * 1024
@@ -46,6 +47,8 @@ class Settings:
     # repr=False: a Settings printed in a log or a traceback must not carry the secret.
     api_token: str | None = field(default=None, repr=False)
     predict_requires_token: bool = False
+    # The key of the feedback tokens (feedback.py); every instance must have the same one.
+    feedback_secret: bytes | None = field(default=None, repr=False)
     cors_allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
     verdict_policy: VerdictPolicy = field(default_factory=VerdictPolicy)  # VERDICT_*
 
@@ -130,7 +133,7 @@ def _verdict_policy(env: Mapping[str, str]) -> VerdictPolicy:
 
 
 def _access(env: Mapping[str, str]) -> dict[str, object]:
-    """API_TOKEN, PREDICT_REQUIRES_TOKEN and CORS_ALLOWED_ORIGINS, checked against each other."""
+    """API_TOKEN, PREDICT_REQUIRES_TOKEN, CORS_ALLOWED_ORIGINS and FEEDBACK_SECRET."""
     token = env.get("API_TOKEN") or None
     if token is not None and (token != token.strip() or not token.isprintable()):
         raise ValueError("API_TOKEN must not have spaces around it or control characters in it")
@@ -148,8 +151,15 @@ def _access(env: Mapping[str, str]) -> dict[str, object]:
                 "CORS_ALLOWED_ORIGINS must be '*' or comma-separated origins like "
                 f"https://example.com:8443, not {origin[:80]!r}"
             )
+    secret = env.get("FEEDBACK_SECRET") or None
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"FEEDBACK_SECRET must be at least {MIN_SECRET_BYTES} bytes (e.g. 64 random hex "
+            "digits: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
     return {
         "api_token": token,
+        "feedback_secret": None if secret is None else secret.encode(),
         "predict_requires_token": predict_requires_token,
         "cors_allowed_origins": origins,
     }

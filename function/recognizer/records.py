@@ -36,6 +36,14 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class Feedback:
+    """A person's correction of a prediction: the right digit, or None for "not a digit"."""
+
+    digit: int | None
+    created_at: datetime  # timezone-aware UTC, millisecond precision
+
+
+@dataclass(frozen=True)
 class Record:
     """One recorded prediction: one image, one answer, the model version that gave it."""
 
@@ -51,6 +59,7 @@ class Record:
     upload: Upload
     latency_ms: float
     verdict: Verdict | None  # None for a record written before the service gave verdicts
+    feedback: Feedback | None = None  # the last correction; none when the service records it
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,10 @@ class PredictionLog(Protocol):
     def release(self, key_sha256: str, claim: IdempotencyClaim) -> None:
         """Forget the key if `claim` (its request digest and record ids) still holds it:
         the request it stood for was refused and recorded nothing."""
+
+    def correct(self, record_id: uuid.UUID, feedback: Feedback) -> bool:
+        """Keep `feedback` as the record's correction, replacing any earlier one (the last
+        one wins); False, and nothing written, when no record has that id."""
 
     def get(self, record_id: uuid.UUID) -> Record | None:
         """The record with this id, or None."""

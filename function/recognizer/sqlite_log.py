@@ -32,6 +32,7 @@ from pathlib import Path
 
 from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
+    Feedback,
     IdempotencyClaim,
     Record,
     StoreUnavailable,
@@ -72,6 +73,8 @@ _ADDED_COLUMNS = (
     ("verdict", "TEXT"),  # digit, unsure or not_a_digit
     ("verdict_candidates", "TEXT"),  # JSON list of digits, most likely first
     ("verdict_reasons", "TEXT"),  # JSON list of reason codes
+    ("feedback_digit", "INTEGER"),  # a person's correction; NULL: "not a digit", or none
+    ("feedback_at_ms", "INTEGER"),  # when it was made; NULL when there is no correction
 )
 ROW_OVERHEAD_BYTES = 2048  # a record without its upload: the 28x28 input, ids, JSON
 # The files SQLite keeps beside the database in WAL mode; a commit writes into -wal.
@@ -81,6 +84,8 @@ _COLUMNS = (
     "model_label, input_image, upload, upload_content_type, upload_sha256, upload_size, "
     "latency_ms, verdict, verdict_candidates, verdict_reasons"
 )
+# A correction is an UPDATE of its record's row; the INSERT never names these columns.
+_READ_COLUMNS = f"{_COLUMNS}, feedback_digit, feedback_at_ms"
 
 
 class SqliteLog:
@@ -147,11 +152,20 @@ class SqliteLog:
                 (key_sha256, claim.request_sha256, ids),
             )
 
+    def correct(self, record_id: uuid.UUID, feedback: Feedback) -> bool:
+        at_ms = int(feedback.created_at.timestamp() * 1000)
+        with self._writing("correct"), self._transaction() as connection:
+            changed = connection.execute(
+                "UPDATE predictions SET feedback_digit = ?, feedback_at_ms = ? WHERE id = ?",
+                (feedback.digit, at_ms, str(record_id)),
+            ).rowcount
+        return changed == 1
+
     def get(self, record_id: uuid.UUID) -> Record | None:
         with self._errors("read"):
             row = (
                 self._connection()
-                .execute(f"SELECT {_COLUMNS} FROM predictions WHERE id = ?", (str(record_id),))
+                .execute(f"SELECT {_READ_COLUMNS} FROM predictions WHERE id = ?", (str(record_id),))
                 .fetchone()
             )
         return _from_row(row) if row else None
@@ -161,7 +175,7 @@ class SqliteLog:
             rows = (
                 self._connection()
                 .execute(
-                    f"SELECT {_COLUMNS} FROM predictions "
+                    f"SELECT {_READ_COLUMNS} FROM predictions "
                     "ORDER BY created_at_ms DESC, rowid DESC LIMIT ?",
                     (limit,),
                 )
@@ -377,7 +391,7 @@ def _verdict_columns(verdict: Verdict | None) -> tuple[str | None, str | None, s
 def _from_row(row: tuple) -> Record:
     (id_, created_ms, digit, confidence, probabilities, name, version, label,
      input_image, upload, content_type, sha256, size, latency_ms,
-     verdict, candidates, reasons) = row  # fmt: skip
+     verdict, candidates, reasons, feedback_digit, feedback_at_ms) = row  # fmt: skip
     return Record(
         id=uuid.UUID(id_),
         created_at=datetime.fromtimestamp(created_ms / 1000, tz=UTC),
@@ -393,4 +407,7 @@ def _from_row(row: tuple) -> Record:
         verdict=None
         if verdict is None
         else Verdict(verdict, tuple(json.loads(candidates)), tuple(json.loads(reasons))),
+        feedback=None
+        if feedback_at_ms is None
+        else Feedback(feedback_digit, datetime.fromtimestamp(feedback_at_ms / 1000, tz=UTC)),
     )

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Function settings copied to the deployed function when set (see function/recognizer/
-# config.py and cassandra_log.py). Not here: CASSANDRA_PASSWORD, API_TOKEN and
-# CASSANDRA_SSL_CA_FILE (secrets, by reference below), SQLITE_PATH and PREDICTION_STORE
+# config.py and cassandra_log.py). Not here: CASSANDRA_PASSWORD, API_TOKEN, FEEDBACK_SECRET
+# and CASSANDRA_SSL_CA_FILE (secrets, by reference below), SQLITE_PATH and PREDICTION_STORE
 # (always Cassandra in the cloud), PORT (the platform sets it), MODEL_SERVER_URL and
 # CASSANDRA_CONTACT_POINTS (required, validated).
 FUNCTION_PASSTHROUGH = (
@@ -34,6 +34,13 @@ FUNCTION_PASSTHROUGH = (
     "HISTORY_MAX_LIMIT",
     "PREDICT_REQUIRES_TOKEN",
     "CORS_ALLOWED_ORIGINS",
+    "VERDICT_MIN_CONFIDENCE",
+    "VERDICT_MIN_CANDIDATE",
+    "VERDICT_MIN_UNSURE_MASS",
+    "VERDICT_MIN_INK_EXTENT",
+    "VERDICT_MAX_ASPECT",
+    "VERDICT_MIN_MARK_SHARE",
+    "VERDICT_EDGE_MARGIN",
     "CASSANDRA_PORT",
     "CASSANDRA_KEYSPACE",
     "CASSANDRA_LOCAL_DC",
@@ -46,7 +53,7 @@ FUNCTION_PASSTHROUGH = (
     "CASSANDRA_RECENT_LOOKBACK_DAYS",
 )
 # Secrets the function reads from its environment; each is deployed from <NAME>_SECRET.
-SECRETS = ("CASSANDRA_PASSWORD", "API_TOKEN")
+SECRETS = ("CASSANDRA_PASSWORD", "API_TOKEN", "FEEDBACK_SECRET")
 # Where a CA bundle given by CASSANDRA_SSL_CA_SECRET is mounted in the function.
 CA_MOUNT_DIR = "/etc/secrets/cassandra-ca"
 CA_FILE_NAME = "ca.pem"
@@ -367,6 +374,7 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     if (password is None) != (not read.get("CASSANDRA_USERNAME")):
         read.problems.append("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD_SECRET together")
     api_token = read.secret_ref("API_TOKEN_SECRET")
+    feedback_secret = read.secret_ref("FEEDBACK_SECRET_SECRET")
     ca_secret = read.secret_ref("CASSANDRA_SSL_CA_SECRET")
 
     env = {
@@ -407,7 +415,11 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
         env=env,
         secrets={
             name: ref
-            for name, ref in (("CASSANDRA_PASSWORD", password), ("API_TOKEN", api_token))
+            for name, ref in (
+                ("CASSANDRA_PASSWORD", password),
+                ("API_TOKEN", api_token),
+                ("FEEDBACK_SECRET", feedback_secret),
+            )
             if ref
         },
         ca_secret=ca_secret,

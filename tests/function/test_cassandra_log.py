@@ -291,7 +291,7 @@ def test_schema_is_idempotent_and_shaped_for_a_time_ordered_log() -> None:
     statements = split_statements(SCHEMA_TEXT)
     creates = [s for s in statements if s.upper().startswith("CREATE")]
     alters = [s for s in statements if s.upper().startswith("ALTER")]
-    assert (len(creates), len(alters), len(statements)) == (3, 1, 4)
+    assert (len(creates), len(alters), len(statements)) == (3, 2, 5)
     assert all(re.match(r"CREATE \w+ IF NOT EXISTS ", s) for s in creates)
     assert all(re.match(r"ALTER TABLE \w+\.\w+ ADD IF NOT EXISTS ", s) for s in alters)
     keyspace, table, *_ = statements
@@ -312,9 +312,12 @@ def test_schema_columns_hold_every_record_field() -> None:
     assert columns["verdict"].cql_parameterized_type() == "text"
     assert columns["verdict_candidates"].cql_parameterized_type() == "list<int>"
     assert columns["verdict_reasons"].cql_parameterized_type() == "list<text>"
-    fields = {f for f in Record.__dataclass_fields__ if f not in {"upload", "verdict"}}
+    assert columns["feedback_digit"].cql_parameterized_type() == "int"
+    assert columns["feedback_at"].cql_parameterized_type() == "timestamp"
+    fields = {f for f in Record.__dataclass_fields__ if f not in {"upload", "verdict", "feedback"}}
     fields |= {f"upload_{f}" for f in Upload.__dataclass_fields__ if f != "content"} | {"upload"}
     fields |= {"verdict"} | {f"verdict_{f}" for f in Verdict.__dataclass_fields__ if f != "kind"}
+    fields |= {"feedback_digit", "feedback_at"}  # Feedback's digit and created_at
     assert set(columns) == fields | {"day"}
 
 
@@ -343,7 +346,7 @@ def test_split_statements_respects_strings_and_comments() -> None:
 def test_dry_run_prints_the_statements(capsys: pytest.CaptureFixture[str]) -> None:
     assert apply_schema.main(["--dry-run"], environ={}) == 0
     out = capsys.readouterr().out
-    assert "--" not in out and out.count(";") == 4
+    assert "--" not in out and out.count(";") == 5
     assert split_statements(out) == split_statements(SCHEMA_TEXT)
     assert "CREATE KEYSPACE IF NOT EXISTS mnist\n" in out
 
@@ -354,12 +357,13 @@ def test_dry_run_substitutes_keyspace_and_replication(capsys: pytest.CaptureFixt
         ["--dry-run", "--replication", replication], environ={"CASSANDRA_KEYSPACE": "mnist_eu"}
     )
     assert code == 0
-    keyspace, table, verdicts, keys = split_statements(capsys.readouterr().out)
+    keyspace, table, verdicts, corrections, keys = split_statements(capsys.readouterr().out)
     assert keyspace.startswith("CREATE KEYSPACE IF NOT EXISTS mnist_eu\n")
     assert "replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': '2'}" in keyspace
     assert "SimpleStrategy" not in keyspace
     assert table.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.predictions (")
     assert verdicts.startswith("ALTER TABLE mnist_eu.predictions ADD IF NOT EXISTS (")
+    assert corrections.startswith("ALTER TABLE mnist_eu.predictions ADD IF NOT EXISTS (")
     assert keys.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.idempotency_keys (")
 
 

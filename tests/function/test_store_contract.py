@@ -54,6 +54,7 @@ from recognizer.cassandra_log import (
 )
 from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
+    Feedback,
     IdempotencyClaim,
     PredictionLog,
     Record,
@@ -200,6 +201,26 @@ def test_every_verdict_reads_back_with_its_candidates_and_reasons(store: Predict
     store.save(records)
     assert [store.get(record.id) for record in records] == records
     assert store.recent(3) == newest_first(records)
+
+
+def test_a_correction_is_kept_with_its_record_and_the_last_one_wins(store: PredictionLog) -> None:
+    record = make_record()
+    store.save([record])
+    first = Feedback(3, datetime.now(UTC).replace(microsecond=0))
+    assert store.correct(record.id, first)
+    assert store.get(record.id) == replace(record, feedback=first)
+    last = Feedback(None, first.created_at + timedelta(seconds=1))  # "not a digit"
+    assert store.correct(record.id, last)
+    assert store.get(record.id).feedback == last
+    assert store.recent(1)[0].feedback == last
+    store.save([record])  # a retried save of the record leaves the correction be
+    assert store.get(record.id).feedback == last
+
+
+def test_a_correction_of_an_unknown_id_makes_no_record(store: PredictionLog) -> None:
+    never_saved = make_record()
+    assert not store.correct(never_saved.id, Feedback(1, datetime.now(UTC).replace(microsecond=0)))
+    assert store.get(never_saved.id) is None and store.recent(10) == []
 
 
 def test_an_upload_over_the_cap_keeps_its_digest_and_size_but_not_its_bytes(

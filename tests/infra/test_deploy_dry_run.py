@@ -204,16 +204,19 @@ def test_secrets_go_by_reference() -> None:
         "CASSANDRA_PASSWORD_SECRET": "cassandra-password:3",
         "CASSANDRA_SSL_CA_SECRET": "projects/digits-prod-42/secrets/cassandra-ca:1",
         "API_TOKEN_SECRET": "history-token:latest",
+        "FEEDBACK_SECRET_SECRET": "feedback-key:2",
         "IMAGE_TAG": "abc",
     }
     (functions,) = argvs(plan("function", environ))
     assert functions[-1] == (
         "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,API_TOKEN=history-token:latest,"
+        "FEEDBACK_SECRET=feedback-key:2,"
         "/etc/secrets/cassandra-ca:/ca.pem=projects/digits-prod-42/secrets/cassandra-ca:1"
     )
     (run,) = argvs(plan("run-function", environ))
     assert run[-1] == (
         "--set-secrets=CASSANDRA_PASSWORD=cassandra-password:3,API_TOKEN=history-token:latest,"
+        "FEEDBACK_SECRET=feedback-key:2,"
         "/etc/secrets/cassandra-ca/ca.pem=projects/digits-prod-42/secrets/cassandra-ca:1"
     )
     for argv in (functions, run):
@@ -223,7 +226,7 @@ def test_secrets_go_by_reference() -> None:
         assert "CASSANDRA_PASSWORD=" not in env_flag
 
 
-@pytest.mark.parametrize("variable", ["CASSANDRA_PASSWORD", "API_TOKEN"])
+@pytest.mark.parametrize("variable", ["CASSANDRA_PASSWORD", "API_TOKEN", "FEEDBACK_SECRET"])
 def test_a_secret_by_value_is_refused_and_never_printed(variable: str) -> None:
     secret = "hunter2-do-not-print"
     result = subprocess.run(
@@ -424,6 +427,7 @@ def test_every_function_setting_is_deployable() -> None:
         "PREDICTION_STORE",  # always cassandra in the cloud
         "CASSANDRA_PASSWORD",  # CASSANDRA_PASSWORD_SECRET
         "API_TOKEN",  # API_TOKEN_SECRET
+        "FEEDBACK_SECRET",  # FEEDBACK_SECRET_SECRET
         "CASSANDRA_SSL_CA_FILE",  # CASSANDRA_SSL_CA_SECRET, mounted
         "SQLITE_PATH",  # local only
         "WORKERS",  # read by the tool, 1 to 16

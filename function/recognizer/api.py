@@ -30,7 +30,16 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, RequestRedirect, Rule
 
-from recognizer import budget, feedback, model_client, preprocess, request_log, routing, uploads
+from recognizer import (
+    budget,
+    feedback,
+    metrics,
+    model_client,
+    preprocess,
+    request_log,
+    routing,
+    uploads,
+)
 from recognizer.config import Settings
 from recognizer.model_client import ModelClient
 from recognizer.records import Feedback, PredictionLog, Record, StoreUnavailable
@@ -129,6 +138,7 @@ _URLS = Map(
         Rule("/healthz", endpoint="health", methods=["GET"]),
         Rule("/readyz", endpoint="ready", methods=["GET"]),
         Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
+        Rule("/metrics", endpoint="metrics", methods=["GET"]),
     ],
     strict_slashes=False,
     # Werkzeug would answer `//` in a path with a redirect to the merged path on its own
@@ -151,6 +161,7 @@ class Api:
         self._settings = settings
         self._lock = threading.Lock()
         self._clients: _Clients | None = None
+        self._metrics = metrics.Metrics()
         self._endpoints: dict[str, Callable[..., flask.Response]] = {
             "page": self._page,
             "history": self._history,
@@ -160,6 +171,7 @@ class Api:
             "health": self._health,
             "ready": self._ready,
             "openapi": self._openapi,
+            "metrics": self._metrics_text,
         }
 
     def handle(self, request: flask.Request) -> flask.Response:
@@ -172,6 +184,8 @@ class Api:
             status, outcome = _classify(error)
             response = _error_response(error, status, outcome)
         self._allow_origin(request, response)
+        total_ms = (time.perf_counter() - started) * 1000
+        self._count(facts, response.status_code, total_ms)
         request_id = request_log.request_id(request.headers.get("X-Request-Id"))
         response.headers["X-Request-Id"] = request_id
         client = routing.client_key(request.headers.get("X-Client-Id"), request.remote_addr)
@@ -184,7 +198,7 @@ class Api:
                 query_names=request.args.keys(),
                 status=response.status_code,
                 outcome=outcome,
-                total_ms=(time.perf_counter() - started) * 1000,
+                total_ms=total_ms,
                 facts=facts,
             )
         )
@@ -204,6 +218,7 @@ class Api:
             endpoint, arguments = adapter.match(request.path, request.method)
         except RequestRedirect:  # no rule redirects, but never answer one without a Location
             raise NotFound() from None
+        facts.endpoint = endpoint
         if request.method == "OPTIONS":
             methods = ", ".join(sorted(adapter.allowed_methods(request.path)))
             return flask.Response(status=204, headers={"Allow": methods})
@@ -300,6 +315,7 @@ class Api:
         facts.model = {"version": records[0].model_version, "label": records[0].model_label}
         facts.timings_ms = recognition.timings_ms
         facts.replayed = recognition.replayed
+        facts.verdicts = tuple(r.verdict.kind if r.verdict else "none" for r in records)
         secret = self._settings.feedback_secret
         predictions = [
             {
@@ -373,6 +389,29 @@ class Api:
                 "this service gives no feedback tokens (FEEDBACK_SECRET is unset)"
             )
         raise feedback.WrongFeedbackToken("the token is not the one for this prediction")
+
+    def _metrics_text(self, request: flask.Request) -> flask.Response:
+        return flask.Response(self._metrics.render(), content_type=metrics.CONTENT_TYPE)
+
+    def _count(self, facts: request_log.Facts, status: int, total_ms: float) -> None:
+        """The request's figures for GET /metrics (a replayed answer predicted nothing)."""
+        self._metrics.count(
+            "digit_http_requests_total", endpoint=facts.endpoint, status=str(status)
+        )
+        self._metrics.observe(
+            "digit_request_duration_seconds", total_ms / 1000, endpoint=facts.endpoint
+        )
+        for stage, ms in facts.timings_ms.items():
+            self._metrics.observe("digit_stage_duration_seconds", ms / 1000, stage=stage)
+        if status == 200 and facts.model is not None and not facts.replayed:
+            model = {
+                "model_version": str(facts.model["version"]),
+                "model_label": str(facts.model["label"] or "(pinned)"),
+            }
+            for verdict in facts.verdicts:
+                self._metrics.count("digit_predictions_total", verdict=verdict, **model)
+        if status == 200 and facts.endpoint == "feedback":
+            self._metrics.count("digit_feedback_total")
 
     def _openapi(self, request: flask.Request) -> flask.Response:
         return flask.Response(OPENAPI.read_bytes(), mimetype="application/json")

@@ -32,12 +32,15 @@ _write_lock = threading.Lock()
 
 @dataclass
 class Facts:
-    """What handling one request learned for its log line; endpoints fill in what applies."""
+    """What handling one request learned for its log line and its metrics (metrics.py);
+    endpoints fill in what applies."""
 
+    endpoint: str = "unknown"  # the route that answered; "unknown" for a path of none
     images: int | None = None
     model: dict[str, object] | None = None  # version and label that answered
     timings_ms: Mapping[str, float] = field(default_factory=dict)  # Recognition.timings_ms
     replayed: bool | None = None
+    verdicts: tuple[str, ...] = ()  # one per recorded prediction (metrics only)
 
 
 def request_id(header: str | None) -> str:

@@ -396,12 +396,16 @@ def _throughput_finding(busy: dict, baseline: dict, cores: int) -> str:
 
 def _latency_finding(busy: dict) -> str:
     p50, p99 = busy["wall_ms"]["p50"], busy["wall_ms"]["p99"]
+    outside = p99["hey (client side)"] - p99["total"]
     return (
-        f"- **p99 at concurrency 8.** `hey` saw {p99['hey (client side)']:.0f} ms, the "
-        f"handler took {p99['total']:.0f} ms at its p99 and the SQLite write "
-        f"{p99['store']:.0f} ms (p50 {p50['store']:.1f} ms: one writer at a time, each "
-        "commit synced to disk); the rest of the slowest requests' time went waiting for "
-        "a thread, the GIL or a core, outside the function's code.\n"
+        f"- **p99 at concurrency 8.** `hey` saw {p99['hey (client side)']:.0f} ms; the "
+        f"function's handler took {p99['total']:.0f} ms at its p99, so about {outside:.0f} ms "
+        "of the slowest requests went waiting outside it (for a thread, the GIL or a core). "
+        f"Inside it, the SQLite write's p99 was {p99['store']:.0f} ms (p50 {p50['store']:.1f} "
+        f"ms; {busy['wall_ms']['p50']['store'] / max(p50['total'], 1e-9):.0%} of the "
+        "handler's p50): one writer at a time, each commit synced to disk, so at concurrency "
+        "8 a write waits for the others' commits; the model's answer "
+        f"{p99['model']:.0f} ms (p50 {p50['model']:.1f}).\n"
     )
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -365,54 +366,110 @@ def test_errors_from_the_real_api_are_explained(page, upload, title, code):
     expect(page.locator("#error-code")).to_have_text(code)
     expect(page.locator("#error-message")).not_to_be_empty()
     expect(page.locator("#answer")).to_be_hidden()
+    expect(page.locator("#retry")).to_be_hidden()  # the same file would fail the same way
+    in_plain_words(page)
+
+
+def test_a_file_too_large_is_measured_in_megabytes(page):
+    huge = file_payload("huge.png", "image/png", b"\x89PNG" + bytes(11 * 1024 * 1024))
+    failed(page, lambda: page.set_input_files("#file", files=[huge]))
+    expect(page.locator("#error-message")).to_contain_text(
+        "That file is 11 MB; the service takes up to 10 MB."
+    )
+    expect(page.locator("#error-detail")).to_contain_text("10,485,760")  # the service's own words
+
+
+def in_plain_words(page: Page) -> None:
+    """The main message has no machine codes, exception names, status codes or byte counts."""
+    shown = f"{page.inner_text('#error-title')} {page.inner_text('#error-message')}"
+    raw = re.search(r"\b[a-z]+_[a-z_]+\b|[a-z]Error\b|\bHTTP\b|\b\d{1,3}(,\d{3})+\b", shown)
+    assert raw is None, f"raw text in the error shown: {raw.group(0)!r} in {shown!r}"
 
 
 @pytest.mark.parametrize(
-    ("answer", "title", "detail"),
+    ("answer", "title", "detail", "retry"),
     [
         (
             lambda route: api_error(
-                route, 503, "model_unavailable", "model server down", **{"Retry-After": "5"}
+                route,
+                503,
+                "model_unavailable",
+                "the model server is unreachable (ConnectionError)",
+                **{"Retry-After": "5"},
             ),
             "The recognizer is not available right now",
             "Try again in 5 s",
+            True,
         ),
         (
             lambda route: api_error(route, 504, "model_timeout", "no answer within 5 s"),
             "The model took too long to answer",
             "no answer within 5 s",
+            True,
         ),
         (
             lambda route: api_error(route, 413, "image_too_large", "40,000,001 pixels"),
             "That picture has too many pixels",
             "40,000,001 pixels",
+            False,
         ),
         (
             lambda route: route.abort("connectionrefused"),
-            "Could not reach the service",
-            "Check your connection",
+            "The service stopped answering",
+            "it may have stopped",
+            True,
         ),
         (
             lambda route: route.fulfill(status=502, content_type="text/html", body="<h1>Bad</h1>"),
             "Something went wrong",
             "HTTP 502",
+            True,
         ),
     ],
     ids=["503", "504", "413-pixels", "network", "502-not-json"],
 )
-def test_every_failure_the_network_can_bring_is_shown(page, answer, title, detail):
+def test_every_failure_the_network_can_bring_is_shown(page, answer, title, detail, retry):
     """Failures the local stack cannot be made to produce on demand, answered by the browser."""
     page.route(PREDICT, answer)
     failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
     expect(page.locator("#error-title")).to_have_text(title)
     expect(page.locator("#error")).to_contain_text(detail)
+    expect(page.locator("#error-message")).not_to_contain_text("connection")
+    expect(page.locator("#retry")).to_be_visible(visible=retry)  # a 5xx or no answer at all
+    in_plain_words(page)
+
+
+def test_retry_waits_as_long_as_retry_after_says_and_counts_down(page):
+    """Pressed early, Retry waits out Retry-After, then sends the same picture with the same key."""
+    asked: list[tuple[float, str | None]] = []
+
+    def unavailable_once(route: Route) -> None:
+        asked.append((time.monotonic(), route.request.headers.get("idempotency-key")))
+        if len(asked) > 1:
+            route.continue_()  # the real API
+            return
+        api_error(route, 503, "model_unavailable", "starting", **{"Retry-After": "3"})
+
+    page.route(PREDICT, unavailable_once)
+    failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    retry = page.locator("#retry")
+    expect(retry).to_have_text(re.compile(r"^Try again in [23] s$"))
+    retry.click()
+    expect(retry).to_have_text(re.compile(r"^Trying again in [12] s…$"))
+    expect(retry).to_have_text("Trying again in 1 s…")
+    expect(page.locator("#answer")).to_have_attribute("data-id", UUID)
+    expect(page.locator("#digit")).to_have_text("7")
+    expect(page.locator("#error")).to_be_hidden()
+    (failed_at, first_key), (retried_at, second_key) = asked
+    assert retried_at - failed_at >= 2.95, f"retried after {retried_at - failed_at:.2f} s"
+    assert first_key and first_key == second_key
 
 
 def test_text_from_the_api_is_shown_as_text_never_run_as_html(page):
     markup = '<img src=x onerror="window.injected = true">'
     page.route(PREDICT, lambda route: api_error(route, 400, "not_an_image", markup))
     failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
-    expect(page.locator("#error-message")).to_contain_text(markup)
+    expect(page.locator("#error-detail")).to_contain_text(markup)
     expect(page.locator("#error img")).to_have_count(0)
     assert page.evaluate("window.injected") is None
 

@@ -1,10 +1,16 @@
 """`python -m infra.rollout`: the shell around the plans -- files, model server, gRPC, output.
 
-    status                 versions on disk, served, labelled, loaded; per-version log figures
+    status [--json]        versions on disk, served, labelled, loaded; per-version log figures
     canary <version>       load a version, wait until AVAILABLE, point `canary` at it
     promote                point `stable` at the canary's version
     rollback               point `canary` back at stable's version, unload the rejected one
     rollback --stable      point `stable` (and a canary that followed it) at the previous version
+    analyze [--apply]      canary against stable over the log: promote, roll back or wait
+
+`analyze` exits with a status a pipeline can branch on: 0 promote (recommended, or done
+with --apply), 3 wait (not enough evidence yet; nothing changed), 4 roll back
+(recommended, or done with --apply); 1 is an error (no canary, an unreadable log, a
+refused change) and 2 a usage error. Its rules are in infra/rollout/analysis.py.
 
 Each step re-reads models.config, checks nobody else changed it, validates the new
 state (disk, signature, TF Serving's label rule, the server's own config rules), writes
@@ -15,15 +21,16 @@ it before the next step. Defaults come from the same variables as the function.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from infra.rollout import logstats, plan, report
+from infra.rollout import analysis, logstats, plan, report
 from infra.rollout.errors import RolloutError
 from infra.rollout.plan import Facts, Step
 from infra.rollout.push import push_config
@@ -43,6 +50,15 @@ from serving.config import resolve_models
 from serving.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXIT_STATUS = {analysis.PROMOTE: 0, analysis.WAIT: 3, analysis.ROLLBACK: 4}
+EXIT_HELP = """
+exit status:
+  0  promote: recommended, or done with --apply
+  3  wait: not enough evidence yet; nothing changed
+  4  roll back: recommended, or done with --apply
+  1  an error (no canary, an unreadable log, a refused or failed change)
+  2  a usage error
+"""
 
 
 @dataclass
@@ -162,18 +178,19 @@ def converged(server: ModelServer, current: Served, target: Served) -> Callable[
 def status(deployment: Deployment, args: argparse.Namespace) -> str:
     _, config = deployment.read()
     served = served_of(config, deployment.model)
+    if args.json:  # the log's figures only; an unreadable log is an error, not a line
+        _, figures = _window_figures(args)
+        return json.dumps(report.status_json(figures, served))
     labels = sorted(set(served.labels) | {args.stable_label, args.canary_label})
     try:
         server_versions: dict | str = deployment.server.versions()
         server_labels = {label: deployment.server.label_version(label) for label in labels}
     except RolloutError as error:
         server_versions, server_labels = str(error), {}
-    since = datetime.now(UTC) - timedelta(hours=args.window_hours)
-    source, read_rows = _log_reader(args)
     try:
-        figures: list | str = logstats.summarize(read_rows(since), args.low_confidence)
+        source, figures = _window_figures(args)
     except RolloutError as error:
-        figures = str(error)
+        source, figures = _log_reader(args)[0], str(error)
     return report.render_status(
         report.StatusFacts(
             model=deployment.model,
@@ -189,6 +206,65 @@ def status(deployment: Deployment, args: argparse.Namespace) -> str:
             low_confidence=args.low_confidence,
         )
     )
+
+
+def analyze(deployment: Deployment, args: argparse.Namespace) -> int:
+    """Decide on the canary from the log; with --apply, promote or roll back as decided."""
+    _, config = deployment.read()
+    served = served_of(config, deployment.model)
+    stable = served.labels.get(args.stable_label)
+    canary = served.labels.get(args.canary_label)
+    if stable is None:
+        raise RolloutError(f"there is no {args.stable_label!r} label")
+    if canary is None or canary == stable:
+        raise RolloutError(
+            f"no canary to analyze: {args.canary_label!r} points at "
+            + ("nothing" if canary is None else f"stable's version {stable}")
+            + "; start one with `canary <version>`"
+        )
+    source, figures = _window_figures(args)
+    by_version = {f.version: f for f in figures}
+    # The flags are the thresholds' fields by name (see _analyze_parser).
+    thresholds = analysis.Thresholds(
+        **{field.name: getattr(args, field.name) for field in fields(analysis.Thresholds)}
+    )
+    decision = analysis.decide(by_version.get(stable), by_version.get(canary), thresholds)
+    facts = report.AnalysisFacts(
+        model=deployment.model,
+        served=served,
+        stable_label=args.stable_label,
+        canary_label=args.canary_label,
+        stable_version=stable,
+        canary_version=canary,
+        stable=by_version.get(stable),
+        canary=by_version.get(canary),
+        decision=decision,
+        log_source=source,
+        window_hours=args.window_hours,
+        low_confidence=args.low_confidence,
+    )
+    if args.json:  # stdout carries the JSON alone
+        deployment.say = lambda line: print(line, file=sys.stderr)
+    else:
+        print(report.render_analysis(facts))
+    applied = args.apply and decision.action != analysis.WAIT
+    if args.apply and not applied:
+        deployment.say("--apply: nothing to do while the decision is to wait")
+    if applied:
+        if served_of(deployment.read()[1], deployment.model) != served:
+            raise RolloutError(f"{deployment.config_file} changed during the analysis; run again")
+        deployment.say(f"applying the decision: {decision.action}")
+        deployment.apply(plan_for(deployment, args, decision.action))  # as the command does
+    if args.json:
+        print(json.dumps(report.analysis_json(facts, applied)))
+    return EXIT_STATUS[decision.action]
+
+
+def _window_figures(args: argparse.Namespace) -> tuple[str, list[logstats.VersionFigures]]:
+    """Where the log is read from, and its figures per version over the window."""
+    since = datetime.now(UTC) - timedelta(hours=args.window_hours)
+    source, read_rows = _log_reader(args)
+    return source, logstats.summarize(read_rows(since), args.low_confidence)
 
 
 def _log_reader(args: argparse.Namespace) -> tuple[str, Callable[[datetime], list]]:
@@ -219,24 +295,45 @@ def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.Arg
     )
     common.add_argument("--stable-label", default=env.get("MODEL_LABEL") or "stable")
     common.add_argument("--canary-label", default=env.get("CANARY_LABEL") or "canary")
-    changing = argparse.ArgumentParser(add_help=False, parents=[common])
-    changing.add_argument(
+    applying = argparse.ArgumentParser(add_help=False, parents=[common])
+    applying.add_argument(
         "--grpc", metavar="HOST:PORT", help="also push each config to TF Serving over gRPC"
     )
-    changing.add_argument(
+    applying.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for each step (300)"
     )
-    changing.add_argument("--poll-seconds", type=float, default=0.5, help=argparse.SUPPRESS)
-    changing.add_argument(
+    applying.add_argument("--poll-seconds", type=float, default=0.5, help=argparse.SUPPRESS)
+    applying.add_argument(
         "--drain-seconds",
         type=float,
         default=10.0,
         help="wait before unloading a version a label just left; longer than the function's "
         "MODEL_LABEL_CACHE_SECONDS (10)",
     )
+    changing = argparse.ArgumentParser(add_help=False, parents=[applying])
     changing.add_argument(
         "--dry-run", action="store_true", help="print the plan, check its first step, write nothing"
     )
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument(
+        "--window-hours", type=float, default=24.0, help="hours of the log to read (%(default)g)"
+    )
+    reading.add_argument(
+        "--low-confidence",
+        type=float,
+        default=0.9,
+        help="an answer below this confidence is low-confidence (%(default)g)",
+    )
+    reading.add_argument(
+        "--store",
+        choices=("sqlite", "cassandra"),
+        default=env.get("PREDICTION_STORE")
+        or ("cassandra" if env.get("CASSANDRA_CONTACT_POINTS") else "sqlite"),
+    )
+    reading.add_argument(
+        "--sqlite", type=Path, default=Path(env.get("SQLITE_PATH") or _sqlite_default())
+    )
+    reading.add_argument("--json", action="store_true", help="print JSON (see the README)")
 
     parser = argparse.ArgumentParser(
         prog="python -m infra.rollout",
@@ -244,18 +341,7 @@ def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.Arg
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    show = commands.add_parser("status", parents=[common], help="what is served and how it does")
-    show.add_argument("--window-hours", type=float, default=24.0)
-    show.add_argument("--low-confidence", type=float, default=0.9)
-    show.add_argument(
-        "--store",
-        choices=("sqlite", "cassandra"),
-        default=env.get("PREDICTION_STORE")
-        or ("cassandra" if env.get("CASSANDRA_CONTACT_POINTS") else "sqlite"),
-    )
-    show.add_argument(
-        "--sqlite", type=Path, default=Path(env.get("SQLITE_PATH") or _sqlite_default())
-    )
+    commands.add_parser("status", parents=[common, reading], help="what is served and how it does")
     start = commands.add_parser("canary", parents=[changing], help="start a canary")
     start.add_argument("version", type=int)
     commands.add_parser("promote", parents=[changing], help="make the canary stable")
@@ -265,7 +351,43 @@ def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.Arg
     back.add_argument(
         "--keep-loaded", action="store_true", help="leave the rejected version loaded"
     )
+    _analyze_parser(commands, [applying, reading])
     return parser
+
+
+def _analyze_parser(commands: argparse._SubParsersAction, parents: list) -> None:
+    defaults = analysis.Thresholds()
+    check = commands.add_parser(
+        "analyze",
+        parents=parents,
+        help="canary against stable: promote, roll back or wait",
+        description=analysis.__doc__ + EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.set_defaults(stable=False, to=None)  # a rollback here is always the canary's
+    check.add_argument(
+        "--apply",
+        action="store_true",
+        help="carry out a promote or a rollback decision, as those commands do",
+    )
+    check.add_argument(
+        "--keep-loaded", action="store_true", help="on rollback, leave the canary's version loaded"
+    )
+    thresholds = check.add_argument_group("thresholds")
+    for flag, kind, why in (
+        ("--alpha", float, "two-sided level of the tests; intervals are at 1 - alpha"),
+        ("--power", float, "power the corrections (requests) needed are computed for"),
+        ("--accuracy-margin", float, "accuracy drop to detect and the most tolerated"),
+        ("--low-confidence-margin", float, "rise in the low-confidence share tolerated"),
+        ("--verdict-margin", float, "rise in the unsure or the not-a-digit share tolerated"),
+        ("--latency-increase", float, "relative rise in latency p50 or p99 tolerated ..."),
+        ("--latency-slack-ms", float, "... or this many ms, whichever is more"),
+        ("--min-requests", int, "records per version before latency is compared"),
+    ):
+        name = flag[2:].replace("-", "_")
+        thresholds.add_argument(
+            flag, type=kind, default=getattr(defaults, name), help=f"{why} (%(default)g)"
+        )
 
 
 def _sqlite_default() -> Path:
@@ -274,12 +396,16 @@ def _sqlite_default() -> Path:
     return Settings().sqlite_path
 
 
-def plan_for(deployment: Deployment, args: argparse.Namespace) -> list[Step]:
+def plan_for(
+    deployment: Deployment, args: argparse.Namespace, command: str | None = None
+) -> list[Step]:
+    """The steps of `command` (default: the one on the command line)."""
+    command = command or args.command
     _, config = deployment.read()
     current = served_of(config, deployment.model)
-    if args.command == "canary":
+    if command == "canary":
         return plan.canary(current, args.version, args.canary_label)
-    if args.command == "promote":
+    if command == "promote":
         return plan.promote(current, args.stable_label, args.canary_label)
     if not args.stable:
         if args.to is not None:
@@ -310,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             print(status(deployment, args))
             return 0
+        if args.command == "analyze":
+            return analyze(deployment, args)
         steps = plan_for(deployment, args)
         if args.dry_run:
             return _dry_run(deployment, steps)

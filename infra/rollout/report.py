@@ -1,4 +1,4 @@
-"""The `status` report: plain-text tables from facts gathered by the shell (no I/O here)."""
+"""The `status` and `analyze` reports, text and JSON, from facts the shell gathered (no I/O)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from function.recognizer.verdict import VERDICTS
+from infra.rollout.analysis import INCONCLUSIVE, WORSE, Decision
 from infra.rollout.logstats import VersionFigures
 from infra.rollout.served import Served
 from infra.rollout.server import VersionState
 
 ACCURACY_NOTE = (
-    "accuracy: n/a until users can correct answers (no correction feature yet), so the log "
-    "holds no ground truth"
+    "accuracy: n/a for a version nobody corrected; otherwise right / corrected over the "
+    "version's records in the window that a person corrected (PUT /predictions/<id>/feedback), "
+    "with its 95% Wilson interval. Right: the person's digit is the model's and the verdict is "
+    "digit or unsure, or the person said 'not a digit' and so did the verdict. People mostly "
+    "correct wrong answers: compare versions with it, do not read it as their accuracy"
 )
 
 
@@ -77,6 +81,10 @@ def _figures_table(facts: StatusFacts) -> str:
         return f"  {facts.figures}"
     if not facts.figures:
         return "  no predictions in this window"
+    return _figures_rows(facts.figures)
+
+
+def _figures_rows(figures: Sequence[VersionFigures]) -> str:
     rows = [
         [
             "version",
@@ -86,12 +94,13 @@ def _figures_table(facts: StatusFacts) -> str:
             "mean conf",
             "low conf",
             "p50 ms",
-            "p95 ms",
+            "p99 ms",
             "digit / unsure / not a digit",
-            "accuracy",
+            "corrected",
+            "accuracy (95% CI)",
         ]
     ]
-    for f in facts.figures:
+    for f in figures:
         rows.append(
             [
                 str(f.version),
@@ -101,12 +110,42 @@ def _figures_table(facts: StatusFacts) -> str:
                 f"{f.mean_confidence:.4f}",
                 f"{f.low_confidence_share:.1%}",
                 f"{f.latency_p50_ms:.1f}",
-                f"{f.latency_p95_ms:.1f}",
+                f"{f.latency_p99_ms:.1f}",
                 _verdict_shares(f.verdict_shares),
-                "n/a" if f.accuracy is None else f"{f.accuracy:.2%}",
+                str(f.corrected),
+                _accuracy(f),
             ]
         )
     return _table(rows)
+
+
+def _accuracy(f: VersionFigures) -> str:
+    if f.accuracy is None or f.accuracy_ci is None:
+        return "n/a"
+    low, high = f.accuracy_ci
+    return f"{f.accuracy:.1%} ({low:.1%}-{high:.1%})"
+
+
+def status_json(figures: Sequence[VersionFigures], served: Served) -> dict:
+    """`status --json`: the figures of every version with records in the window."""
+    return {"versions": [version_json(f, served) for f in figures]}
+
+
+def version_json(f: VersionFigures, served: Served) -> dict:
+    """One version's figures; "labels" are those models.config gives it."""
+    return {
+        "version": f.version,
+        "labels": sorted(label for label, v in served.labels.items() if v == f.version),
+        "requests": f.requests,
+        "feedback": f.corrected,
+        "accuracy": f.accuracy,
+        "accuracy_ci": None if f.accuracy_ci is None else list(f.accuracy_ci),
+        "mean_confidence": f.mean_confidence,
+        "low_confidence_share": f.low_confidence_share,
+        "latency_ms": {"p50": f.latency_p50_ms, "p99": f.latency_p99_ms},
+        # Every verdict's share once a record has one (a newer server's kinds kept too).
+        "verdicts": {**dict.fromkeys(VERDICTS, 0.0), **f.verdict_shares} if f.verdicts else {},
+    }
 
 
 def _verdict_shares(shares: Mapping[str, float]) -> str:
@@ -126,3 +165,68 @@ def _table(rows: list[list[str]]) -> str:
         "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+@dataclass(frozen=True)
+class AnalysisFacts:
+    model: str
+    served: Served
+    stable_label: str
+    canary_label: str
+    stable_version: int
+    canary_version: int
+    stable: VersionFigures | None  # None: no records in the window
+    canary: VersionFigures | None
+    decision: Decision
+    log_source: str
+    window_hours: float
+    low_confidence: float
+
+
+def render_analysis(facts: AnalysisFacts) -> str:
+    present = [f for f in (facts.stable, facts.canary) if f is not None]
+    width = max(len(check.outcome) for check in facts.decision.checks)
+    return "\n".join(
+        [
+            f"model {facts.model}: version {facts.canary_version} ({facts.canary_label}) "
+            f"against version {facts.stable_version} ({facts.stable_label})",
+            f"prediction log: {facts.log_source}, last {facts.window_hours:g} h, "
+            f"low confidence = below {facts.low_confidence:g}",
+            _figures_rows(present) if present else "  no predictions of either version",
+            "",
+            f"decision: {facts.decision.action} ({_because(facts.decision)})",
+            *(f"  {c.outcome.ljust(width)}  {c.reason}" for c in facts.decision.checks),
+        ]
+    )
+
+
+def _because(decision: Decision) -> str:
+    for outcome in (WORSE, INCONCLUSIVE):
+        signals = [c.signal for c in decision.checks if c.outcome == outcome]
+        if signals:
+            return f"{outcome}: {', '.join(signals)}"
+    return "every check is ok"
+
+
+def analysis_json(facts: AnalysisFacts, applied: bool) -> dict:
+    """`analyze --json`: the decision, every check and both versions' figures."""
+    return {
+        "decision": facts.decision.action,
+        "applied": applied,
+        "stable_version": facts.stable_version,
+        "canary_version": facts.canary_version,
+        "stable": None if facts.stable is None else version_json(facts.stable, facts.served),
+        "canary": None if facts.canary is None else version_json(facts.canary, facts.served),
+        "checks": [
+            {
+                "signal": c.signal,
+                "outcome": c.outcome,
+                "reason": c.reason,
+                "difference": None if c.comparison is None else c.comparison.difference,
+                "ci": None if c.comparison is None else list(c.comparison.interval),
+                "p_value": None if c.comparison is None else c.comparison.p_value,
+                "needed_per_version": c.needed,
+            }
+            for c in facts.decision.checks
+        ],
+    }

@@ -22,6 +22,7 @@ import pytest
 import requests
 from PIL import Image, ImageOps
 
+from recognizer import feedback
 from tests.conftest import ROOT
 from tests.support.function_server import running_function
 
@@ -74,6 +75,9 @@ PREDICT = re.compile(r"/predict\?")
 HISTORY = re.compile(r"/predictions\?")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 API_TOKEN = "page-test-token-0123456789"
+FEEDBACK_SECRET = "page-test-feedback-secret-0123456789abcdef"
+FEEDBACK = re.compile(r"/predictions/[^/?]+/feedback$")
+KEPT = "digit-recognizer.predictions"  # the page's localStorage key for its predictions
 
 
 @pytest.fixture(scope="session")
@@ -105,10 +109,19 @@ def protected_url(model_server, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def page_url(model_server, tmp_path_factory) -> Iterator[str]:
+    """The function as `make demo` runs it: default settings and a FEEDBACK_SECRET, so each
+    prediction it answers carries a feedback token."""
+    sqlite_path = tmp_path_factory.mktemp("page") / "predictions.sqlite3"
+    with running_function(model_server, sqlite_path, FEEDBACK_SECRET=FEEDBACK_SECRET) as url:
+        yield url
+
+
 @pytest.fixture
-def page(browser, function_url, request) -> Iterator[Page]:
+def page(browser, page_url, request) -> Iterator[Page]:
     """The page, freshly loaded; fails the test on any uncaught script error, keeps a screenshot."""
-    yield from open_page(browser, function_url, request)
+    yield from open_page(browser, page_url, request)
 
 
 @pytest.fixture
@@ -256,11 +269,11 @@ def test_the_page_stands_alone_and_never_inserts_api_text_as_html():
 
 
 @pytest.mark.parametrize(("strokes", "digit"), [(SEVEN, 7), (THREE, 3)], ids=["seven", "three"])
-def test_a_drawn_digit_is_recognized_shown_and_added_to_history(page, function_url, strokes, digit):
+def test_a_drawn_digit_is_recognized_shown_and_added_to_history(page, page_url, strokes, digit):
     draw(page, strokes)
     prediction = submitted(page, lambda: page.click("#send"))
     assert prediction["digit"] == digit
-    recorded = requests.get(f"{function_url}/predictions/{prediction['id']}", timeout=10).json()
+    recorded = requests.get(f"{page_url}/predictions/{prediction['id']}", timeout=10).json()
     model = recorded["model"]
     answered_by = f"{model['name']} v{model['version']} · {model['label']}"
 
@@ -682,10 +695,130 @@ def test_a_digit_running_off_the_edge_of_the_pad_is_flagged(page):
     expect(page.locator("#status")).to_contain_text("runs off the edge of the pad")
 
 
-def test_history_falls_back_when_the_upload_was_not_stored(page, function_url):
+def record(url: str, prediction_id: str) -> dict[str, Any]:
+    answer = requests.get(f"{url}/predictions/{prediction_id}", timeout=10)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def token_of(prediction_id: str) -> str:
+    return feedback.token_for(FEEDBACK_SECRET.encode(), uuid.UUID(prediction_id))
+
+
+def is_correction(sent: Any) -> bool:
+    return sent.method == "PUT" and FEEDBACK.search(sent.url) is not None
+
+
+def test_a_wrong_answer_is_corrected_with_the_predictions_own_token(page, page_url):
+    draw(page, SEVEN)
+    prediction = submitted(page, lambda: page.click("#send"))
+    group = page.locator("#answer .correct")
+    expect(group).to_contain_text("Wrong? It's a")
+    expect(group.locator(".correct-choices button")).to_have_text([*"0123456789", "not a digit"])
+    expect(group.locator("[aria-pressed=true]")).to_have_count(0)
+
+    with page.expect_request(is_correction) as put:
+        group.locator("button[data-digit='3']").click()
+    expect(group.locator(".correct-status")).to_have_text("Thanks: recorded as 3")
+    expect(group.locator("[aria-pressed=true]")).to_have_text(["3"])
+    assert put.value.url.endswith(f"/predictions/{prediction['id']}/feedback")
+    assert json.loads(put.value.post_data) == {"digit": 3, "token": token_of(prediction["id"])}
+    assert record(page_url, prediction["id"])["feedback"]["digit"] == 3
+    kept = page.evaluate(f"JSON.parse(localStorage.getItem('{KEPT}'))")
+    assert kept[prediction["id"]]["token"] == token_of(prediction["id"])
+
+    group.locator("button[data-digit=none]").click()  # the last correction wins
+    expect(group.locator(".correct-status")).to_have_text("Thanks: recorded as not a digit")
+    expect(group.locator("[aria-pressed=true]")).to_have_text(["not a digit"])
+    corrected = record(page_url, prediction["id"])["feedback"]
+    assert corrected is not None and corrected["digit"] is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "words", "retry"),
+    [
+        (
+            lambda route: api_error(
+                route, 503, "store_unavailable", "OperationalError", **{"Retry-After": "5"}
+            ),
+            "Not saved. Predictions cannot be recorded right now.",
+            True,
+        ),
+        (
+            lambda route: api_error(route, 403, "forbidden", "the token is not the one"),
+            "Not saved. This browser may not correct that prediction.",
+            False,
+        ),
+        (
+            lambda route: api_error(route, 404, "unknown_prediction", "no prediction has id"),
+            "Not saved. That prediction is no longer kept.",
+            False,
+        ),
+        (
+            lambda route: api_error(route, 400, "invalid_feedback", '"digit" must be'),
+            "Not saved. The service did not accept the correction.",
+            False,
+        ),
+        (
+            lambda route: route.abort("connectionrefused"),
+            "Not saved. The service stopped answering.",
+            True,
+        ),
+        (
+            lambda route: route.fulfill(status=200, content_type="text/html", body="<p>ok</p>"),
+            "Not saved. The answer could not be read.",
+            False,
+        ),
+    ],
+    ids=["503", "403", "404", "400", "network", "200-not-json"],
+)
+def test_a_correction_that_fails_says_so_and_nothing_claims_it_was_saved(
+    page, page_url, answer, words, retry
+):
+    draw(page, SEVEN)
+    prediction = submitted(page, lambda: page.click("#send"))
+    group = page.locator("#answer .correct")
+    group.locator("button[data-digit='1']").click()  # really recorded
+    expect(group.locator(".correct-status")).to_have_text("Thanks: recorded as 1")
+
+    page.route(FEEDBACK, answer)
+    group.locator("button[data-digit='4']").click()
+    status = group.locator(".correct-status")
+    expect(status).to_contain_text(words)
+    expect(status).to_contain_text("It stays recorded as 1.")
+    expect(status).not_to_contain_text("Thanks")
+    expect(group.locator("[aria-pressed=true]")).to_have_text(["1"])
+    expect(group.locator(".retry")).to_be_visible(visible=retry)
+    assert record(page_url, prediction["id"])["feedback"]["digit"] == 1
+    shown = status.inner_text()
+    assert not re.search(r"_|Error|\b\d{3}\b", shown), shown
+
+
+def test_a_correction_refused_for_a_while_is_saved_by_retry(page, page_url):
+    draw(page, SEVEN)
+    prediction = submitted(page, lambda: page.click("#send"))
+    refused: list[bool] = []
+
+    def unavailable_once(route: Route) -> None:
+        if refused:
+            route.continue_()
+            return
+        refused.append(True)
+        api_error(route, 503, "store_unavailable", "log down", **{"Retry-After": "1"})
+
+    page.route(FEEDBACK, unavailable_once)
+    group = page.locator("#answer .correct")
+    group.locator("button[data-digit='9']").click()
+    expect(group.locator(".correct-status")).to_contain_text("Not saved.")
+    group.locator(".retry").click()
+    expect(group.locator(".correct-status")).to_have_text("Thanks: recorded as 9")
+    assert record(page_url, prediction["id"])["feedback"]["digit"] == 9
+
+
+def test_history_falls_back_when_the_upload_was_not_stored(page, page_url):
     seven = (SAMPLES / "seven.png").read_bytes()
     posted = requests.post(
-        f"{function_url}/predict", data=seven, headers={"Content-Type": "image/png"}, timeout=30
+        f"{page_url}/predict", data=seven, headers={"Content-Type": "image/png"}, timeout=30
     )
     posted.raise_for_status()
     record_id = posted.json()["predictions"][0]["id"]
@@ -736,19 +869,21 @@ def test_with_api_token_set_the_page_asks_for_it_and_then_works(protected_page):
     expect(page.locator("#token-form")).to_be_hidden()
     stored = page.evaluate("Object.values(sessionStorage)")
     assert stored == [API_TOKEN]
-    assert page.evaluate("Object.values(localStorage)") == []
+    assert API_TOKEN not in json.dumps(page.evaluate("Object.entries(localStorage)"))
+    kept = page.evaluate(f"JSON.parse(localStorage.getItem('{KEPT}'))")  # no FEEDBACK_SECRET here:
+    assert list(kept) == [prediction["id"]] and kept[prediction["id"]]["token"] is None  # no token
 
 
-def test_api_paths_resolve_below_the_path_the_function_is_mounted_at(page, function_url):
+def test_api_paths_resolve_below_the_path_the_function_is_mounted_at(page, page_url):
     """Deployed, the function may live at …/recognize: the page must not call the host's root."""
     mount = "/mounted/recognize"
 
     def through_mount(route: Route) -> None:
         route.fulfill(response=route.fetch(url=route.request.url.replace(mount, "", 1)))
 
-    page.route(re.compile(rf"^{re.escape(function_url)}/predict"), lambda r: r.abort())
-    page.route(re.compile(rf"^{re.escape(function_url + mount)}"), through_mount)
-    page.goto(function_url + mount)
+    page.route(re.compile(rf"^{re.escape(page_url)}/predict"), lambda r: r.abort())
+    page.route(re.compile(rf"^{re.escape(page_url + mount)}"), through_mount)
+    page.goto(page_url + mount)
     prediction = submitted(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
     assert prediction["digit"] == 7
     expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])

@@ -375,11 +375,11 @@ def _analyze_parser(commands: argparse._SubParsersAction, parents: list) -> None
     )
     thresholds = check.add_argument_group("thresholds")
     for flag, kind, why in (
-        ("--alpha", float, "two-sided level of the tests; intervals are at 1 - alpha"),
-        ("--power", float, "power the corrections (requests) needed are computed for"),
-        ("--accuracy-margin", float, "accuracy drop to detect and the most tolerated"),
-        ("--low-confidence-margin", float, "rise in the low-confidence share tolerated"),
-        ("--verdict-margin", float, "rise in the unsure or the not-a-digit share tolerated"),
+        ("--alpha", _share, "two-sided level of the tests; intervals are at 1 - alpha"),
+        ("--power", _share, "power the corrections (requests) needed are computed for"),
+        ("--accuracy-margin", _share, "accuracy drop to detect and the most tolerated"),
+        ("--low-confidence-margin", _share, "rise in the low-confidence share tolerated"),
+        ("--verdict-margin", _share, "rise in the unsure or the not-a-digit share tolerated"),
         ("--latency-increase", float, "relative rise in latency p50 or p99 tolerated ..."),
         ("--latency-slack-ms", float, "... or this many ms, whichever is more"),
         ("--min-requests", int, "records per version before latency is compared"),
@@ -388,6 +388,14 @@ def _analyze_parser(commands: argparse._SubParsersAction, parents: list) -> None
         thresholds.add_argument(
             flag, type=kind, default=getattr(defaults, name), help=f"{why} (%(default)g)"
         )
+
+
+def _share(text: str) -> float:
+    """A probability or a share strictly between 0 and 1: the statistics need one."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
 
 
 def _sqlite_default() -> Path:

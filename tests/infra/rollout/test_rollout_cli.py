@@ -191,3 +191,11 @@ def test_status_json_on_an_unreadable_log_is_an_error(deployment, tmp_path, caps
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
     assert err.startswith("rollout: no prediction log at")
+
+
+@pytest.mark.parametrize("flag", ["--alpha", "--power", "--accuracy-margin", "--verdict-margin"])
+def test_a_threshold_the_statistics_cannot_use_is_a_usage_error(flag, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser({}).parse_args(["analyze", flag, "0"])
+    assert exited.value.code == 2
+    assert f"argument {flag}: 0 is not between 0 and 1" in capsys.readouterr().err

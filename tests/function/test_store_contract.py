@@ -646,7 +646,9 @@ def new_keyspace_name(prefix: str) -> str:
 def apply_schema(cassandra: Any, schema: str, keyspace: str) -> None:
     """Apply a schema's text to `keyspace` as `python -m infra.cassandra.apply_schema` does."""
     statements = render(split_statements(schema), keyspace=keyspace)
-    apply(statements, cassandra.settings(keyspace), report=lambda line: None)
+    # Connecting is retried as the Compose schema job does: a node busy with many
+    # keyspaces' schema changes (on a loaded 2-core machine) may let one connect time out.
+    apply(statements, cassandra.settings(keyspace), report=lambda line: None, wait=30)
 
 
 # -- what the columns keep --------------------------------------------------------------------

@@ -73,6 +73,7 @@ THREE: list[Stroke] = [
 SAMPLE_FILES = sorted(SAMPLES.glob("*.[pj][np]g"))
 PREDICT = re.compile(r"/predict\?")
 HISTORY = re.compile(r"/predictions\?")
+ONE_RECORD = re.compile(r"/predictions/[0-9a-f-]+$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 API_TOKEN = "page-test-token-0123456789"
 FEEDBACK_SECRET = "page-test-feedback-secret-0123456789abcdef"
@@ -654,7 +655,7 @@ def test_the_history_marks_unsure_and_not_a_digit_entries(page):
         faked_prediction(4, 0.41, verdict="from_a_newer_server", reasons=["new_code"]),
     ]
     page.route(HISTORY, answered_with(*entries))
-    page.click("#refresh")
+    show_everyones(page)
     items = page.locator("#history li")
     expect(items).to_have_count(4)
     for item, entry in zip(items.all(), entries, strict=True):
@@ -826,30 +827,125 @@ def test_history_falls_back_when_the_upload_was_not_stored(page, page_url):
         "**/predictions/*/image",
         lambda route: api_error(route, 404, "upload_not_stored", "over the storage cap"),
     )
-    page.click("#refresh")
+    show_everyones(page)
     newest = page.locator("#history li").first
     expect(newest).to_have_attribute("data-id", record_id)
     expect(newest.locator(".thumb.missing")).to_have_text("upload not kept")
 
 
-def test_history_that_cannot_be_read_says_so(page):
+@pytest.mark.parametrize(
+    ("everyones", "path", "words"),
+    [
+        (True, HISTORY, "Recent predictions are not available"),
+        (False, ONE_RECORD, "Some of this browser's predictions could not be read"),
+    ],
+    ids=["everyones", "this-browsers"],
+)
+def test_history_that_cannot_be_read_says_so(page, everyones, path, words):
+    submitted(page, send_as(page, "picture"))  # this browser has a prediction to read back
+    if everyones:
+        show_everyones(page)
     page.route(
-        HISTORY,
+        path,
         lambda route: api_error(
             route, 503, "store_unavailable", "log down", **{"Retry-After": "5"}
         ),
     )
     page.click("#refresh")
-    expect(page.locator("#history-status")).to_contain_text("Recent predictions are not available")
+    expect(page.locator("#history-status")).to_contain_text(words)
+    expect(page.locator("#history-status")).to_contain_text("Try again in 5 s")
+
+
+def show_everyones(page: Page) -> None:
+    """Switch the history from this browser's predictions to everyone's, as a person would."""
+    page.click("label[for=scope-all]")
+    expect(page.locator("#scope-all")).to_be_checked()
+    expect(page.locator("#history")).to_have_attribute("aria-busy", "false")
+
+
+def listed_ids(page: Page) -> list[str]:
+    expect(page.locator("#history")).to_have_attribute("aria-busy", "false")
+    return page.locator("#history li").evaluate_all("items => items.map((i) => i.dataset.id)")
+
+
+def test_the_history_is_this_browsers_with_a_switch_to_everyones(page, page_url):
+    seven = (SAMPLES / "seven.png").read_bytes()
+    headers = {"Content-Type": "image/png"}
+    posted = requests.post(f"{page_url}/predict", data=seven, headers=headers, timeout=30)
+    elsewhere = posted.json()["predictions"][0]["id"]  # another client's
+    mine = submitted(page, lambda: page.set_input_files("#file", SAMPLES / "five-marker.png"))
+
+    kept = page.evaluate(
+        f"""() => {{
+            const kept = JSON.parse(localStorage.getItem("{KEPT}"));
+            return Object.keys(kept).sort((a, b) => kept[b].at - kept[a].at);
+        }}"""
+    )
+    assert listed_ids(page) == kept[:12]
+    assert listed_ids(page)[0] == mine["id"] and elsewhere not in listed_ids(page)
+
+    show_everyones(page)
+    expect(page.locator("#history li").first).to_have_attribute("data-id", mine["id"])
+    expect(page.locator("#history li").nth(1)).to_have_attribute("data-id", elsewhere)
+    expect(page.locator(f"#history li[data-id='{elsewhere}'] .h-digit")).to_have_text("7")
+
+    page.click("label[for=scope-mine]")
+    expect(page.locator(f"#history li[data-id='{elsewhere}']")).to_have_count(0)
+    expect(page.locator("#history li").first).to_have_attribute("data-id", mine["id"])
+
+
+def test_a_history_entry_opens_its_detail_where_it_can_be_corrected(page, page_url):
+    draw(page, SEVEN)
+    prediction = submitted(page, lambda: page.click("#send"))
+    page.reload()  # the result card is gone; the history still has it, and its token
+    expect(page.locator("#answer")).to_be_hidden()
+    entry = page.locator(f"#history li[data-id='{prediction['id']}']")
+    with page.expect_response(lambda r: r.url.endswith(f"/predictions/{prediction['id']}")):
+        entry.locator("button").click()
+
+    detail = page.locator("#detail")
+    expect(detail).to_be_visible()
+    recorded = record(page_url, prediction["id"])
+    expect(page.locator("#detail-seen")).to_have_attribute(
+        "src", f"data:image/png;base64,{recorded['input_png']}"
+    )
+    assert natural_size(page, "#detail-seen") == [28, 28]
+    expect(page.locator("#detail-headline")).to_have_text(re.compile(r"^Recognized 7 with"))
+    expect(page.locator("#detail-bars li")).to_have_count(10)
+    expect(page.locator("#detail-bars li.top .bar-digit")).to_have_text("7")
+    top = page.locator("#detail-bars li.top .bar-value")
+    expect(top).to_have_text(
+        re.compile(rf"^{round(100 * max(recorded['probabilities']))}(\.\d)?%$")
+    )
+    expect(page.locator("#detail-feedback")).to_have_text("Not corrected")
+    expect(page.locator("#detail-upload")).to_be_visible()
+
+    detail.locator(".correct button[data-digit='2']").click()
+    expect(detail.locator(".correct-status")).to_have_text("Thanks: recorded as 2")
+    expect(page.locator("#detail-feedback")).to_have_text(re.compile(r"^Recorded as 2"))
+    assert record(page_url, prediction["id"])["feedback"]["digit"] == 2
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    expect(entry.locator("button")).to_be_focused()
+    expect(entry.locator(".h-feedback")).to_have_text("corrected: 2")
+
+    page.reload()  # read back from the service
+    page.locator(f"#history li[data-id='{prediction['id']}'] button").click()
+    expect(page.locator("#detail-feedback")).to_have_text(re.compile(r"^Recorded as 2"))
+    expect(detail.locator(".correct [aria-pressed=true]")).to_have_text(["2"])
+    page.click("#detail-close")
+    expect(detail).to_be_hidden()
 
 
 def test_with_api_token_set_the_page_asks_for_it_and_then_works(protected_page):
     page = protected_page
-    expect(page.locator("#history-status")).to_have_text("The history needs the API token.")
-    expect(page.locator("#token-form")).to_be_visible()
+    expect(page.locator("#history-status")).to_contain_text("Nothing from this browser yet")
     failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
     expect(page.locator("#error-title")).to_have_text("This needs the API token")
     expect(page.locator("#error-code")).to_have_text("unauthorized")
+    expect(page.locator("#token-form")).to_be_visible()
+    show_everyones(page)
+    expect(page.locator("#history-status")).to_have_text("The history needs the API token.")
 
     page.fill("#token", "not-the-token")
     page.click("#token-form button")
@@ -864,7 +960,8 @@ def test_with_api_token_set_the_page_asks_for_it_and_then_works(protected_page):
     expect(newest).to_have_attribute("data-id", prediction["id"])
     expect(newest.locator("img.thumb")).to_be_visible()
 
-    page.reload()  # kept for the tab's session, not typed again
+    page.reload()  # kept for the tab's session, not typed again; this browser's history again
+    expect(page.locator("#scope-mine")).to_be_checked()
     expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])
     expect(page.locator("#token-form")).to_be_hidden()
     stored = page.evaluate("Object.values(sessionStorage)")

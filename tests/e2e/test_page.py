@@ -293,6 +293,73 @@ def test_a_drawn_digit_is_recognized_shown_and_added_to_history(page, page_url, 
     expect(newest.locator("img.thumb")).to_be_visible()
 
 
+def posts_of(page: Page) -> list[tuple[float, bytes]]:
+    """Every POST /predict the page sends from now on: when, and its body."""
+    sent: list[tuple[float, bytes]] = []
+
+    def note(request: Any) -> None:
+        if request.method == "POST" and "/predict" in request.url:
+            sent.append((time.monotonic(), request.post_data_buffer or b""))
+
+    page.on("request", note)
+    return sent
+
+
+def wait_until_true(page: Page, check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    """Let the page (and the route handlers) run until `check` holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        page.wait_for_timeout(50)
+
+
+def test_a_pause_after_drawing_recognizes_it_without_a_press(page):
+    sent = posts_of(page)
+    lifted: list[float] = []
+
+    def draw_a_three() -> None:
+        draw(page, THREE)  # two strokes: no request between them
+        lifted.append(time.monotonic())
+
+    prediction = submitted(page, draw_a_three)
+    assert prediction["digit"] == 3
+    page.wait_for_timeout(1000)
+    assert len(sent) == 1, f"{len(sent)} requests for one drawing"
+    assert sent[0][0] - lifted[0] >= 0.6, "sent before the pause after the last stroke"
+    expect(page.locator("#send")).to_be_visible()  # still there for the keyboard
+
+    page.click("#clear")
+    draw(page, SEVEN)
+    assert submitted(page, lambda: page.click("#send"))["digit"] == 7  # pressed before the pause
+    page.wait_for_timeout(1000)
+    assert len(sent) == 2, "the press and the pause both sent the drawing"
+
+
+def test_a_newer_drawing_supersedes_the_one_in_flight(page):
+    held: list[Route] = []
+    page.route(PREDICT, lambda route: held.append(route))  # each waits until let through
+    draw(page, [[(0.5, 0.2), (0.5, 0.8)]])  # a one
+    wait_until_true(page, lambda: len(held) == 1, "the pause sends the drawing")
+
+    page.click("#clear")
+    draw(page, SEVEN)  # the newer drawing, while the one is in flight
+    page.wait_for_timeout(1500)
+    assert len(held) == 1, "a second request while one is in flight"
+
+    first = held[0].request.post_data_buffer
+    held[0].continue_()  # the real API answers the one: superseded, so not shown
+    wait_until_true(
+        page, lambda: len(held) == 2, "the newer drawing goes once the first is answered"
+    )
+    assert held[1].request.post_data_buffer != first
+    expect(page.locator("#answer")).to_be_hidden()
+    held[1].continue_()
+    expect(page.locator("#answer")).to_be_visible()
+    expect(page.locator("#digit")).to_have_text("7")
+    page.wait_for_timeout(1000)
+    assert len(held) == 2
+
+
 def test_undo_removes_the_last_stroke_and_clear_empties_the_pad(page):
     draw(page, SEVEN[:1])
     one_stroke = ink(page)

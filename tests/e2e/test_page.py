@@ -1066,12 +1066,22 @@ def test_the_phone_layout_fits_a_narrow_screen(page):
     no_horizontal_scroll(page)
     submitted(page, lambda: page.set_input_files("#file", SAMPLES / "three-photo.jpg"))
     no_horizontal_scroll(page)
-    expect(page.locator("#result")).to_be_in_viewport()
-    for control in ("#pad", "#undo", "#clear", "#send", "label[for=file]", "#bars"):
+    expect(page.locator("#peek")).to_be_in_viewport()
+    controls = ("#pad", "#undo", "#clear", "#send", "label[for=file]", "#bars", "#peek-details")
+    for control in (*controls, "#answer .correct-choices"):
         box = page.locator(control).bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
-    for button in ("#undo", "#clear", "#send", "label[for=file]"):
+    buttons = (
+        "#undo",
+        "#clear",
+        "#send",
+        "label[for=file]",
+        "#peek-details",
+        "label[for=scope-all]",
+    )
+    for button in (*buttons, "#answer .correct button >> nth=0"):
         assert page.locator(button).bounding_box()["height"] >= 44, f"{button}: small touch target"
+        assert page.locator(button).bounding_box()["width"] >= 44, f"{button}: small touch target"
     failed(
         page, lambda: page.set_input_files("#file", files=[file_payload("x.txt", "text/x", b"x")])
     )
@@ -1085,8 +1095,44 @@ def test_a_doubtful_answer_fits_a_narrow_screen(page):
     page.route(PREDICT, answered_with(faked_prediction(6, 0.4, **doubt)))
     submitted(page, send_as(page, "drawing"))
     expect(page.locator("#reasons li")).to_have_count(len(reasons))
-    expect(page.locator("#verdict")).to_be_in_viewport()
+    expect(page.locator("#peek")).to_have_class("doubt")
+    expect(page.locator("#peek-text")).to_have_text("Not sure: 6, 0 or 8?")
     no_horizontal_scroll(page)
+    page.click("#peek-details")  # the whole answer, on request
+    expect(page.locator("#verdict")).to_be_in_viewport()
+    expect(page.locator("#result")).to_be_focused()
+    no_horizontal_scroll(page)
+
+
+def test_on_a_phone_answers_come_without_scrolling_the_pad_away(page):
+    page.set_viewport_size(PHONE)
+    pad = page.locator("#pad")
+    expect(pad).to_be_in_viewport(ratio=1)
+    expect(page.locator("#peek")).to_be_in_viewport(ratio=1)  # its room is kept from the start
+    peek_at = page.locator("#peek").bounding_box()
+
+    assert submitted(page, lambda: draw(page, SEVEN))["digit"] == 7  # as you draw
+    expect(page.locator("#peek-text")).to_have_text(re.compile(r"^Recognized 7 with"))
+    expect(page.locator("#peek-digit")).to_have_text("7")
+    assert page.evaluate("window.scrollY") == 0
+    expect(pad).to_be_in_viewport(ratio=1)
+    expect(page.locator("#peek")).to_be_in_viewport(ratio=1)
+    assert page.locator("#peek").bounding_box()["y"] == peek_at["y"], (
+        "the answer moved the controls"
+    )
+
+    page.click("#clear")
+    submitted(page, lambda: page.set_input_files("#file", SAMPLES / "three-photo.jpg"))
+    expect(page.locator("#peek-digit")).to_have_text("3")
+    expect(pad).to_be_in_viewport(ratio=1)
+
+    huge = file_payload("huge.png", "image/png", b"\x89PNG" + bytes(11 * 1024 * 1024))
+    failed(page, lambda: page.set_input_files("#file", files=[huge]))
+    expect(page.locator("#peek-text")).to_have_text("That file is too large")
+    expect(page.locator("#peek")).to_have_class("failed")
+    expect(pad).to_be_in_viewport(ratio=1)
+    page.click("#peek-details")
+    expect(page.locator("#error")).to_be_in_viewport()
 
 
 def tab_to(page: Page, element_id: str, limit: int = 20) -> None:

@@ -1,8 +1,13 @@
-"""`python -m training --arch cnn --version 2`: train, evaluate and export one model version."""
+"""`python -m training --arch cnn --version 2`: train, evaluate and export one model version.
+
+`python -m training --from-store --version 4`: fine-tune the stable version on MNIST and
+the corrections people made (training/from_store.py); exported only if no worse.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from training.train import RECIPES, train_version
@@ -11,17 +16,70 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    parser.add_argument("--arch", choices=sorted(RECIPES), required=True)
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--arch", choices=sorted(RECIPES))
     parser.add_argument("--version", type=int, required=True, help="new version number")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--reports-dir", type=Path, default=ROOT / "docs" / "models")
+    store = parser.add_argument_group("--from-store: a new version from people's corrections")
+    store.add_argument("--from-store", action="store_true", help="train from the prediction log")
+    store.add_argument("--store", choices=["sqlite", "cassandra"],
+                       default=os.environ.get("PREDICTION_STORE", "sqlite"))  # fmt: skip
+    store.add_argument("--sqlite", type=Path, default=os.environ.get("SQLITE_PATH"),
+                       help="the function's SQLite log (default: SQLITE_PATH)")  # fmt: skip
+    store.add_argument("--days", type=int, default=30, help="Cassandra: UTC days to read")
+    store.add_argument("--from-version", type=int,
+                       help="the version to fine-tune (default: the config's stable)")  # fmt: skip
+    store.add_argument("--config", type=Path, default=ROOT / "serving" / "models.config")
+    store.add_argument("--mnist-images", type=int, help="train on this many MNIST digits only")
+    store.add_argument("--outliers-per-kind", type=int, help="nondigit uploads of each kind")
+    store.add_argument("--max-drop", type=float, default=0.0,
+                       help="how much worse than the start it may be")  # fmt: skip
     args = parser.parse_args()
-    train_version(
-        args.arch, args.version, args.models_dir, args.reports_dir, args.seed, args.epochs
+    if not args.from_store:
+        if args.arch is None:
+            parser.error("--arch is required (or --from-store)")
+        train_version(
+            args.arch, args.version, args.models_dir, args.reports_dir, args.seed, args.epochs
+        )
+        return
+    raise SystemExit(from_store(args, parser))
+
+
+def from_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Exit 0 when a version was exported, 1 when it was refused as worse."""
+    from infra.rollout.served import parse, served_of
+    from training import corrections
+    from training.from_store import Options, train_from_store
+
+    if args.store == "sqlite":
+        if args.sqlite is None:
+            parser.error("--store sqlite needs --sqlite or SQLITE_PATH")
+        try:
+            found = corrections.from_sqlite(args.sqlite)
+        except FileNotFoundError as error:
+            parser.exit(1, f"python -m training: {error}\n")
+    else:
+        found = corrections.from_cassandra(args.days)
+    start = args.from_version
+    if start is None:
+        start = served_of(parse(args.config.read_text()), "mnist").labels["stable"]
+    options = Options(
+        version=args.version,
+        start_from=start,
+        models_dir=args.models_dir,
+        epochs=args.epochs or 1,
+        mnist_images=args.mnist_images,
+        outliers_per_kind=args.outliers_per_kind,
+        max_drop=args.max_drop,
+        seed=args.seed,
     )
+    return 0 if train_from_store(found, options)["exported"] else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""What users corrected, read from the prediction log: the training data of `--from-store`.
+
+A correction is a person's claim about an upload (README, "Corrections"): the 28x28 input
+the model saw, and the digit it really was, or None for "not a digit". Read from SQLite
+(the file, read-only) or Cassandra (day partitions, newest first, over a window of days).
+The same upload sent many times counts once, with its latest correction: one person
+cannot outweigh the rest by sending an image again and again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+FIELD = 28
+
+
+@dataclass(frozen=True)
+class Correction:
+    upload_sha256: str
+    image: np.ndarray  # uint8 [28, 28], the input the model saw
+    digit: int | None  # None: "not a digit"
+    corrected_at: datetime
+    predicted: int  # what the model said, for the report
+
+
+def from_sqlite(path: Path) -> list[Correction]:
+    """Every corrected record of the function's SQLite log."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no prediction log at {path}")
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
+        if "feedback_at_ms" not in columns:
+            return []  # a log from before corrections existed
+        rows = connection.execute(
+            "SELECT upload_sha256, input_image, feedback_digit, feedback_at_ms, digit "
+            "FROM predictions WHERE feedback_at_ms IS NOT NULL"
+        ).fetchall()
+    finally:
+        connection.close()
+    return [
+        _correction(sha, image, digit, datetime.fromtimestamp(at / 1000, UTC), predicted)
+        for sha, image, digit, at, predicted in rows
+    ]
+
+
+def from_cassandra(days: int, now: datetime | None = None) -> list[Correction]:
+    """Corrected records of the last `days` UTC days, through the function's CASSANDRA_*
+    settings. Each day is one partition read in pages; only corrected rows are kept."""
+    from function.recognizer.cassandra_log import TABLE, CassandraSettings, build_cluster
+
+    settings = CassandraSettings.from_env()
+    cluster = build_cluster(settings)
+    try:
+        session = cluster.connect()
+        query = session.prepare(
+            "SELECT upload_sha256, input_image, feedback_digit, feedback_at, digit "
+            f"FROM {settings.keyspace}.{TABLE} WHERE day = ?"
+        )
+        today = (now or datetime.now(UTC)).date()
+        found = []
+        for back in range(days):
+            for row in session.execute(query, (today - timedelta(days=back),)):
+                if row["feedback_at"] is not None:
+                    at = row["feedback_at"].replace(tzinfo=UTC)
+                    found.append(
+                        _correction(
+                            row["upload_sha256"],
+                            row["input_image"],
+                            row["feedback_digit"],
+                            at,
+                            row["digit"],
+                        )
+                    )
+        return found
+    finally:
+        cluster.shutdown()
+
+
+def _correction(
+    sha256: str, image: bytes, digit: int | None, at: datetime, predicted: int
+) -> Correction:
+    pixels = np.frombuffer(bytes(image), dtype=np.uint8).reshape(FIELD, FIELD)
+    return Correction(sha256, pixels, digit, at, predicted)
+
+
+def deduplicated(corrections: Iterable[Correction]) -> list[Correction]:
+    """One correction per upload (its SHA-256): the latest, as the log itself keeps."""
+    latest: dict[str, Correction] = {}
+    for correction in corrections:
+        kept = latest.get(correction.upload_sha256)
+        if kept is None or correction.corrected_at > kept.corrected_at:
+            latest[correction.upload_sha256] = correction
+    return sorted(latest.values(), key=lambda c: c.upload_sha256)
+
+
+def held_out(correction: Correction, share: float, seed: int) -> bool:
+    """Whether an upload belongs to the held-out split: decided by its SHA-256 and the
+    seed alone, so an upload stays on its side however the log grows."""
+    digest = hashlib.sha256(f"{seed}:{correction.upload_sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share

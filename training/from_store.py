@@ -1,0 +1,161 @@
+"""`python -m training --from-store`: a new version from MNIST and what users corrected.
+
+1. Read the corrected records from the prediction log (training/corrections.py), one per
+   upload SHA-256 (its latest correction).
+2. Hold out a share of them, chosen by each upload's SHA-256, so the same uploads are
+   held out however the log grows.
+3. Fine-tune the version that serves `stable` (or `--from-version`) as v3 was made
+   (training/outlier_exposure.py): MNIST's training digits plus the corrected digits,
+   with the nondigit uploads and the uploads people marked "not a digit" as outliers,
+   then a temperature fitted on MNIST's held-out validation digits.
+4. Evaluate the new model beside the one it started from on MNIST's test set and on the
+   held-out corrections, and export it only if it is no worse on either (by more than
+   `--max-drop`); otherwise print the report and export nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from training import corrections, outlier_exposure, uploads
+from training.corrections import Correction
+from training.data import Mnist, load_mnist
+from training.export import export_version
+from training.train import OUTLIER_KINDS, RECIPES, VALIDATION_IMAGES
+
+HELD_OUT_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Options:
+    version: int  # the new version's number
+    start_from: int  # the version fine-tuned
+    models_dir: Path
+    epochs: int = 1
+    mnist_images: int | None = None  # a subset of MNIST's training digits, for a quick run
+    outliers_per_kind: int | None = None  # nondigit uploads per kind (default: v3's)
+    held_out_share: float = HELD_OUT_SHARE
+    max_drop: float = 0.0  # how much worse than the start the new version may be
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Scores:
+    mnist_test: float
+    held_out: float | None  # None when no correction was held out
+
+
+def train_from_store(found: list[Correction], options: Options, mnist: Mnist | None = None) -> dict:
+    """Train, compare, and export if no worse; the report (also printed) either way."""
+    data = mnist or load_mnist()
+    unique = corrections.deduplicated(found)
+    is_held = [corrections.held_out(c, options.held_out_share, options.seed) for c in unique]
+    held = [c for c, out in zip(unique, is_held, strict=True) if out]
+    kept = [c for c, out in zip(unique, is_held, strict=True) if not out]
+    print(
+        f"corrections: {len(found)} read, {len(unique)} uploads after removing duplicates; "
+        f"{len(kept)} to train on, {len(held)} held out"
+    )
+    x_fit, y_fit = data.x_train[:-VALIDATION_IMAGES], data.y_train[:-VALIDATION_IMAGES]
+    if options.mnist_images is not None:
+        x_fit, y_fit = x_fit[: options.mnist_images], y_fit[: options.mnist_images]
+    digits = [c for c in kept if c.digit is not None]
+    if digits:
+        x_fit = np.concatenate([x_fit, np.stack([c.image for c in digits])])
+        y_fit = np.concatenate([y_fit, np.array([c.digit for c in digits], dtype=y_fit.dtype)])
+    kinds = (
+        OUTLIER_KINDS
+        if options.outliers_per_kind is None
+        else dict.fromkeys(OUTLIER_KINDS, options.outliers_per_kind)
+    )
+    print(f"outliers: {sum(kinds.values())} nondigit uploads (made once, then cached)")
+    negatives = uploads.nondigit_fields("train", kinds, options.seed, data)["fields"]
+    marked = [c.image for c in kept if c.digit is None]
+    if marked:
+        negatives = np.concatenate([negatives, np.stack(marked)])
+    start_dir = options.models_dir / "mnist" / str(options.start_from)
+    started = time.monotonic()
+    print(f"fine-tuning v{options.start_from} on {len(x_fit)} digits, {len(negatives)} outliers")
+    x_val, y_val = data.x_train[-VALIDATION_IMAGES:], data.y_train[-VALIDATION_IMAGES:]
+    fitted = outlier_exposure.fit(
+        x_fit,
+        y_fit,
+        x_val,
+        y_val,
+        negatives,
+        start_from=start_dir,
+        epochs=options.epochs,
+        batch_size=RECIPES["cnn_oe"].batch_size,
+        learning_rate=RECIPES["cnn_oe"].learning_rate,
+        seed=options.seed,
+    )
+    mix = outlier_exposure.mixed(fitted.start, fitted.tuned, outlier_exposure.MIX)
+    model, temperature = outlier_exposure.calibrated(mix, x_val, y_val)
+    seconds = time.monotonic() - started
+
+    def new(images: np.ndarray) -> np.ndarray:
+        return np.argmax(model.predict(images.astype(np.float32), verbose=0), axis=1)
+
+    before = _scores(_saved_model_digits(start_dir), data, held)
+    after = _scores(new, data, held)
+    worse = [
+        name
+        for name, old, now in (
+            ("MNIST test", before.mnist_test, after.mnist_test),
+            ("held-out corrections", before.held_out, after.held_out),
+        )
+        if old is not None and now is not None and now < old - options.max_drop
+    ]
+    report = {
+        "version": options.version,
+        "fine_tuned_from": options.start_from,
+        "corrections_read": len(found),
+        "uploads": len(unique),
+        "trained_on": len(kept),
+        "held_out": len(held),
+        "epochs": options.epochs,
+        "train_seconds": round(seconds, 1),
+        "temperature": round(temperature, 4),
+        "mnist_test": {"before": before.mnist_test, "after": after.mnist_test},
+        "held_out_corrections": {"before": before.held_out, "after": after.held_out},
+        "max_drop": options.max_drop,
+        "exported": not worse,
+        "worse_on": worse,
+    }
+    if not worse:
+        path = export_version(
+            model, options.models_dir / "mnist", options.version, data.x_test[:64]
+        )
+        report["path"] = str(path)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def _scores(digits_of, data: Mnist, held: list[Correction]) -> Scores:
+    """Accuracy on MNIST test, and on the held-out corrections (a "not a digit" correction
+    is matched by no digit: held-out corrections measure digits only)."""
+    mnist_test = float(np.mean(digits_of(data.x_test) == data.y_test))
+    digits = [c for c in held if c.digit is not None]
+    if not digits:
+        return Scores(mnist_test, None)
+    predicted = digits_of(np.stack([c.image for c in digits]))
+    return Scores(mnist_test, float(np.mean(predicted == np.array([c.digit for c in digits]))))
+
+
+def _saved_model_digits(version_dir: Path):
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+
+    def digits(images: np.ndarray) -> np.ndarray:
+        out = [
+            signature(image=tf.constant(images[i : i + 1000].astype(np.uint8)))["digit"].numpy()
+            for i in range(0, len(images), 1000)
+        ]
+        return np.concatenate(out)
+
+    return digits

@@ -388,6 +388,49 @@ def test_an_uploaded_photo_or_scan_is_recognized_next_to_what_the_model_saw(page
     expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])
 
 
+def sent_bodies(page: Page) -> list[bytes]:
+    """The bodies of POST /predict from now on, each passed on to the real API."""
+    bodies: list[bytes] = []
+
+    def capture(route: Route) -> None:
+        bodies.append(route.request.post_data_buffer or b"")
+        route.continue_()
+
+    page.route(PREDICT, capture)
+    return bodies
+
+
+def test_a_large_photo_is_scaled_down_in_the_browser_before_upload(page, tmp_path):
+    """A 3675x3085 JPEG stored turned a quarter (EXIF orientation 6) goes upright, 2048 px long."""
+    upright = ImageOps.exif_transpose(Image.open(SAMPLES / "two-sideways.jpg"))
+    stored = upright.rotate(90, expand=True)
+    stored = stored.resize((stored.width * 5, stored.height * 5), Image.Resampling.LANCZOS)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    photo = tmp_path / "two-big.jpg"
+    stored.save(photo, format="JPEG", quality=90, exif=exif)
+    width, height = ImageOps.exif_transpose(Image.open(photo)).size
+    assert (width, height) == (3085, 3675)
+
+    bodies = sent_bodies(page)
+    prediction = submitted(page, lambda: page.set_input_files("#file", photo))
+    sent = Image.open(io.BytesIO(bodies[0]))
+    assert sent.format == "JPEG"
+    assert sent.size == (round(width * 2048 / height), 2048)
+    assert len(bodies[0]) < photo.stat().st_size
+    assert prediction["digit"] == 2  # read upright
+    expect(page.locator("#upload-caption")).to_contain_text(
+        "two-big.jpg, scaled from 3085\u00d73675 to 1719\u00d72048"
+    )
+
+
+@pytest.mark.parametrize("name", ["seven.png", "three-photo.jpg"])
+def test_a_picture_within_2048_px_is_sent_as_it_is(page, name):
+    bodies = sent_bodies(page)
+    submitted(page, lambda: page.set_input_files("#file", SAMPLES / name))
+    assert bodies == [(SAMPLES / name).read_bytes()]
+
+
 def test_a_file_dropped_on_the_drop_zone_is_recognized(page):
     content = base64.b64encode((SAMPLES / "seven.png").read_bytes()).decode()
     transfer = page.evaluate_handle(

@@ -34,24 +34,27 @@ def strokes(digit: np.ndarray, height: int, thickness: float) -> np.ndarray:
     return np.clip((up - threshold) / 0.12 + 0.5, 0, 1)
 
 
-def _place(ink: np.ndarray, canvas: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Put `ink` at a random position on an empty canvas (height, width)."""
+def place(
+    ink: np.ndarray, canvas: tuple[int, int], rng: np.random.Generator, margin: int = 0
+) -> np.ndarray:
+    """Put `ink` at a random position on an empty canvas (height, width), at least
+    `margin` px from its edges where it fits."""
     height, width = canvas
     out = np.zeros(canvas, dtype=np.float32)
-    top = int(rng.integers(0, max(1, height - ink.shape[0])))
-    left = int(rng.integers(0, max(1, width - ink.shape[1])))
+    top = margin + int(rng.integers(0, max(1, height - 2 * margin - ink.shape[0])))
+    left = margin + int(rng.integers(0, max(1, width - 2 * margin - ink.shape[1])))
     piece = ink[: height - top, : width - left]
     out[top : top + piece.shape[0], left : left + piece.shape[1]] = piece
     return out
 
 
-def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
-def _paper(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+def paper(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """Dark ink on off-white paper lit from one side, with sensor noise."""
     height, width = ink.shape
     paper = rng.uniform(190, 245)
@@ -71,18 +74,18 @@ def paper_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     width = int(rng.integers(160, 1400))
     height = int(width * rng.uniform(0.7, 1.4))
     digit_height = int(min(width, height) * rng.uniform(0.25, 0.7))
-    ink = _place(strokes(digit, digit_height, rng.uniform(0.35, 0.6)), (height, width), rng)
-    image = _paper(ink, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
-    return _encode(image, "JPEG", quality=int(rng.integers(55, 92)))
+    ink = place(strokes(digit, digit_height, rng.uniform(0.35, 0.6)), (height, width), rng)
+    image = paper(ink, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+    return encode(image, "JPEG", quality=int(rng.integers(55, 92)))
 
 
 def canvas_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A browser canvas export: black strokes on a fully transparent background."""
     side = int(rng.choice([200, 280, 400]))
-    ink = _place(strokes(digit, int(side * rng.uniform(0.4, 0.8)), 0.5), (side, side), rng)
+    ink = place(strokes(digit, int(side * rng.uniform(0.4, 0.8)), 0.5), (side, side), rng)
     rgba = np.zeros((side, side, 4), dtype=np.uint8)
     rgba[..., 3] = np.rint(ink * 255).astype(np.uint8)
-    return _encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
+    return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
 
 
 def marker_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -91,33 +94,42 @@ def marker_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     ink = strokes(digit, int(side * rng.uniform(0.4, 0.7)), 0.8)
     radius = max(1, int(ink.shape[0] * rng.uniform(0.01, 0.03)))
     thick = np.asarray(Image.fromarray(ink, mode="F").filter(ImageFilter.MaxFilter(2 * radius + 1)))
-    gray = 255 * (1 - _place(thick, (side, side), rng))
-    return _encode(Image.fromarray(gray.astype(np.uint8), mode="L"), "PNG")
+    gray = 255 * (1 - place(thick, (side, side), rng))
+    return encode(Image.fromarray(gray.astype(np.uint8), mode="L"), "PNG")
 
 
 def pen_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A thin ball-point pen line on a large white page."""
     side = int(rng.integers(400, 1000))
-    ink = _place(strokes(digit, int(side * rng.uniform(0.4, 0.7)), 0.22), (side, side), rng)
+    ink = place(strokes(digit, int(side * rng.uniform(0.4, 0.7)), 0.22), (side, side), rng)
     gray = 255 - ink * rng.uniform(150, 230)
-    return _encode(Image.fromarray(gray.astype(np.uint8), mode="L"), "PNG")
+    return encode(Image.fromarray(gray.astype(np.uint8), mode="L"), "PNG")
 
 
 def sideways_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A phone photo stored rotated, with the EXIF Orientation tag saying how to turn it."""
     upright = Image.open(io.BytesIO(paper_jpeg(digit, rng)))
-    # Orientation tag -> how the pixels were stored, so that applying the tag turns them upright.
-    stored_as = {
-        6: Image.Transpose.ROTATE_90,
-        8: Image.Transpose.ROTATE_270,
-        3: Image.Transpose.ROTATE_180,
-    }
-    orientation = int(rng.choice(list(stored_as)))
-    stored = upright.transpose(stored_as[orientation])
+    orientation = int(rng.choice(list(STORED_AS)))
+    return stored_sideways(upright, orientation, quality=90)
+
+
+# Orientation tag -> how the pixels were stored, so that applying the tag turns them upright.
+STORED_AS = {
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+    3: Image.Transpose.ROTATE_180,
+}
+
+
+def stored_sideways(upright: Image.Image, orientation: int, quality: int) -> bytes:
+    """A JPEG of `upright` stored turned, with the EXIF Orientation tag that turns it back."""
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return _encode(stored, "JPEG", quality=90, exif=exif.tobytes())
+    return encode(upright.transpose(STORED_AS[orientation]), "JPEG", quality=quality, exif=exif)
 
+
+# The names bench/images.py imports.
+_paper, _place, _encode = paper, place, encode
 
 KINDS: dict[str, Renderer] = {
     "paper photo (JPEG)": paper_jpeg,

@@ -1,1 +1,2 @@
-"""Training: MNIST loading, the two model definitions, evaluation, and SavedModel export."""
+"""Training: MNIST loading, the model definitions, outlier exposure, calibration, evaluation
+and SavedModel export."""

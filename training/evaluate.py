@@ -26,8 +26,12 @@ def write_report(
     predicted: np.ndarray,
     history: dict[str, list[float]],
     details: dict[str, object],
+    notes: str = "",
 ) -> dict[str, object]:
-    """Write report.md, metrics.json, confusion.png and training_curve.png; return the metrics."""
+    """Write report.md, metrics.json, confusion.png and training_curve.png; return the metrics.
+
+    `notes`: more Markdown for the end of report.md (v3's calibration section).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = confusion_matrix(labels, predicted)
     per_class = (np.diag(matrix) / matrix.sum(axis=1)).tolist()
@@ -43,7 +47,7 @@ def write_report(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot_confusion(matrix, title, out_dir / "confusion.png")
     _plot_history(history, title, out_dir / "training_curve.png")
-    (out_dir / "report.md").write_text(_markdown(metrics))
+    (out_dir / "report.md").write_text(_markdown(metrics) + notes)
     return metrics
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +20,7 @@ import requests
 from infra.cassandra.local import free_ports, port_free
 from tests.conftest import ROOT
 from tests.support.cassandra import start_test_node
+from tests.support.demo import ctrl_c, started_demo
 
 SEVEN = ROOT / "tests" / "data" / "samples" / "seven.png"
 
@@ -32,8 +32,7 @@ def java_and_maven(tmp_path_factory) -> None:
 
 
 def run_demo(var_dir: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, str]:
-    """Start bin/demo and wait for its banner; return the process and what it printed."""
-    log = var_dir / f"demo-{time.monotonic_ns()}.log"
+    """Start bin/demo on Cassandra and wait for its banner; the process and what it printed."""
     env = {
         **os.environ,
         "STORE": "cassandra",
@@ -43,32 +42,7 @@ def run_demo(var_dir: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, st
         "CASSANDRA_NATIVE_PORT": str(ports["cql"]),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    with log.open("wb") as out:
-        demo = subprocess.Popen(
-            ["bin/demo"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 300
-    while "Press Ctrl-C to stop" not in log.read_text(errors="replace"):
-        assert demo.poll() is None, log.read_text(errors="replace")[-3000:]
-        assert time.monotonic() < deadline, "the demo printed no banner in 300 s"
-        time.sleep(0.5)
-    return demo, log.read_text(errors="replace")
-
-
-def ctrl_c(demo: subprocess.Popen) -> float:
-    """SIGINT to the demo's process group; seconds until every process of it has exited."""
-    start = time.monotonic()
-    os.killpg(demo.pid, signal.SIGINT)
-    demo.wait(timeout=90)
-    while subprocess.run(["pgrep", "-g", str(demo.pid)], capture_output=True).returncode == 0:
-        assert time.monotonic() - start < 90, "a process of the demo is still running"
-        time.sleep(0.2)
-    return time.monotonic() - start
+    return started_demo(var_dir / f"demo-{time.monotonic_ns()}.log", env)
 
 
 def listening(port: int) -> bool:

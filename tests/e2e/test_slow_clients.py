@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +29,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, free_port, wait_until
+from tests.support.demo import ctrl_c, started_demo
 from tests.support.function_server import running_function
 
 PROXY_CONF = ROOT / "infra" / "proxy" / "nginx.conf"
@@ -335,25 +335,9 @@ def test_the_demo_listens_on_loopback_unless_host_says_otherwise(
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "API_TOKEN")}
     env.update(PORT=str(port), MODEL_SERVER_PORT=str(model_port), VAR_DIR=str(tmp_path))
     env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **({"HOST": host} if host else {})})
-    log = tmp_path / "demo.log"
-    with log.open("wb") as out:
-        demo = subprocess.Popen(
-            ["bin/demo"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    demo, printed = started_demo(tmp_path / "demo.log", env, timeout=240)
     try:
-        deadline = time.monotonic() + 240
-        while "Press Ctrl-C to stop" not in log.read_text(errors="replace"):
-            assert demo.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the demo printed no banner in 240 s"
-            time.sleep(0.5)
-        printed = log.read_text(errors="replace")
         assert listen_addresses(port) == expected, printed[-3000:]
         assert ("warning: HOST=" in printed and "no API_TOKEN" in printed) is warned, printed
     finally:
-        os.killpg(demo.pid, signal.SIGINT)
-        demo.wait(timeout=90)
+        ctrl_c(demo)

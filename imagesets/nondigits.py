@@ -49,7 +49,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from imagesets.renderings import _encode, _paper, _place, strokes
+from imagesets.renderings import encode, paper, place, strokes
 from training.data import Mnist, load_mnist
 
 Split = Literal["train", "eval"]
@@ -112,11 +112,12 @@ def _as_upload(
     ink: np.ndarray,
     rng: np.random.Generator,
     share: tuple[float, float] = (0.3, 0.8),
-    place: Placer = _place,
+    put: Placer = place,
 ) -> bytes:
     """`ink` on a transparent canvas, a white page or photographed paper, chosen at random.
 
-    `share`: the object's longer side as a share of the picture's shorter side.
+    `share`: the object's longer side as a share of the picture's shorter side; `put`:
+    where on the picture it goes (anywhere inside it, unless told otherwise).
     """
     medium = rng.choice(["canvas", "page", "photo"], p=[0.3, 0.3, 0.4])
     if medium == "photo":
@@ -127,16 +128,16 @@ def _as_upload(
             rng.choice([200, 280, 400, 560]) if medium == "canvas" else rng.integers(200, 800)
         )
         shape = (side, side)
-    on_canvas = place(_scaled(ink, min(shape) * rng.uniform(*share)), shape, rng)
+    on_canvas = put(_scaled(ink, min(shape) * rng.uniform(*share)), shape, rng)
     if medium == "canvas":
         rgba = np.zeros((*shape, 4), dtype=np.uint8)
         rgba[..., 3] = np.rint(on_canvas * 255).astype(np.uint8)
-        return _encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
+        return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
     if medium == "page":
         gray = 255 - on_canvas * rng.uniform(150, 255)
-        return _encode(Image.fromarray(gray.astype(np.uint8), mode="L"), "PNG")
-    photo = _paper(on_canvas, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
-    return _encode(photo, "JPEG", quality=int(rng.integers(55, 92)))
+        return encode(Image.fromarray(gray.astype(np.uint8), mode="L"), "PNG")
+    photo = paper(on_canvas, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+    return encode(photo, "JPEG", quality=int(rng.integers(55, 92)))
 
 
 def _scaled(ink: np.ndarray, longer_side: float) -> np.ndarray:
@@ -431,12 +432,12 @@ def ruled_paper(rng: np.random.Generator, source: Source) -> bytes:
     mark = np.zeros(shape, dtype=np.float32)
     if rng.random() < 0.4:  # almost nothing written: a speck or a short dash
         dash = np.ones((2, int(rng.integers(1, 5))), np.float32)
-        mark = _place(_scaled(dash, min(shape) * rng.uniform(0.01, 0.04)), shape, rng)
+        mark = place(_scaled(dash, min(shape) * rng.uniform(0.01, 0.04)), shape, rng)
     photographed = rng.random() < 0.7
     if photographed:
-        paper = np.asarray(_paper(mark, rng), dtype=np.float32)
+        page = np.asarray(paper(mark, rng), dtype=np.float32)
     else:  # scanned
-        paper = np.repeat(250 * (1 - mark[..., None]), 3, axis=2).astype(np.float32)
+        page = np.repeat(250 * (1 - mark[..., None]), 3, axis=2).astype(np.float32)
     spacing = min(shape) * rng.uniform(0.03, 0.08)
     thickness = max(1, round(spacing * rng.uniform(0.03, 0.08)))
     offset = rng.uniform(0, spacing)
@@ -449,12 +450,12 @@ def ruled_paper(rng: np.random.Generator, source: Source) -> bytes:
     colour = rng.choice([[150, 180, 230], [170, 170, 170], [130, 200, 200]]) + rng.normal(0, 10, 3)
     colour = colour.astype(np.float32)
     blend = lines[..., None] * np.float32(rng.uniform(0.4, 0.9))
-    rgb = paper * (1 - blend) + colour * blend
+    rgb = page * (1 - blend) + colour * blend
     image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), mode="RGB")
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.0)))
     if photographed:
-        return _encode(image, "JPEG", quality=int(rng.integers(55, 92)))
-    return _encode(image, "PNG")
+        return encode(image, "JPEG", quality=int(rng.integers(55, 92)))
+    return encode(image, "PNG")
 
 
 def cut_off_digit(rng: np.random.Generator, source: Source) -> bytes:
@@ -468,16 +469,18 @@ def cut_off_digit(rng: np.random.Generator, source: Source) -> bytes:
     outside = rng.uniform(0.4, 0.65)
     side = int(rng.integers(4))  # 0 left, 1 right, 2 top, 3 bottom
 
-    def place(piece: np.ndarray, canvas: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    def across_edge(
+        piece: np.ndarray, canvas: tuple[int, int], rng: np.random.Generator
+    ) -> np.ndarray:
         turned = np.rot90(piece, side)  # the edge to cut is now the left one
         frame = (canvas[1], canvas[0]) if side % 2 else canvas
         cut = int(turned.shape[1] * outside)
-        kept = _place(turned[:, cut:], (frame[0], turned.shape[1] - cut), rng)
+        kept = place(turned[:, cut:], (frame[0], turned.shape[1] - cut), rng)
         out = np.zeros(frame, dtype=np.float32)
         out[:, : kept.shape[1]] = kept[:, : frame[1]]
         return np.rot90(out, -side)
 
-    return _as_upload(ink, rng, share=(0.4, 0.9), place=place)
+    return _as_upload(ink, rng, share=(0.4, 0.9), put=across_edge)
 
 
 KINDS: dict[str, Generator] = {

@@ -53,8 +53,8 @@ def test_more_of_one_kind_leaves_the_other_kinds_as_they_were(mnist):
 def test_train_and_eval_differ_in_streams_fonts_digits_and_shapes(mnist, sources):
     train = nondigits.make_set(2, seed=0, split="train", mnist=mnist)
     held_out = nondigits.make_set(2, seed=0, split="eval", mnist=mnist)
-    for kind in nondigits.KINDS:  # (two empty canvases of one size are one file)
-        assert {d for k, d in train if k == kind} != {d for k, d in held_out if k == kind}
+    for kind in set(nondigits.KINDS) - {"empty paper"}:  # two empty canvases can be one file
+        assert [d for k, d in train if k == kind] != [d for k, d in held_out if k == kind]
     assert not set(sources["train"].fonts) & set(sources["eval"].fonts)
     assert all(font.is_file() for split in sources.values() for font in split.fonts)
     assert sources["train"].digits is mnist.x_train and sources["eval"].digits is mnist.x_test

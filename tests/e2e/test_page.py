@@ -27,7 +27,7 @@ from tests.conftest import ROOT
 from tests.support.function_server import running_function
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page, Route
+    from playwright.sync_api import BrowserContext, Page, Playwright, Route
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
@@ -82,23 +82,45 @@ KEPT = "digit-recognizer.predictions"  # the page's localStorage key for its pre
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory) -> Iterator[BrowserContext]:
+def playwright_driver() -> Iterator[Playwright]:
+    with playwright_api.sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver, tmp_path_factory) -> Iterator[BrowserContext]:
     """One Chromium for the session, with a fresh profile (no state from any earlier run)."""
-    with playwright_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport=DESKTOP,
-            locale="en-US",
-            timezone_id="UTC",
-        )
-        context.set_default_timeout(15_000)
-        try:
-            yield context
-        finally:
-            context.close()
+    context = playwright_driver.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("chromium-profile")),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport=DESKTOP,
+        locale="en-US",
+        timezone_id="UTC",
+    )
+    context.set_default_timeout(15_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def hidpi_page(playwright_driver, page_url, request) -> Iterator[Page]:
+    """The page in a context of its own with deviceScaleFactor 2, as on most phones and laptops."""
+    chromium = playwright_driver.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+    )
+    context = chromium.new_context(
+        device_scale_factor=2, viewport=DESKTOP, locale="en-US", timezone_id="UTC"
+    )
+    context.set_default_timeout(15_000)
+    try:
+        yield from open_page(context, page_url, request)
+    finally:
+        context.close()
+        chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -1227,6 +1249,134 @@ def test_the_pad_has_keyboard_shortcuts(page):
     assert submitted(page, lambda: page.keyboard.press("Enter"))["digit"] == 3
     page.keyboard.press("Delete")
     assert ink(page) == 0
+
+
+def backing_store(page: Page) -> dict[str, float]:
+    """The pad's canvas: its width and height attributes, and its content box in CSS px."""
+    return page.locator("#pad").evaluate(
+        """(pad) => {
+            const box = pad.getBoundingClientRect();
+            return { width: pad.width, height: pad.height,
+                     css: box.width - pad.clientLeft * 2, dpr: devicePixelRatio };
+        }"""
+    )
+
+
+def test_the_pad_is_sharp_on_a_high_density_screen_and_still_reads_digits(hidpi_page):
+    page = hidpi_page
+    store = backing_store(page)
+    assert store["dpr"] == 2
+    assert abs(store["width"] - 2 * store["css"]) <= 1, store
+    assert store["height"] == store["width"]
+
+    bodies = sent_bodies(page)
+    draw(page, SEVEN)
+    assert submitted(page, lambda: page.click("#send"))["digit"] == 7
+    page.click("#clear")
+    draw(page, THREE)
+    assert submitted(page, lambda: page.click("#send"))["digit"] == 3
+    # Sent at the pad's own size, the same on any screen.
+    assert [Image.open(io.BytesIO(body)).size for body in bodies] == [(280, 280)] * 2
+
+    inked = ink(page)
+    page.set_viewport_size(PHONE)  # the pad shrinks: a new backing store, the drawing kept
+    expect(page.locator("#pad")).not_to_have_attribute("width", str(store["width"]))
+    resized = backing_store(page)
+    assert abs(resized["width"] - 2 * resized["css"]) <= 1, resized
+    assert ink(page) == pytest.approx(inked * (resized["width"] / store["width"]) ** 2, rel=0.1)
+
+
+def contrast(one: str, other: str) -> float:
+    """WCAG 2 contrast ratio of two computed colours, "rgb(r, g, b)"."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", colour)[:3]]
+        linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(one), luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+# Run in the page: the colour behind an element (the first ancestor with an opaque background).
+BEHIND = """(element) => {
+    for (let node = element.parentElement; node; node = node.parentElement) {
+        const colour = getComputedStyle(node).backgroundColor;
+        const alpha = colour.startsWith("rgba") ? Number(colour.split(",")[3].replace(")", "")) : 1;
+        if (alpha > 0) return colour;
+    }
+    return "rgb(255, 255, 255)";
+}"""
+NAME = "(e) => `${e.tagName} ${e.id || e.className} ${e.textContent.trim().slice(0, 24)}`"
+# The element drawn for the focused one (a hidden file or radio input shows on its label).
+FOCUS_SHOWN = """() => {
+    const focused = document.activeElement;
+    const labelled = focused.matches("input[type=file], input[type=radio]");
+    return labelled ? document.querySelector(`label[for="${focused.id}"]`) : focused;
+}"""
+
+
+def focus_rings(page: Page) -> list[tuple[str, str, str, str]]:
+    """Tab through the page: each stop's name, its outline style and colour, what is behind it."""
+    rings: list[tuple[str, str, str, str]] = []
+    page.evaluate("window.visitedStops = new Set()")
+    for _ in range(100):  # round the page once, from wherever the focus is
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement === document.body"):
+            continue  # past the last stop, before the first
+        if page.evaluate("visitedStops.has(document.activeElement)"):
+            break
+        page.evaluate("visitedStops.add(document.activeElement)")
+        shown = page.evaluate_handle(FOCUS_SHOWN)
+        name = shown.evaluate(NAME)
+        style = shown.evaluate(
+            "(e) => [getComputedStyle(e).outlineStyle, getComputedStyle(e).outlineColor]"
+        )
+        rings.append((name, *style, shown.evaluate(BEHIND)))
+    return rings
+
+
+CONTROLS = "button, .button, .scope label, input:not([type=file]):not([type=radio]), #pad"
+
+
+def control_borders(page: Page) -> dict[str, tuple[str, str]]:
+    """Every visible control with a border: its border colour and the colour behind it."""
+    return page.locator(CONTROLS).evaluate_all(
+        f"""(controls) => controls
+            .filter((c) => c.offsetParent !== null)
+            .filter((c) => parseFloat(getComputedStyle(c).borderTopWidth) > 0)
+            .map((c) => [({NAME})(c), getComputedStyle(c).borderTopColor, ({BEHIND})(c)])"""
+    )
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_focus_rings_and_control_borders_contrast_three_to_one(page, scheme):
+    page.emulate_media(color_scheme=scheme)
+    draw(page, SEVEN)
+    submitted(page, lambda: page.click("#send"))  # the correction buttons
+    rings: list[str] = []
+    borders: list[str] = []
+    for viewport in (DESKTOP, PHONE):  # the phone's gist under the pad has its own background
+        page.set_viewport_size(viewport)
+        for name, style, colour, behind in focus_rings(page):
+            assert style != "none", f"{name}: no focus ring"
+            assert contrast(colour, behind) >= 3, f"{name}: focus ring {colour} on {behind}"
+            rings.append(name)
+        for name, colour, behind in control_borders(page):
+            assert contrast(colour, behind) >= 3, f"{name}: border {colour} on {behind}"
+            borders.append(name)
+    for expected in ("CANVAS pad", "BUTTON undo", "LABEL", "not a digit", "peek-details"):
+        assert any(expected in name for name in rings), f"{expected}: focus ring not checked"
+        assert any(expected in name for name in borders), f"{expected}: border not checked"
+
+    page.route(PREDICT, lambda route: api_error(route, 503, "model_unavailable", "down"))
+    failed(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    for name, colour, behind in control_borders(page):  # Try again, on the error's background
+        assert contrast(colour, behind) >= 3, f"{name}: border {colour} on {behind}"
+    retry = page.locator("#retry")
+    retry.focus()
+    colour = retry.evaluate("(e) => getComputedStyle(e).outlineColor")
+    assert contrast(colour, retry.evaluate(BEHIND)) >= 3
 
 
 def test_screenshots_of_the_desktop_and_phone_layouts(page):

@@ -306,6 +306,7 @@ def test_a_drawn_digit_is_recognized_shown_and_added_to_history(page, page_url, 
     expect(page.locator("#model")).to_have_text(answered_by)
     expect(page.locator("#elapsed")).to_have_text(re.compile(r"^\d+ ms$"))
     expect(page.locator("#status")).to_contain_text(f"Recognized {digit} with")
+    expect(page.locator("#upload-caption")).to_have_text("What you sent: your drawing")
     assert natural_size(page, "#seen") == [28, 28]
 
     newest = page.locator("#history li").first

@@ -1382,22 +1382,38 @@ def test_focus_rings_and_control_borders_contrast_three_to_one(page, scheme):
 
 def test_screenshots_of_the_desktop_and_phone_layouts(page):
     """The pictures in docs/screenshots/; `DOC_SCREENSHOTS=1` refreshes the committed ones."""
+    photos = {}
     for sample in ("two-sideways.jpg", "five-marker.png", "three-photo.jpg"):
-        submitted(page, lambda sample=sample: page.set_input_files("#file", SAMPLES / sample))
-    draw(page, DOT)  # a history entry marked as not a digit
+        shown = submitted(
+            page, lambda sample=sample: page.set_input_files("#file", SAMPLES / sample)
+        )
+        photos[sample] = shown["id"]
+    draw(page, DOT)  # a history entry marked as not a digit, and corrected so
     submitted(page, lambda: page.click("#send"))
+    page.click("#answer .correct button[data-digit=none]")
+    expect(page.locator("#answer .correct-status")).to_have_text("Thanks: recorded as not a digit")
     page.click("#clear")
     draw(page, SEVEN)
     prediction = submitted(page, lambda: page.click("#send"))
     expect(page.locator("#history li").first).to_have_attribute("data-id", prediction["id"])
     expect(page.locator("#history li").first.locator("img.thumb")).to_be_visible()
+    expect(page.locator("#history .h-feedback")).to_have_text(["corrected: not a digit"])
     targets = [ARTIFACTS]
     if os.environ.get("DOC_SCREENSHOTS") == "1":
         targets.append(DOC_SCREENSHOTS)
+
+    def shoot(name: str, full_page: bool = True) -> None:
+        for target in targets:
+            target.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=target / f"{name}.png", full_page=full_page)
+
     for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(viewport)
         page.evaluate("window.scrollTo(0, 0)")
         no_horizontal_scroll(page)
-        for target in targets:
-            target.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=target / f"{name}.png", full_page=True)
+        shoot(name)
+    page.set_viewport_size(DESKTOP)
+    page.locator(f"#history li[data-id='{photos['three-photo.jpg']}'] button").click()
+    expect(page.locator("#detail-upload")).to_be_visible()
+    expect(page.locator("#detail-seen")).to_have_js_property("complete", True)
+    shoot("detail", full_page=False)  # the modal's backdrop covers the viewport only

@@ -115,6 +115,133 @@ def test_paper_noise_and_uneven_light_are_removed(mnist):
     assert corners.max() == 0
 
 
+# Phone photos: a page of `ink` (1 = full ink) lit by `light`, as a phone's JPEG.
+PAGE = (480, 640)  # decoded at half size, 240 x 320, as a phone photo is
+
+
+def photo(
+    ink: np.ndarray,
+    light: np.ndarray | float = 1.0,
+    colour: tuple[float, float, float] = (0.12, 0.12, 0.12),
+    lines: np.ndarray | None = None,
+    noise: float = 2.0,
+) -> bytes:
+    """Reflectance (white paper, printed `lines` in light blue, `ink` in `colour`) times
+    `light`, with sensor noise, as a JPEG."""
+    reflectance = np.full((*PAGE, 3), 0.9, dtype=np.float32)
+    if lines is not None:
+        reflectance *= 1 - lines[..., None] * (1 - np.array([0.6, 0.75, 0.92]))
+    reflectance *= 1 - ink[..., None] * (1 - np.array(colour))
+    seen = 255 * reflectance * np.expand_dims(light, -1)
+    seen += np.random.default_rng(0).normal(0, noise, seen.shape)
+    return encode(Image.fromarray(np.clip(seen, 0, 255).astype(np.uint8)), "JPEG", quality=90)
+
+
+def drawing(ink: np.ndarray) -> bytes:
+    """The same page as a clean drawing: black ink on white, no light, no noise."""
+    return encode(Image.fromarray(np.rint(255 * (1 - ink)).astype(np.uint8)))
+
+
+def clean(ink: np.ndarray) -> np.ndarray:
+    return to_mnist(drawing(ink))
+
+
+def on_page(digit: np.ndarray, top: int = 100, left: int = 240, height: int = 240) -> np.ndarray:
+    """The digit's strokes `height` px tall on an empty page, at (top, left)."""
+    page = np.zeros(PAGE, dtype=np.float32)
+    ink = renderings.strokes(digit, height, 0.5)
+    page[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+    return page
+
+
+def ink_of(data: bytes) -> np.ndarray:
+    return preprocess.ink_map(preprocess.decode(data, 10**8))
+
+
+def touches_edge(ink: np.ndarray, band: int = 3) -> bool:
+    return bool(
+        ink[:band].any() or ink[-band:].any() or ink[:, :band].any() or ink[:, -band:].any()
+    )
+
+
+def box(ink: np.ndarray) -> tuple[int, int, int, int]:
+    """Top, bottom, left and right of the ink."""
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return rows[0], rows[-1], cols[0], cols[-1]
+
+
+def ruled(spacing: float, tilt: float, vertical: bool = False) -> np.ndarray:
+    """Printed lines 3 px wide every `spacing` px, tilted `tilt` degrees."""
+    ys, xs = np.mgrid[0 : PAGE[0], 0 : PAGE[1]].astype(np.float32)
+    across = ys + np.tan(np.radians(tilt)) * xs
+    lines = np.clip(2.0 - np.abs((across % spacing) - spacing / 2), 0, 1)
+    if vertical:
+        down = xs - np.tan(np.radians(tilt)) * ys
+        lines = np.maximum(lines, np.clip(2.0 - np.abs((down % spacing) - spacing / 2), 0, 1))
+    return lines
+
+
+def test_a_dim_photo_is_still_dark_ink_on_paper(mnist):
+    """Paper at a third of full brightness is still the light ground, not the ink."""
+    page = on_page(mnist.x_test[11])
+    assert similarity(to_mnist(photo(page, light=0.33)), clean(page)) > 0.9
+
+
+def test_a_hard_shadow_reaching_into_the_page_is_not_ink(mnist):
+    """The phone's shadow, a band from the top left corner: its edges are kept exactly
+    and its corners, narrower than the closing's square, are put back."""
+    page = on_page(mnist.x_test[12])
+    ys, xs = np.mgrid[0 : PAGE[0], 0 : PAGE[1]]
+    along, across = (xs - 140 + ys) / np.sqrt(2), (ys - xs + 140) / np.sqrt(2)
+    light = np.where((np.abs(across) < 70) & (along < 300), 0.45, 1.0)
+    ink = ink_of(photo(page, light=light))
+    assert not touches_edge(ink)
+    assert similarity(preprocess.to_field(ink), clean(page)) > 0.85
+
+
+def test_dark_corners_of_a_vignetted_photo_are_not_ink(mnist):
+    """Light falling off towards the corners is followed to the edge, even under pencil."""
+    page = on_page(mnist.x_test[13])
+    ys, xs = np.mgrid[0 : PAGE[0], 0 : PAGE[1]]
+    light = 1 - 0.5 * ((ys / PAGE[0] - 0.5) ** 2 + (xs / PAGE[1] - 0.5) ** 2) / 0.5
+    ink = ink_of(photo(page, light=light, colour=(0.6, 0.6, 0.6), noise=3.0))
+    assert not touches_edge(ink)
+    assert similarity(preprocess.to_field(ink), clean(page)) > 0.9
+
+
+def test_a_noiseless_photo_with_a_shadow_leaves_no_grain_in_it(mnist):
+    """Paper so clean that no grain shows, but lit unevenly, is still a photo: its 8-bit
+    steps and the shadow's compression ripples are not ink."""
+    page = on_page(mnist.x_test[14])
+    ys, xs = np.mgrid[0 : PAGE[0], 0 : PAGE[1]]
+    light = np.where(xs > 460 + 0.2 * ys, 0.5, 1.0) * (1 - 0.1 * ys / PAGE[0])
+    ink = ink_of(photo(page, light=light, noise=0.0))
+    assert np.abs(np.subtract(box(ink), box(ink_of(drawing(page))))).max() <= 3
+
+
+def test_ruled_paper_lines_are_taken_out_and_blue_ink_kept(mnist):
+    page = on_page(mnist.x_test[15])
+    ink = ink_of(photo(page, colour=(0.2, 0.3, 0.75), lines=ruled(52, 2.5)))
+    assert not touches_edge(ink)  # the lines ran from edge to edge
+    assert similarity(preprocess.to_field(ink), clean(page)) > 0.9
+
+
+def test_squared_paper_lines_are_taken_out_both_ways(mnist):
+    page = on_page(mnist.x_test[16])
+    ink = ink_of(photo(page, lines=ruled(36, -1.5, vertical=True)))
+    assert not touches_edge(ink)
+    assert similarity(preprocess.to_field(ink), clean(page)) > 0.9
+
+
+def test_a_stroke_crossing_printed_lines_stays_whole():
+    page = np.zeros(PAGE, dtype=np.float32)
+    page[90:390, 300:318] = 1.0  # a "1" across five ruled lines
+    ink = ink_of(photo(page, lines=ruled(60, 1.0)))
+    rows = np.flatnonzero(ink[:, 150:159].max(axis=1) > 0.5)
+    assert not touches_edge(ink)
+    assert rows[-1] - rows[0] + 1 == rows.size >= 145  # no gap where a line was
+
+
 def test_hairline_and_marker_strokes_are_brought_towards_mnist_stroke_width(mnist):
     digit = mnist.x_test[6]
     reference = to_mnist(encode(Image.fromarray(digit)))

@@ -136,8 +136,7 @@ class Recognizer:
         clock.lap("decode")
         inks = [preprocess.ink_map(image) for image in decoded]
         inputs = np.stack([preprocess.to_field(ink) for ink in inks])
-        policy = self._policy
-        shapes = [measure(ink, field, policy) for ink, field in zip(inks, inputs, strict=True)]
+        shapes = [measure(ink, self._policy) for ink in inks]
         if deadline is not None:
             deadline.check()
         clock.lap("preprocess")

@@ -2,8 +2,8 @@
 
 A model trained on MNIST names a digit for anything, and usually with high confidence.
 The verdict combines two kinds of evidence, both pure functions of what the function
-already has: the shape of the ink that preprocessing found (is it one mark, inside the
-picture, of a digit's size and proportions?) and the model's probabilities (does one
+already has: the shape of the ink that preprocessing found (is it inside the picture,
+of a digit's size and proportions?) and the model's probabilities (does one
 digit stand out, or several, or none?). The thresholds are settings (`VerdictPolicy`);
 their defaults were chosen on the project's validation sets (docs/verdicts.md).
 """
@@ -22,15 +22,13 @@ NOT_A_DIGIT = "not_a_digit"
 VERDICTS = (DIGIT, UNSURE, NOT_A_DIGIT)
 # Reason codes, the contract's machine words (README, "API"); the shape's come first.
 TOUCHES_EDGE = "touches_edge"  # the ink runs off the edge of the picture
-SEVERAL_MARKS = "several_marks"  # separate marks side by side or one above another
 TOO_LITTLE_INK = "too_little_ink"  # a dot or a speck, not a written digit
 UNUSUAL_SHAPE = "unusual_shape"  # far wider than tall: no digit is
 LOW_CONFIDENCE = "low_confidence"  # the model favours no digit
 AMBIGUOUS = "ambiguous"  # two or three digits are plausible
-REASONS = (TOUCHES_EDGE, SEVERAL_MARKS, TOO_LITTLE_INK, UNUSUAL_SHAPE, LOW_CONFIDENCE, AMBIGUOUS)
+REASONS = (TOUCHES_EDGE, TOO_LITTLE_INK, UNUSUAL_SHAPE, LOW_CONFIDENCE, AMBIGUOUS)
 
 STRONG_INK = 0.25  # ink map level that counts as a stroke, not a shadow or a halo
-FIELD_INK = 64  # the same in the 28x28 field (uint8)
 MAX_CANDIDATES = 3
 
 
@@ -38,12 +36,11 @@ MAX_CANDIDATES = 3
 class VerdictPolicy:
     """The thresholds, each a setting (VERDICT_* in the README)."""
 
-    min_confidence: float = 0.9  # the top probability the service stands by
+    min_confidence: float = 0.6  # the top probability the service stands by
     min_candidate: float = 0.1  # a digit this probable is a candidate
     min_unsure_mass: float = 0.8  # unsure (not "not a digit") if the candidates hold this much
     min_ink_extent: float = 0.08  # the ink's longer side over the picture's: below it, a dot
     max_aspect: float = 1.6  # width over height of the ink: above it, not one digit
-    min_mark_share: float = 0.1  # a mark beyond a gap counts when it holds this share of ink
     edge_margin: float = 0.01  # the border band, as a share of the picture's longer side
 
 
@@ -54,7 +51,6 @@ class Shape:
     touches_edge: bool
     ink_extent: float  # the ink's bounding box's longer side over the picture's
     aspect: float  # the ink's width over its height
-    parts: int  # marks separated by an empty column or row of the 28x28 field
 
 
 @dataclass(frozen=True)
@@ -64,13 +60,13 @@ class Verdict:
     reasons: tuple[str, ...]  # REASONS codes, most important first; none for DIGIT
 
 
-def measure(ink: np.ndarray, field: np.ndarray, policy: VerdictPolicy) -> Shape:
-    """The ink's shape: `ink` is preprocessing's ink map, `field` the 28x28 model input."""
+def measure(ink: np.ndarray, policy: VerdictPolicy) -> Shape:
+    """The ink's shape, from preprocessing's ink map (paper, light and noise removed)."""
     strong = ink >= STRONG_INK
     rows = np.flatnonzero(strong.any(axis=1))
     cols = np.flatnonzero(strong.any(axis=0))
     if rows.size == 0:  # faint ink only: all of it is a speck as far as shape goes
-        return Shape(touches_edge=False, ink_extent=0.0, aspect=1.0, parts=1)
+        return Shape(touches_edge=False, ink_extent=0.0, aspect=1.0)
     height, width = ink.shape
     band = max(1, round(policy.edge_margin * max(height, width)))
     # A picture no larger than MNIST's field is already centred by MNIST's own rule, which
@@ -83,32 +79,7 @@ def measure(ink: np.ndarray, field: np.ndarray, policy: VerdictPolicy) -> Shape:
         touches_edge=bool(touches),
         ink_extent=max(ink_height, ink_width) / max(height, width),
         aspect=ink_width / ink_height,
-        parts=_parts(field >= FIELD_INK, policy.min_mark_share),
     )
-
-
-def _parts(mask: np.ndarray, min_share: float) -> int:
-    """Marks separated by a fully empty column (or, failing that, row) of the field.
-
-    Only a mark holding `min_share` of the ink counts, so a stray speck or a broken
-    stroke's tail does not make a digit into two.
-    """
-    total = int(mask.sum())
-    if total == 0:
-        return 1
-    best = 1
-    for profile in (mask.sum(axis=0), mask.sum(axis=1)):
-        runs, current = [], 0
-        for count in profile.tolist():
-            if count:
-                current += count
-            elif current:
-                runs.append(current)
-                current = 0
-        if current:
-            runs.append(current)
-        best = max(best, sum(1 for run in runs if run >= min_share * total))
-    return best
 
 
 def judge(probabilities: np.ndarray, shape: Shape, policy: VerdictPolicy) -> Verdict:
@@ -132,7 +103,6 @@ def judge(probabilities: np.ndarray, shape: Shape, policy: VerdictPolicy) -> Ver
 def _shape_reasons(shape: Shape, policy: VerdictPolicy) -> tuple[str, ...]:
     found = (
         (TOUCHES_EDGE, shape.touches_edge),
-        (SEVERAL_MARKS, shape.parts > 1),
         (TOO_LITTLE_INK, shape.ink_extent < policy.min_ink_extent),
         (UNUSUAL_SHAPE, shape.aspect > policy.max_aspect),
     )

@@ -192,7 +192,7 @@ def test_every_verdict_reads_back_with_its_candidates_and_reasons(store: Predict
     records = [
         make_record(digit=0, verdict=Verdict("unsure", (0, 6, 8), ("ambiguous",)), at=now),
         make_record(
-            verdict=Verdict("not_a_digit", (), ("touches_edge", "several_marks")),
+            verdict=Verdict("not_a_digit", (), ("touches_edge", "unusual_shape")),
             at=now - timedelta(seconds=1),
         ),
         # recorded before the service gave verdicts

@@ -14,6 +14,7 @@ import functions_framework
 import pytest
 import requests
 
+from infra.rollout.served import parse, served_of
 from tests.support.cassandra import LiveCassandra, start_test_node
 from training.data import Mnist, load_mnist
 
@@ -34,6 +35,9 @@ SHELL_SETTINGS = (
     "CORS_ALLOWED_ORIGINS",
 )
 PYTHON = sys.executable
+# What the shipped serving/models.config serves: the live model server's labels.
+SHIPPED = served_of(parse((ROOT / "serving" / "models.config").read_text()), "mnist")
+STABLE_VERSION = SHIPPED.labels["stable"]
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from imagesets import renderings
+from tests.conftest import STABLE_VERSION
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -44,7 +45,7 @@ def test_a_raw_png_upload_is_recognized_and_recorded(client, samples):
     assert len(prediction["probabilities"]) == 10
     assert abs(sum(prediction["probabilities"]) - 1) < 1e-3
     assert prediction["confidence"] == max(prediction["probabilities"])
-    assert prediction["model"] == {"name": "mnist", "version": 2, "label": "stable"}
+    assert prediction["model"] == {"name": "mnist", "version": STABLE_VERSION, "label": "stable"}
     uuid.UUID(prediction["id"])
 
 
@@ -239,7 +240,9 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"]["model_server"].startswith("ok: label 'stable' is version 2")
+    assert ready.get_json()["checks"]["model_server"].startswith(
+        f"ok: label 'stable' is version {STABLE_VERSION}"
+    )
 
 
 def test_readiness_names_the_model_server_when_it_is_down(function_env, monkeypatch):

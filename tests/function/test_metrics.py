@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from recognizer.metrics import BUCKETS, Metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, STABLE_VERSION
 
 SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -79,9 +79,9 @@ def test_requests_predictions_stages_and_corrections_are_counted(client, mnist):
     samples = parse(response.get_data(as_text=True))
     assert value(samples, "digit_http_requests_total", endpoint="predict", status="200") == 3
     assert value(samples, "digit_http_requests_total", endpoint="prediction", status="404") == 1
-    stable_v2 = {"model_version": "2", "model_label": "stable"}
-    assert value(samples, "digit_predictions_total", verdict="digit", **stable_v2) == 2
-    assert value(samples, "digit_predictions_total", verdict="not_a_digit", **stable_v2) == 1
+    stable = {"model_version": str(STABLE_VERSION), "model_label": "stable"}
+    assert value(samples, "digit_predictions_total", verdict="digit", **stable) == 2
+    assert value(samples, "digit_predictions_total", verdict="not_a_digit", **stable) == 1
     assert value(samples, "digit_stage_duration_seconds_count", stage="model") == 2
     assert value(samples, "digit_request_duration_seconds_count", endpoint="predict") == 3
     assert value(samples, "digit_feedback_total") == 1

@@ -21,7 +21,7 @@ from recognizer.model_client import (
     UnknownModel,
     predict_body,
 )
-from tests.conftest import free_port
+from tests.conftest import STABLE_VERSION, free_port
 
 
 def client_for(url: str, timeout: float = 5.0) -> ModelClient:
@@ -29,12 +29,12 @@ def client_for(url: str, timeout: float = 5.0) -> ModelClient:
 
 
 def test_a_label_resolves_to_the_available_version_it_points_at(model_server):
-    assert client_for(model_server).resolve("stable") == 2
+    assert client_for(model_server).resolve("stable") == STABLE_VERSION
 
 
 def test_predicting_by_label_names_the_version_that_answered(model_server, mnist):
     answer = client_for(model_server).predict_label(mnist.x_test[:8], "stable")
-    assert answer.version == 2 and answer.label == "stable"
+    assert answer.version == STABLE_VERSION and answer.label == "stable"
     assert answer.probabilities.shape == (8, 10) and answer.probabilities.dtype == np.float32
     assert np.array_equal(answer.digits, mnist.y_test[:8])
     assert np.allclose(answer.probabilities.sum(axis=1), 1, atol=1e-4)

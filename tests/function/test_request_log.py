@@ -20,7 +20,7 @@ import requests
 from PIL import Image
 
 from recognizer import request_log
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, STABLE_VERSION, free_port, wait_until
 
 TOKEN = "s3cret-token-never-logged-0123456789"
 CLIENT_ID = "client-id-never-logged"
@@ -269,7 +269,7 @@ def test_the_production_server_writes_one_json_line_per_request_to_stdout(served
     entries = [e for e in json_lines(stdout.read_text()) if e["path"] != "/healthz"]
     assert [e["request_id"] for e in entries] == ids  # the fixture's probes aside
     prediction = entries[0]
-    assert prediction["model"] == {"version": 2, "label": "stable"}
+    assert prediction["model"] == {"version": STABLE_VERSION, "label": "stable"}
     assert set(prediction["latency_ms"]) >= STAGES
     assert [e["severity"] for e in entries] == ["INFO", "INFO", "WARNING", "WARNING"]
     assert TOKEN not in stdout.read_text()

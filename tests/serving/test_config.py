@@ -29,13 +29,13 @@ def test_shipped_models_config(tmp_path: Path):
         "/models/mnist",
         "tensorflow",
     )
-    assert list(model.model_version_policy.specific.versions) == [1, 2]
-    assert dict(model.version_labels) == {"stable": 2, "canary": 2}
+    assert list(model.model_version_policy.specific.versions) == [1, 2, 3]
+    assert dict(model.version_labels) == {"stable": 3, "canary": 3}
 
     (resolved,) = load_model_config_file(SERVING_DIR / "models.config", models_dir=tmp_path)
     assert resolved.base_path == tmp_path / "mnist"
-    assert resolved.policy == VersionPolicy("specific", versions=frozenset({1, 2}))
-    assert resolved.labels == {"stable": 2, "canary": 2}
+    assert resolved.policy == VersionPolicy("specific", versions=frozenset({1, 2, 3}))
+    assert resolved.labels == {"stable": 3, "canary": 3}
 
 
 def test_shipped_monitoring_config():

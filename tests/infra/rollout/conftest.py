@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from infra.rollout.cli import Deployment
-from infra.rollout.served import Served, parse, served_of
+from infra.rollout.served import Served, parse, render, served_of, with_served
 from infra.rollout.server import VersionState
 from tests.conftest import ROOT
 
 SHIPPED_CONFIG = ROOT / "serving" / "models.config"
 COMMITTED = ROOT / "models" / "mnist"
+# The state the rollout tests start from, whatever the shipped config serves today.
+BEFORE_A_CANARY = Served(frozenset({1, 2}), {"stable": 2, "canary": 2})
 
 
 class ScriptedServer:
@@ -47,13 +49,15 @@ class ScriptedServer:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Deployment:
-    """A temporary models tree (1, 2 and a third copy of 2) and a copy of the shipped config."""
+    """A temporary models tree (1, 2 and a third copy of 2) and the shipped config's text
+    serving 1 and 2, both labels on 2."""
     for version, source in ((1, 1), (2, 2), (3, 2)):
         target = tmp_path / "models" / "mnist" / str(version)
         target.mkdir(parents=True)
         shutil.copy(COMMITTED / str(source) / "saved_model.pb", target)
     config = tmp_path / "models.config"
-    shutil.copy(SHIPPED_CONFIG, config)
+    shipped = SHIPPED_CONFIG.read_text()
+    config.write_text(render(with_served(parse(shipped), "mnist", BEFORE_A_CANARY), shipped))
     return Deployment(
         config_file=config,
         models_dir=tmp_path / "models",

@@ -19,6 +19,7 @@ from infra.rollout.errors import RolloutError
 from infra.rollout.push import push_config
 from infra.rollout.served import Served, parse, served_of, with_served
 from tests.conftest import ROOT, free_port
+from tests.infra.rollout.conftest import BEFORE_A_CANARY
 
 SHIPPED = parse((ROOT / "serving" / "models.config").read_text())
 INVALID_ARGUMENT = 3  # tensorflow.error.Code
@@ -81,7 +82,7 @@ def test_no_server_is_an_error_not_a_hang():
 def test_each_step_of_a_rollout_is_pushed_whole_after_it_is_written(model_service, deployment):
     address, service = model_service
     deployment.grpc = address
-    deployment.apply(plan.canary(served_of(SHIPPED, "mnist"), 3, "canary"))
+    deployment.apply(plan.canary(BEFORE_A_CANARY, 3, "canary"))
     assert [served_of(config, "mnist") for config in service.received] == [
         Served(frozenset({1, 2, 3}), {"stable": 2, "canary": 2}),
         Served(frozenset({1, 2, 3}), {"stable": 2, "canary": 3}),
@@ -97,5 +98,5 @@ def test_a_push_the_server_rejects_restores_the_file(model_service, deployment):
     with pytest.raises(
         RolloutError, match=r"rejected the config: INVALID_ARGUMENT: no .* restored"
     ):
-        deployment.apply(plan.canary(served_of(SHIPPED, "mnist"), 3, "canary"))
+        deployment.apply(plan.canary(BEFORE_A_CANARY, 3, "canary"))
     assert deployment.config_file.read_text() == before

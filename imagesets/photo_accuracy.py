@@ -67,10 +67,7 @@ def measure(shots: list[tuple[str, int, bytes]], model: Model | None = None) -> 
     right_seed = model(np.stack(seed)).argmax(axis=1) == labels
     found = np.array([ink is not None for ink in inks])
     right_ours = (probabilities.argmax(axis=1) == labels) & found
-    shapes = [
-        None if ink is None else verdict.measure(ink, field, policy)
-        for ink, field in zip(inks, ours, strict=True)
-    ]
+    shapes = [None if ink is None else verdict.measure(ink, policy) for ink in inks]
     edge = np.array([shape is not None and shape.touches_edge for shape in shapes])
     doubted = np.array(
         [

@@ -29,7 +29,7 @@ from cassandra.util import uuid_from_time
 from recognizer.cassandra_log import CassandraLog
 from recognizer.records import Record, Upload, time_of
 from recognizer.sqlite_log import SqliteLog
-from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, free_port
+from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, STABLE_VERSION, free_port
 from tests.support.cassandra_function import stored
 from tests.support.function_server import running_function
 
@@ -39,7 +39,8 @@ THREE = (SAMPLES / "three-photo.jpg").read_bytes()
 # (query, images): what is sent; the figures count images, not requests.
 TRAFFIC = [("", [SEVEN])] * 4 + [("?label=canary", [THREE])] * 2 + [("?version=1", [SEVEN])] * 3
 TRAFFIC += [("", [SEVEN, THREE])]
-EXPECTED = {2: {"stable": 6, "canary": 2}, 1: {"(pinned)": 3}}  # version -> label -> images
+# version -> label -> images; the live model server serves the shipped config's labels
+EXPECTED = {STABLE_VERSION: {"stable": 6, "canary": 2}, 1: {"(pinned)": 3}}
 FIGURE_ROW = re.compile(r"^  (\d+)\s+(\d+)\s+(\d+\.\d)%\s+(.*?)\s+\d\.\d{4}\s", re.M)
 
 
@@ -155,7 +156,7 @@ def test_status_counts_every_recorded_image_per_version_and_label(
         (a["model"]["version"], a["model"]["label"] or "(pinned)") for a in deployment.answers
     )
     assert answered == held_counts
-    assert re.search(r"^  2\s+\d+\s+72\.7%", report, re.M)  # 8 of 11 images
+    assert re.search(rf"^  {STABLE_VERSION}\s+\d+\s+72\.7%", report, re.M)  # 8 of 11 images
 
 
 def test_the_window_reaches_back_across_day_partitions(deployment, model_server):
@@ -164,7 +165,7 @@ def test_the_window_reaches_back_across_day_partitions(deployment, model_server)
     assert figures(status(model_server, deployment.env))[1][0] == 3
     wide = figures(status(model_server, deployment.env, "--window-hours", "100"))
     assert wide[1] == (4, {"(pinned)": 3, "stable": 1})
-    assert wide[2][0] == 8
+    assert wide[STABLE_VERSION][0] == 8
 
 
 def test_status_names_a_cassandra_it_cannot_reach(model_server):
@@ -176,4 +177,5 @@ def test_status_names_a_cassandra_it_cannot_reach(model_server):
     report = status(model_server, env)
     assert "prediction log: Cassandra (CASSANDRA_* settings)" in report
     assert re.search(r"^  cannot connect to Cassandra: NoHostAvailable", report, re.M), report
-    assert re.search(r"^  2\s+yes\s+ok\s+yes\s+canary, stable\s+AVAILABLE", report, re.M)
+    row = rf"^  {STABLE_VERSION}\s+yes\s+ok\s+yes\s+canary, stable\s+AVAILABLE"
+    assert re.search(row, report, re.M)

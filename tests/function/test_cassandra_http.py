@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, STABLE_VERSION
 from tests.function.test_api import (  # the SQLite suite's HTTP tests, run again on Cassandra
     samples,
     test_a_bad_image_in_a_batch_names_it_and_records_nothing,
@@ -115,7 +115,7 @@ def test_every_answer_of_a_batch_is_a_row_in_cassandra(client, cassandra, keyspa
     for name, prediction in zip(names, predictions, strict=True):
         row = rows[prediction["id"]]
         assert row.upload_sha256 == hashlib.sha256(upload(name)).hexdigest()
-        assert (row.model_version, row.model_label) == (2, "stable")
+        assert (row.model_version, row.model_label) == (STABLE_VERSION, "stable")
 
 
 @pytest.mark.parametrize("name", list(UPLOADS))

@@ -134,7 +134,7 @@ class Recognizer:
         self._check_request_pixels(headers)
         decoded = _each(opened, lambda image: self._decode(image, deadline))
         clock.lap("decode")
-        inks = [preprocess.ink_map(image) for image in decoded]
+        inks = _each(decoded, preprocess.ink_map)  # a blank image is named by its position
         inputs = np.stack([preprocess.to_field(ink) for ink in inks])
         shapes = [measure(ink, self._policy) for ink in inks]
         if deadline is not None:

@@ -205,6 +205,14 @@ def test_a_bad_image_in_a_batch_names_it_and_records_nothing(client, samples, fu
     assert client.get("/predictions").get_json()["predictions"] == []
 
 
+def test_a_blank_image_in_a_batch_is_named_by_its_position(client, samples):
+    blank = png(np.full((50, 50), 255, dtype=np.uint8))
+    images = [base64.b64encode(image).decode() for image in (samples[0][0], blank)]
+    error = assert_error(client.post("/predict", json={"images": images}), 400, "blank_image")
+    assert error["message"].startswith("image 2:")
+    assert client.get("/predictions").get_json()["predictions"] == []
+
+
 def test_multipart_without_an_image_field_says_what_it_got(client, samples):
     data = {"file": (io.BytesIO(samples[0][0]), "digit.png")}
     error = assert_error(

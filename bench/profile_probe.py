@@ -35,7 +35,7 @@ PATH = "/__profile__"
 STAGES = [
     ("api: routing, checks, headers, log fields", "recognizer.api:Api.handle"),
     ("reading the upload", "recognizer.uploads:read_images"),
-    ("response JSON", "recognizer.api:_json"),
+    ("response JSON", "recognizer.api:json_response"),
     ("decode (Pillow)", "recognizer.preprocess:open_image"),
     ("decode (Pillow)", "recognizer.service:Recognizer._decode"),
     ("preprocess (numpy)", "recognizer.preprocess:from_image"),

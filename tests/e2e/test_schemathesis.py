@@ -123,7 +123,7 @@ def routed() -> set[tuple[str, str]]:
     """Every (path, method) the function routes, HEAD aside (Werkzeug adds it to GET)."""
     return {
         (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
-        for rule in api._URLS.iter_rules()
+        for rule in api.URLS.iter_rules()
         for method in rule.methods - {"HEAD"}
     }
 

@@ -12,9 +12,9 @@ import flask
 import numpy as np
 import pytest
 
-from recognizer import routing
-from recognizer.api import InvalidParameter, _route
+from recognizer import params, routing
 from recognizer.config import Settings
+from recognizer.errors import InvalidParameter
 from recognizer.model_client import (
     ModelAnswer,
     ModelClient,
@@ -109,7 +109,7 @@ def route_for(query: str = "", headers: dict[str, str] | None = None, percent: f
     with app.test_request_context(
         f"/predict?{query}", headers=headers or {}, environ_base={"REMOTE_ADDR": "10.0.0.1"}
     ):
-        return _route(flask.request, settings)
+        return params.route(flask.request.args, settings, params.client_key(flask.request))
 
 
 def test_unpinned_requests_follow_the_canary_share():

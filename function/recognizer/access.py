@@ -1,0 +1,101 @@
+"""Who may call what: the API token, a correction's feedback token, and CORS.
+
+Tokens are compared in constant time: how much of a guess matched must not show in how
+long a refusal takes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Callable, Iterable
+
+import flask
+
+from recognizer import feedback
+from recognizer.config import Settings
+from recognizer.errors import NotAuthorized
+from recognizer.params import bearer
+
+# Endpoints anyone may call even when API_TOKEN is set; /predict is open unless
+# PREDICT_REQUIRES_TOKEN; a correction carries its own capability (may_correct); every
+# other endpoint (the prediction history, /metrics) needs the token.
+OPEN_ENDPOINTS = frozenset({"page", "health", "ready", "openapi"})
+CORS_ALLOWED_HEADERS = "Content-Type, Authorization, Idempotency-Key, X-Client-Id, X-Request-Id"
+CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"
+CORS_MAX_AGE_SECONDS = 600
+
+
+def authorize(request: flask.Request, endpoint: str, settings: Settings) -> None:
+    """With API_TOKEN set, the history (and /predict if so configured) needs the token."""
+    token = settings.api_token
+    if token is None or endpoint in OPEN_ENDPOINTS or endpoint == "feedback":
+        return
+    if endpoint == "predict" and not settings.predict_requires_token:
+        return
+    presented = bearer(request)
+    if presented is None:
+        raise NotAuthorized("this needs the API token: send 'Authorization: Bearer <token>'")
+    if not _same(presented, token):
+        raise NotAuthorized("the API token sent is not the right one")
+
+
+def may_correct(
+    request: flask.Request, record_id: uuid.UUID, token: str | None, settings: Settings
+) -> None:
+    """A correction needs the prediction's feedback token, or the API token as a Bearer token."""
+    secret, api_token = settings.feedback_secret, settings.api_token
+    if (
+        token is not None
+        and secret is not None
+        and feedback.token_matches(secret, record_id, token)
+    ):
+        return
+    presented = bearer(request)
+    if presented is not None and api_token is not None and _same(presented, api_token):
+        return
+    if token is None and presented is None:
+        raise feedback.MissingFeedbackToken(
+            'a correction needs the prediction\'s feedback_token ("token" in the body) '
+            "or the API token (Authorization: Bearer)"
+        )
+    if token is not None and secret is None:
+        raise feedback.WrongFeedbackToken(
+            "this service gives no feedback tokens (FEEDBACK_SECRET is unset)"
+        )
+    raise feedback.WrongFeedbackToken("the token is not the one for this prediction")
+
+
+def allow_origin(
+    request: flask.Request,
+    response: flask.Response,
+    settings: Settings,
+    allowed_methods: Callable[[str], Iterable[str]],
+) -> None:
+    """CORS: the configured origins may call the API from their pages; others get nothing.
+
+    Only paths that allow OPTIONS (a preflight) are open to other origins. The origin is
+    echoed rather than answered with `*`, so a `*` setting works for requests that carry an
+    Authorization header too.
+    """
+    allowed = settings.cors_allowed_origins
+    if not allowed:  # the default: nothing to add, and nothing to look up per request
+        return
+    methods = set(allowed_methods(request.path))
+    if "OPTIONS" not in methods:
+        return
+    response.vary.add("Origin")  # the answer differs by Origin: caches must keep them apart
+    origin = request.headers.get("Origin")
+    if origin is None or ("*" not in allowed and origin not in allowed):
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = ", ".join(sorted(methods))
+        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_SECONDS)
+    else:
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+
+
+def _same(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(presented.encode(), expected.encode())

@@ -1,0 +1,62 @@
+"""Wiring: the model client, the prediction store and the use case, built from the settings.
+
+They are built on the first request, not at import: functions-framework imports the
+function in gunicorn's master and then forks, and a socket or pool made before the fork
+is broken in the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recognizer.budget import DecodeBudget
+from recognizer.config import Settings
+from recognizer.model_client import ModelClient
+from recognizer.records import PredictionLog
+from recognizer.service import Recognizer
+
+
+@dataclass(frozen=True)
+class Clients:
+    recognizer: Recognizer
+    model: ModelClient
+    store: PredictionLog
+
+    def close(self) -> None:
+        self.model.close()
+        self.store.close()
+
+
+def connect(settings: Settings) -> Clients:
+    model = ModelClient(
+        settings.model_server_url,
+        settings.model_name,
+        settings.model_timeout_seconds,
+        settings.label_cache_seconds,
+        retries=settings.model_retries,
+        retry_backoff_seconds=settings.model_retry_backoff_seconds,
+    )
+    store = open_store(settings)
+    recognizer = Recognizer(
+        model,
+        store,
+        settings.model_name,
+        settings.max_image_pixels,
+        settings.max_request_pixels,
+        settings.upload_store_max_bytes,
+        decode_budget=DecodeBudget(settings.decode_budget_bytes),
+        decode_cpu_seconds=settings.decode_cpu_seconds,
+        verdict_policy=settings.verdict_policy,
+    )
+    return Clients(recognizer, model, store)
+
+
+def open_store(settings: Settings) -> PredictionLog:
+    if settings.prediction_store == "cassandra":
+        # Imported here: only deployments with Cassandra pay for its driver.
+        from recognizer.cassandra_log import CassandraLog
+
+        return CassandraLog.from_env()
+    from recognizer.sqlite_log import SqliteLog
+
+    return SqliteLog(settings.sqlite_path)

@@ -1,0 +1,124 @@
+"""The one place an exception becomes an HTTP status, a machine-readable code and a JSON body.
+
+The modules that raise know nothing of HTTP; `ERRORS` maps their exception classes, and
+`classify` walks an exception's class hierarchy so the most specific entry wins (as
+Flask's error-handler registry does). Anything unmapped is a 500 that gets logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import flask
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from recognizer import budget, feedback, model_client, preprocess, uploads
+from recognizer.records import StoreUnavailable
+from recognizer.responses import json_response
+from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+# A full disk or an exhausted quota, wherever it happens: a server-side condition (503).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class InvalidParameter(ValueError):
+    """A query parameter is malformed."""
+
+
+class UnknownPrediction(LookupError):
+    """No record has that id."""
+
+
+class UploadNotStored(LookupError):
+    """The record exists, but its upload was over the storage cap."""
+
+
+class NotAuthorized(PermissionError):
+    """API_TOKEN is set and the request does not carry it."""
+
+
+class NotReady(RuntimeError):
+    """A dependency of the function cannot be reached; `checks` says which."""
+
+    def __init__(self, message: str, checks: dict[str, str]) -> None:
+        super().__init__(message)
+        self.checks = checks
+
+
+# Exception type -> (HTTP status, machine-readable code). The most specific class wins.
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    uploads.EmptyBody: (400, "empty_body"),
+    uploads.MissingImage: (400, "missing_image"),
+    uploads.InvalidBase64: (400, "invalid_base64"),
+    uploads.InvalidJson: (400, "invalid_json"),
+    uploads.UnsupportedMediaType: (415, "unsupported_media_type"),
+    uploads.TooManyImages: (413, "too_many_images"),
+    uploads.TooManyFormParts: (413, "too_many_form_parts"),
+    uploads.FormFieldTooLarge: (413, "form_field_too_large"),
+    RequestEntityTooLarge: (413, "request_too_large"),
+    preprocess.NotAnImage: (400, "not_an_image"),
+    preprocess.BlankImage: (400, "blank_image"),
+    preprocess.ImageTooLarge: (413, "image_too_large"),
+    preprocess.ImageTooComplex: (413, "image_too_complex"),
+    budget.DecodeBusy: (503, "decode_busy"),
+    InvalidParameter: (400, "invalid_parameter"),
+    InvalidIdempotencyKey: (400, "invalid_idempotency_key"),
+    IdempotencyKeyReused: (422, "idempotency_key_reused"),
+    NotAuthorized: (401, "unauthorized"),
+    feedback.InvalidFeedback: (400, "invalid_feedback"),
+    feedback.MissingFeedbackToken: (401, "unauthorized"),
+    feedback.WrongFeedbackToken: (403, "forbidden"),
+    UnknownPrediction: (404, "unknown_prediction"),
+    UploadNotStored: (404, "upload_not_stored"),
+    model_client.UnknownModel: (404, "unknown_model_version"),
+    model_client.ModelUnavailable: (503, "model_unavailable"),
+    model_client.ModelTimeout: (504, "model_timeout"),
+    StoreUnavailable: (503, "store_unavailable"),
+    NotReady: (503, "not_ready"),
+}
+
+
+def classify(error: Exception) -> tuple[int, str]:
+    """(status, code): the mapped class, else a full disk, routing's 404 or 405, else a 500."""
+    for kind in type(error).__mro__:
+        if kind in ERRORS:
+            return ERRORS[kind]
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return 503, "insufficient_storage"
+    if isinstance(error, HTTPException) and error.code:  # 404 and 405 from routing
+        return error.code, {404: "not_found", 405: "method_not_allowed"}.get(
+            error.code, "http_error"
+        )
+    return 500, "internal"
+
+
+def error_response(error: Exception, status: int, code: str) -> flask.Response:
+    """The JSON error for `error`, classified by `classify` as (`status`, `code`)."""
+    if code == "internal":
+        log.exception("unexpected error")
+        message = "internal error; it has been logged"
+    elif code == "insufficient_storage":
+        log.error("a disk is full: %s", error)
+        message = "the server is out of disk space; try again later"
+    elif isinstance(error, HTTPException):
+        message = error.description or error.name
+    else:
+        message = str(error)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        headers["Allow"] = ", ".join(error.valid_methods)
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    if isinstance(error, NotReady):
+        body["checks"] = error.checks
+    response = json_response(body, status, headers)
+    # functions-framework reads the whole body into memory after any non-streamed response:
+    # for a refused request that is wasted work (and for one refused for its size, it
+    # fails). A streamed response skips that; the server discards the unread body itself.
+    response.response = iter([response.get_data()])
+    return response

@@ -1,0 +1,82 @@
+"""What a request asks for, read from its path, query and headers; malformed input is a 4xx."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+
+import flask
+
+from recognizer import routing, uploads
+from recognizer.config import LABEL_PATTERN, Settings
+from recognizer.errors import InvalidParameter, UnknownPrediction
+from recognizer.routing import Route
+
+# ASCII digits only: str.isdigit() also takes superscripts and circled digits, which int()
+# then refuses.
+WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add to each prediction
+
+
+def client_key(request: flask.Request) -> str:
+    """Who sent the request, for canary buckets and the request log (routing.client_key)."""
+    return routing.client_key(request.headers.get("X-Client-Id"), request.remote_addr)
+
+
+def route(args: Mapping[str, str], settings: Settings, client: str) -> Route:
+    """A pinned version or label; else canary or stable, sticky per client (routing.py)."""
+    if "version" in args and "label" in args:
+        raise InvalidParameter("pin either a version or a label, not both")
+    if "version" in args:
+        version = int_parameter(args, "version", default=0)
+        if version < 1:
+            raise InvalidParameter("version must be a positive whole number")
+        return Route(label=settings.model_label, version=version)
+    if "label" in args:
+        if not LABEL_PATTERN.fullmatch(args["label"]):
+            raise InvalidParameter("label must be 1-64 letters, digits, '_' or '-'")
+        return Route(label=args["label"])
+    return routing.unpinned(
+        client, settings.canary_percent, settings.model_label, settings.canary_label
+    )
+
+
+def int_parameter(args: Mapping[str, str], name: str, default: int) -> int:
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise InvalidParameter(
+            f"{name} must be a whole number of at most 9 digits (0-9), not {uploads.echo(raw)}"
+        )
+    return int(raw)
+
+
+def include_parameter(args: Mapping[str, str]) -> set[str]:
+    """`include=input` opts into extras, so the default answer stays lean."""
+    raw = args.get("include")
+    if raw is None:
+        return set()
+    names = {name.strip() for name in raw.split(",")}
+    unknown = names - INCLUDABLE
+    if unknown:
+        raise InvalidParameter(
+            f"include accepts {', '.join(sorted(INCLUDABLE))}, "
+            f"not {uploads.echo(sorted(unknown)[0])}"
+        )
+    return names
+
+
+def record_id(prediction_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(prediction_id)
+    except ValueError:
+        raise UnknownPrediction(f"{uploads.echo(prediction_id)} is not a prediction id") from None
+
+
+def bearer(request: flask.Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None

@@ -38,3 +38,28 @@ def test_no_file_points_at_a_design_document_outside_the_repo() -> None:
         and path != "tests/test_docs.py"
     ]
     assert pointing == []
+
+
+TOP_LEVEL = {path.split("/", 1)[0] for path in TRACKED if "/" in path}
+# A path into this repo (its first part is one of the repo's top-level directories), in
+# any tracked text: `function/recognizer/api.py`, docs/verdicts.md, infra/cassandra/schema.cql.
+_TOP = "|".join(sorted(map(re.escape, TOP_LEVEL)))
+REPO_PATH = re.compile(rf"(?<![\w/.-])((?:{_TOP})/(?:[\w.-]+/)*[\w-]+\.[a-z]{{2,6}})\b")
+MODULE_NAME = re.compile(r"`([\w-]+\.py)`")  # a bare module name in a document: `config.py`
+TEXTS = [
+    path
+    for path in TRACKED
+    if path.endswith((".md", ".py", ".yml", ".yaml", ".toml", "Makefile", ".cfg"))
+    and not path.startswith(("tests/data/", "models/"))
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_every_path_a_file_names_is_in_the_repo(text: str) -> None:
+    """Renaming or moving a module must take its mentions along (docs, docstrings, comments)."""
+    content = (ROOT / text).read_text(encoding="utf-8", errors="ignore")
+    names = {path.rsplit("/", 1)[-1] for path in TRACKED}
+    missing = [path for path in set(REPO_PATH.findall(content)) if not (ROOT / path).exists()]
+    if text.endswith(".md"):
+        missing += [name for name in set(MODULE_NAME.findall(content)) if name not in names]
+    assert sorted(missing) == []

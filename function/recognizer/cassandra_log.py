@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,7 @@ from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage
 from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
 
+from .config import CassandraSettings
 from .records import (
     IDEMPOTENCY_WINDOW_SECONDS,
     Feedback,
@@ -117,133 +118,7 @@ CONNECT_RETRY_SECONDS = 1.0
 RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 5.0
 MAX_RECENT = 10_000
 
-_CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "TWO", "THREE", "ALL")
-_PROTOCOL_VERSIONS = (4, 5)  # v4+ so unset values leave no tombstones
-_KEYSPACE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class CassandraSettings:
-    """Connection settings, usually from the CASSANDRA_* environment variables."""
-
-    contact_points: tuple[tuple[str, int], ...]
-    port: int = 9042
-    keyspace: str = "mnist"
-    local_dc: str = "datacenter1"
-    consistency: str = "LOCAL_QUORUM"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)  # never in logs or reprs
-    ssl_ca_file: str | None = None
-    ssl_verify_hostname: bool = True
-    protocol_version: int = 5
-    request_timeout: float = 5.0
-    connect_timeout: float = 5.0
-    lookback_days: int = 7
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> CassandraSettings:
-        """Read CASSANDRA_* (default: os.environ); empty means unset; bad values: ValueError."""
-        environ = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = environ.get(name, "").strip()
-            return value or None
-
-        port = _int(get("CASSANDRA_PORT"), "CASSANDRA_PORT", 9042, 1, 65535)
-        points = get("CASSANDRA_CONTACT_POINTS")
-        if points is None:
-            raise ValueError("CASSANDRA_CONTACT_POINTS is required (comma-separated host[:port])")
-        keyspace = get("CASSANDRA_KEYSPACE") or "mnist"
-        if not _KEYSPACE_RE.fullmatch(keyspace):
-            raise ValueError(
-                f"CASSANDRA_KEYSPACE={keyspace!r}: use letters, digits and _ (at most 48)"
-            )
-        consistency = (get("CASSANDRA_CONSISTENCY") or "LOCAL_QUORUM").upper()
-        if consistency not in _CONSISTENCY_LEVELS:
-            raise ValueError(
-                f"CASSANDRA_CONSISTENCY={consistency!r}: "
-                f"use one of {', '.join(_CONSISTENCY_LEVELS)}"
-            )
-        username = get("CASSANDRA_USERNAME")
-        password = environ.get("CASSANDRA_PASSWORD") or None  # verbatim: spaces may be meant
-        if (username is None) != (password is None):
-            raise ValueError("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD together")
-        ca_file = get("CASSANDRA_SSL_CA_FILE")
-        if ca_file is not None and not os.path.isfile(ca_file):
-            raise ValueError(f"CASSANDRA_SSL_CA_FILE={ca_file!r} is not a readable file")
-        protocol = _int(get("CASSANDRA_PROTOCOL_VERSION"), "CASSANDRA_PROTOCOL_VERSION", 5, 4, 5)
-        return cls(
-            contact_points=_contact_points(points, port),
-            port=port,
-            keyspace=keyspace,
-            local_dc=get("CASSANDRA_LOCAL_DC") or "datacenter1",
-            consistency=consistency,
-            username=username,
-            password=password,
-            ssl_ca_file=ca_file,
-            ssl_verify_hostname=_bool(get("CASSANDRA_SSL_VERIFY_HOSTNAME"), True),
-            protocol_version=protocol,
-            request_timeout=_seconds(get("CASSANDRA_REQUEST_TIMEOUT_SECONDS"), "REQUEST", 5.0),
-            connect_timeout=_seconds(get("CASSANDRA_CONNECT_TIMEOUT_SECONDS"), "CONNECT", 5.0),
-            lookback_days=_int(
-                get("CASSANDRA_RECENT_LOOKBACK_DAYS"), "CASSANDRA_RECENT_LOOKBACK_DAYS", 7, 1, 366
-            ),
-        )
-
-
-def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name}={raw!r} must be between {low} and {high}")
-    return value
-
-
-def _seconds(raw: str | None, kind: str, default: float) -> float:
-    name = f"CASSANDRA_{kind}_TIMEOUT_SECONDS"
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise ValueError(f"{name}={raw!r} must be more than 0 and at most 3600")
-    return value
-
-
-def _bool(raw: str | None, default: bool) -> bool:
-    if raw is None:
-        return default
-    if raw.lower() in _TRUE + _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(f"CASSANDRA_SSL_VERIFY_HOSTNAME={raw!r}: use true or false")
-
-
-def _contact_points(raw: str, default_port: int) -> tuple[tuple[str, int], ...]:
-    """'a, b:9043, [::1]:9044' -> (('a', 9042), ('b', 9043), ('::1', 9044))."""
-    points = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            raise ValueError(f"CASSANDRA_CONTACT_POINTS={raw!r} has an empty entry")
-        host, port = item, None
-        if item.startswith("["):  # [ipv6] or [ipv6]:port
-            host, _, rest = item[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else rest or None
-        elif item.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
-            host, port = item.split(":")
-        if not host or any(c.isspace() for c in host):
-            raise ValueError(f"CASSANDRA_CONTACT_POINTS entry {item!r} has no valid host")
-        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise ValueError(f"CASSANDRA_CONTACT_POINTS entry {item!r}: port must be 1 to 65535")
-        points.append((host, default_port if port is None else int(port)))
-    return tuple(points)
 
 
 def build_cluster(settings: CassandraSettings) -> Cluster:
@@ -361,6 +236,18 @@ class _Connection:
     correct: PreparedStatement | None = None  # so are corrections
 
 
+def _prepared_lwt(conn: _Connection, query: str) -> PreparedStatement:
+    """A lightweight transaction prepared on first use (refusals and corrections are rare),
+    idempotent, at the claims' serial consistency."""
+    try:
+        statement = conn.session.prepare(query)
+    except DRIVER_ERRORS as exc:
+        raise StoreUnavailable(f"Cassandra prepare failed: {_describe(exc)}") from exc
+    statement.is_idempotent = True
+    statement.serial_consistency_level = conn.claim.serial_consistency_level
+    return statement
+
+
 class CassandraLog:
     """PredictionLog on Cassandra. Every driver failure surfaces as StoreUnavailable."""
 
@@ -383,9 +270,10 @@ class CassandraLog:
         self._write_failure: str | None = None  # why the last write failed, until one works
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> CassandraLog:
-        """A log configured from CASSANDRA_* (default: os.environ); connects on first use."""
-        return cls(CassandraSettings.from_env(environ))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CassandraLog:
+        """For tools that only read the log: CASSANDRA_* (default: os.environ), checked by
+        CassandraSettings.from_env; connects on first use."""
+        return cls(CassandraSettings.from_env(env))
 
     def __repr__(self) -> str:
         return f"CassandraLog({self.settings!r})"
@@ -547,16 +435,11 @@ class CassandraLog:
         """A lightweight delete, applied only while `claim`'s request still holds the key."""
         conn = self._connection()
         if conn.release is None:
-            try:
-                statement = conn.session.prepare(
-                    f"DELETE FROM {self.settings.keyspace}.{IDEMPOTENCY_TABLE} "
-                    "WHERE key_sha256 = ? IF request_sha256 = ?"
-                )
-            except DRIVER_ERRORS as exc:
-                raise StoreUnavailable(f"Cassandra prepare failed: {_describe(exc)}") from exc
-            statement.is_idempotent = True
-            statement.serial_consistency_level = conn.claim.serial_consistency_level
-            conn.release = statement
+            conn.release = _prepared_lwt(
+                conn,
+                f"DELETE FROM {self.settings.keyspace}.{IDEMPOTENCY_TABLE} "
+                "WHERE key_sha256 = ? IF request_sha256 = ?",
+            )
         values = (key_sha256, claim.request_sha256)
         with self._writing():
             self._query(conn, conn.release, values, action="idempotency release")
@@ -567,17 +450,12 @@ class CassandraLog:
         if record_id.version != 1:
             return False
         conn = self._connection()
-        if conn.correct is None:
-            try:
-                statement = conn.session.prepare(
-                    f"UPDATE {self.settings.keyspace}.{TABLE} "
-                    "SET feedback_digit = ?, feedback_at = ? WHERE day = ? AND id = ? IF EXISTS"
-                )
-            except DRIVER_ERRORS as exc:
-                raise StoreUnavailable(f"Cassandra prepare failed: {_describe(exc)}") from exc
-            statement.is_idempotent = True  # the same correction again changes nothing
-            statement.serial_consistency_level = conn.claim.serial_consistency_level
-            conn.correct = statement
+        if conn.correct is None:  # the same correction again changes nothing: idempotent
+            conn.correct = _prepared_lwt(
+                conn,
+                f"UPDATE {self.settings.keyspace}.{TABLE} "
+                "SET feedback_digit = ?, feedback_at = ? WHERE day = ? AND id = ? IF EXISTS",
+            )
         values = (feedback.digit, feedback.created_at, day_of(record_id), record_id)
         with self._writing():
             [row] = self._query(conn, conn.correct, values, action="correction")

@@ -1,8 +1,13 @@
-"""Settings, read once from the environment (every variable is documented in the README)."""
+"""The function's settings: every variable it reads, read and checked once at start-up.
+
+Every problem is reported at once, each naming its variable (env.SettingsError), so a
+malformed value stops the function before it serves instead of failing its requests.
+The deploy and rollout tools read the function's settings through here too. Every
+variable is documented in the README.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tempfile
@@ -10,14 +15,50 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from recognizer.feedback import MIN_SECRET_BYTES
-from recognizer.verdict import VerdictPolicy
+from .env import Reader
+from .feedback import MIN_SECRET_BYTES
+from .verdict import VerdictPolicy
 
 MiB = 1024 * 1024
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what TF Serving and our URLs accept
+LABEL_RULE = "1-64 letters, digits, '_' or '-'"
+URL_PATTERN = re.compile(r"https?://[^\s/]+(/\S*)?")
 ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")  # scheme://host[:port], no path
 DECODE_SHARE = 4  # a quarter of the memory for decoding: the rest is the runtime, bodies, slack
-FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+STORES = ("sqlite", "cassandra")
+
+CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "TWO", "THREE", "ALL")
+PROTOCOL_VERSIONS = (4, 5)  # v4+ so unset values leave no tombstones
+KEYSPACE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+DC_PATTERN = re.compile(r"[^\s,]{1,128}")
+
+
+@dataclass(frozen=True)
+class CassandraSettings:
+    """Connection settings, usually from the CASSANDRA_* environment variables."""
+
+    contact_points: tuple[tuple[str, int], ...]
+    port: int = 9042
+    keyspace: str = "mnist"
+    local_dc: str = "datacenter1"
+    consistency: str = "LOCAL_QUORUM"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs or reprs
+    ssl_ca_file: str | None = None
+    ssl_verify_hostname: bool = True
+    protocol_version: int = 5
+    request_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    lookback_days: int = 7
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CassandraSettings:
+        """CASSANDRA_* alone (default: os.environ), for tools that only talk to Cassandra;
+        SettingsError names every malformed variable."""
+        read = Reader(os.environ if env is None else env)
+        settings = read_cassandra(read)
+        read.check()
+        return settings
 
 
 @dataclass(frozen=True)
@@ -51,6 +92,7 @@ class Settings:
     feedback_secret: bytes | None = field(default=None, repr=False)
     cors_allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
     verdict_policy: VerdictPolicy = field(default_factory=VerdictPolicy)  # VERDICT_*
+    cassandra: CassandraSettings | None = None  # CASSANDRA_*, when prediction_store is cassandra
 
     @property
     def decode_budget_bytes(self) -> int:
@@ -59,101 +101,97 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        """Build settings from `env`; a malformed value is a startup error naming the variable."""
+        """Read and check every setting in `env`; SettingsError names each bad variable."""
         default = cls()
-        store = env.get("PREDICTION_STORE") or (
-            "cassandra" if env.get("CASSANDRA_CONTACT_POINTS") else "sqlite"
+        read = Reader(env)
+        contact_points = read.raw("CASSANDRA_CONTACT_POINTS")
+        store = read.choice(
+            "PREDICTION_STORE", "cassandra" if contact_points else default.prediction_store, STORES
         )
-        if store not in {"sqlite", "cassandra"}:
-            raise ValueError(f"PREDICTION_STORE must be 'sqlite' or 'cassandra', not {store!r}")
-        model_label = env.get("MODEL_LABEL", default.model_label)
-        canary_label, canary_percent = _canary(env, model_label, default)
-        return cls(
-            model_server_url=env.get("MODEL_SERVER_URL", default.model_server_url).rstrip("/"),
-            model_name=env.get("MODEL_NAME", default.model_name),
+        model_label = read.text("MODEL_LABEL", default.model_label, LABEL_PATTERN, LABEL_RULE)
+        settings = cls(
+            model_server_url=read.text(
+                "MODEL_SERVER_URL",
+                default.model_server_url,
+                URL_PATTERN,
+                "an http(s) URL such as http://localhost:8501",
+            ).rstrip("/"),
+            model_name=read.text("MODEL_NAME", default.model_name, LABEL_PATTERN, LABEL_RULE),
             model_label=model_label,
-            canary_label=canary_label,
-            canary_percent=canary_percent,
-            model_timeout_seconds=_number(
-                env, "MODEL_SERVER_TIMEOUT_SECONDS", default.model_timeout_seconds
+            canary_label=read.text("CANARY_LABEL", default.canary_label, LABEL_PATTERN, LABEL_RULE),
+            canary_percent=read.number("CANARY_PERCENT", default.canary_percent, 0, 100),
+            model_timeout_seconds=read.number(
+                "MODEL_SERVER_TIMEOUT_SECONDS", default.model_timeout_seconds, above=0
             ),
-            model_retries=int(_number(env, "MODEL_SERVER_RETRIES", default.model_retries)),
-            model_retry_backoff_seconds=_number(
-                env, "MODEL_SERVER_RETRY_BACKOFF_SECONDS", default.model_retry_backoff_seconds
+            model_retries=read.whole("MODEL_SERVER_RETRIES", default.model_retries, 0),
+            model_retry_backoff_seconds=read.number(
+                "MODEL_SERVER_RETRY_BACKOFF_SECONDS", default.model_retry_backoff_seconds
             ),
-            label_cache_seconds=_number(
-                env, "MODEL_LABEL_CACHE_SECONDS", default.label_cache_seconds
+            label_cache_seconds=read.number(
+                "MODEL_LABEL_CACHE_SECONDS", default.label_cache_seconds
             ),
             prediction_store=store,
-            sqlite_path=Path(env.get("SQLITE_PATH", str(default.sqlite_path))),
-            max_request_bytes=_limit(env, "MAX_REQUEST_BYTES", default.max_request_bytes),
-            max_image_pixels=_limit(env, "MAX_IMAGE_PIXELS", default.max_image_pixels),
-            max_request_pixels=_limit(env, "MAX_REQUEST_PIXELS", default.max_request_pixels),
-            max_batch_images=_limit(env, "MAX_BATCH_IMAGES", default.max_batch_images),
-            upload_store_max_bytes=int(
-                _number(env, "UPLOAD_STORE_MAX_BYTES", default.upload_store_max_bytes)
+            sqlite_path=read.path("SQLITE_PATH", default.sqlite_path),
+            max_request_bytes=read.whole("MAX_REQUEST_BYTES", default.max_request_bytes, 1),
+            max_image_pixels=read.whole("MAX_IMAGE_PIXELS", default.max_image_pixels, 1),
+            max_request_pixels=read.whole("MAX_REQUEST_PIXELS", default.max_request_pixels, 1),
+            max_batch_images=read.whole("MAX_BATCH_IMAGES", default.max_batch_images, 1),
+            upload_store_max_bytes=read.whole(
+                "UPLOAD_STORE_MAX_BYTES", default.upload_store_max_bytes, 0
             ),
-            history_max_limit=_limit(env, "HISTORY_MAX_LIMIT", default.history_max_limit),
-            memory_limit_mib=_memory_limit(env, default.memory_limit_mib),
-            workers=_limit(env, "WORKERS", default.workers),
-            decode_cpu_seconds=_positive(env, "DECODE_CPU_SECONDS", default.decode_cpu_seconds),
-            verdict_policy=_verdict_policy(env),
-            **_access(env),
+            history_max_limit=read.whole("HISTORY_MAX_LIMIT", default.history_max_limit, 1),
+            # Below 128 MiB no image of any use can be decoded.
+            memory_limit_mib=read.whole("MEMORY_LIMIT_MIB", default.memory_limit_mib, 128),
+            workers=read.whole("WORKERS", default.workers, 1),
+            decode_cpu_seconds=read.number(
+                "DECODE_CPU_SECONDS", default.decode_cpu_seconds, above=0
+            ),
+            verdict_policy=_verdict_policy(read),
+            cassandra=read_cassandra(read) if store == "cassandra" else None,
+            **_access(read),
         )
+        if settings.canary_percent > 0 and settings.canary_label == model_label:
+            read.problem(
+                f"CANARY_LABEL and MODEL_LABEL are both {model_label!r}: give the canary its own"
+            )
+        read.check()
+        return settings
 
 
-def _canary(env: Mapping[str, str], model_label: str, default: Settings) -> tuple[str, float]:
-    """CANARY_LABEL and CANARY_PERCENT, checked against each other and MODEL_LABEL."""
-    label = env.get("CANARY_LABEL") or default.canary_label
-    percent = _number(env, "CANARY_PERCENT", default.canary_percent)
-    if not 0 <= percent <= 100:  # also refuses nan
-        raise ValueError(f"CANARY_PERCENT must be between 0 and 100, not {env['CANARY_PERCENT']!r}")
-    if not LABEL_PATTERN.fullmatch(label):
-        raise ValueError(f"CANARY_LABEL must be 1-64 letters, digits, '_' or '-', not {label!r}")
-    if percent > 0 and label == model_label:
-        raise ValueError(
-            f"CANARY_LABEL and MODEL_LABEL are both {label!r}: give the canary its own"
-        )
-    return label, percent
-
-
-def _verdict_policy(env: Mapping[str, str]) -> VerdictPolicy:
+def _verdict_policy(read: Reader) -> VerdictPolicy:
     """VERDICT_<FIELD> for each threshold: shares in [0, 1], except the aspect ratio."""
     values = {}
     for threshold in fields(VerdictPolicy):
         name = f"VERDICT_{threshold.name.upper()}"
-        value = _number(env, name, threshold.default)
         if threshold.name == "max_aspect":
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a number above 0, not {env[name]!r}")
-        elif not 0 <= value <= 1:  # also refuses nan
-            raise ValueError(f"{name} must be between 0 and 1, not {env[name]!r}")
-        values[threshold.name] = value
+            values[threshold.name] = read.number(name, threshold.default, above=0)
+        else:
+            values[threshold.name] = read.number(name, threshold.default, 0, 1)
     return VerdictPolicy(**values)
 
 
-def _access(env: Mapping[str, str]) -> dict[str, object]:
+def _access(read: Reader) -> dict[str, object]:
     """API_TOKEN, PREDICT_REQUIRES_TOKEN, CORS_ALLOWED_ORIGINS and FEEDBACK_SECRET."""
-    token = env.get("API_TOKEN") or None
+    token = read.secret("API_TOKEN")
     if token is not None and (token != token.strip() or not token.isprintable()):
-        raise ValueError("API_TOKEN must not have spaces around it or control characters in it")
-    predict_requires_token = _flag(env, "PREDICT_REQUIRES_TOKEN", default=False)
+        read.problem("API_TOKEN must not have spaces around it or control characters in it")
+    predict_requires_token = read.flag("PREDICT_REQUIRES_TOKEN", default=False)
     if predict_requires_token and token is None:
-        raise ValueError("PREDICT_REQUIRES_TOKEN is true but API_TOKEN is unset: set API_TOKEN")
+        read.problem("PREDICT_REQUIRES_TOKEN is true but API_TOKEN is unset: set API_TOKEN")
     origins = frozenset(
         origin.strip().rstrip("/")
-        for origin in env.get("CORS_ALLOWED_ORIGINS", "").split(",")
+        for origin in (read.raw("CORS_ALLOWED_ORIGINS") or "").split(",")
         if origin.strip()
     )
-    for origin in origins - {"*"}:
+    for origin in sorted(origins - {"*"}):
         if not ORIGIN_PATTERN.fullmatch(origin):
-            raise ValueError(
+            read.problem(
                 "CORS_ALLOWED_ORIGINS must be '*' or comma-separated origins like "
                 f"https://example.com:8443, not {origin[:80]!r}"
             )
-    secret = env.get("FEEDBACK_SECRET") or None
+    secret = read.secret("FEEDBACK_SECRET")
     if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ValueError(
+        read.problem(
             f"FEEDBACK_SECRET must be at least {MIN_SECRET_BYTES} bytes (e.g. 64 random hex "
             "digits: python -c 'import secrets; print(secrets.token_hex(32))')"
         )
@@ -165,47 +203,66 @@ def _access(env: Mapping[str, str]) -> dict[str, object]:
     }
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return FLAGS[raw.strip().lower()]
-    except KeyError:
-        raise ValueError(f"{name} must be true or false, not {raw[:20]!r}") from None
+def read_cassandra(read: Reader) -> CassandraSettings:
+    """CASSANDRA_*: the prediction store's connection, checked like every other setting."""
+    default = CassandraSettings(contact_points=())
+    port = read.whole("CASSANDRA_PORT", default.port, 1, 65535)
+    points = read.required("CASSANDRA_CONTACT_POINTS", "comma-separated host[:port]")
+    username = read.raw("CASSANDRA_USERNAME")
+    password = read.secret("CASSANDRA_PASSWORD")
+    if (username is None) != (password is None):
+        read.problem("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD together")
+    ca_file = read.path("CASSANDRA_SSL_CA_FILE", None, must_exist=True)
+    protocol = read.whole(
+        "CASSANDRA_PROTOCOL_VERSION", default.protocol_version, *PROTOCOL_VERSIONS
+    )
+    return CassandraSettings(
+        contact_points=_contact_points(read, points, port) if points else (),
+        port=port,
+        keyspace=read.text(
+            "CASSANDRA_KEYSPACE",
+            default.keyspace,
+            KEYSPACE_PATTERN,
+            "a letter, then letters, digits and _ (at most 48)",
+        ),
+        local_dc=read.text(
+            "CASSANDRA_LOCAL_DC", default.local_dc, DC_PATTERN, "a name without spaces or commas"
+        ),
+        consistency=read.choice(
+            "CASSANDRA_CONSISTENCY", default.consistency, CONSISTENCY_LEVELS, upper=True
+        ),
+        username=username,
+        password=password,
+        ssl_ca_file=None if ca_file is None else str(ca_file),
+        ssl_verify_hostname=read.flag("CASSANDRA_SSL_VERIFY_HOSTNAME", default.ssl_verify_hostname),
+        protocol_version=protocol,
+        request_timeout=read.number(
+            "CASSANDRA_REQUEST_TIMEOUT_SECONDS", default.request_timeout, high=3600, above=0
+        ),
+        connect_timeout=read.number(
+            "CASSANDRA_CONNECT_TIMEOUT_SECONDS", default.connect_timeout, high=3600, above=0
+        ),
+        lookback_days=read.whole("CASSANDRA_RECENT_LOOKBACK_DAYS", default.lookback_days, 1, 366),
+    )
 
 
-def _memory_limit(env: Mapping[str, str], default: int) -> int:
-    """MEMORY_LIMIT_MIB: at least 128 (below it no image of any use can be decoded)."""
-    value = _limit(env, "MEMORY_LIMIT_MIB", default)
-    if value < 128:
-        raise ValueError(f"MEMORY_LIMIT_MIB must be at least 128, not {env['MEMORY_LIMIT_MIB']!r}")
-    return value
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _number(env, name, default)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a number above 0, not {env[name]!r}")
-    return value
-
-
-def _limit(env: Mapping[str, str], name: str, default: int) -> int:
-    """A whole number of at least 1: a limit of 0 would refuse every request."""
-    value = _number(env, name, default)
-    if not (math.isfinite(value) and value >= 1 and value == int(value)):
-        raise ValueError(f"{name} must be a whole number of at least 1, not {env[name]!r}")
-    return int(value)
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, not {raw!r}")
-    return value
+def _contact_points(read: Reader, raw: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """'a, b:9043, [::1]:9044' -> (('a', 9042), ('b', 9043), ('::1', 9044))."""
+    points = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            read.problem(f"CASSANDRA_CONTACT_POINTS={raw!r} has an empty entry")
+            continue
+        host, port = item, None
+        if item.startswith("["):  # [ipv6] or [ipv6]:port
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest or None
+        elif item.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+            host, port = item.split(":")
+        if not host or any(c.isspace() for c in host):
+            read.problem(f"CASSANDRA_CONTACT_POINTS entry {item!r} has no valid host")
+        elif port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+            read.problem(f"CASSANDRA_CONTACT_POINTS entry {item!r}: port must be 1 to 65535")
+        else:
+            points.append((host, default_port if port is None else int(port)))
+    return tuple(points)

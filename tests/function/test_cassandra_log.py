@@ -42,6 +42,7 @@ from tests.function.records_factory import make_record
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_TEXT = (ROOT / "infra" / "cassandra" / "schema.cql").read_text(encoding="utf-8")
+LEVELS = "one of LOCAL_QUORUM, QUORUM, LOCAL_ONE, ONE, TWO, THREE, ALL"
 SETTINGS = CassandraSettings(contact_points=(("127.0.0.1", 9042),))
 
 
@@ -195,12 +196,21 @@ def test_from_env_reads_every_setting_and_never_shows_the_password() -> None:
         ({"CASSANDRA_CONTACT_POINTS": "a:port"}, "port must be"),
         ({"CASSANDRA_CONTACT_POINTS": "[::1]:0"}, "port must be"),
         ({"CASSANDRA_CONTACT_POINTS": ":9042"}, "no valid host"),
-        ({"CASSANDRA_PORT": "nine"}, "CASSANDRA_PORT='nine' is not a whole number"),
-        ({"CASSANDRA_PORT": "70000"}, "CASSANDRA_PORT='70000' must be between 1 and 65535"),
+        (
+            {"CASSANDRA_PORT": "nine"},
+            "CASSANDRA_PORT must be a whole number from 1 to 65535, not 'nine'",
+        ),
+        ({"CASSANDRA_PORT": "70000"}, "CASSANDRA_PORT must be between 1 and 65535, not '70000'"),
         ({"CASSANDRA_KEYSPACE": "my-keyspace"}, "CASSANDRA_KEYSPACE"),
-        ({"CASSANDRA_CONSISTENCY": "SERIAL"}, "CASSANDRA_CONSISTENCY='SERIAL'"),
-        ({"CASSANDRA_CONSISTENCY": "MOST"}, "CASSANDRA_CONSISTENCY='MOST'"),
-        ({"CASSANDRA_PROTOCOL_VERSION": "3"}, "CASSANDRA_PROTOCOL_VERSION='3' must be between 4"),
+        (
+            {"CASSANDRA_CONSISTENCY": "SERIAL"},
+            f"CASSANDRA_CONSISTENCY must be {LEVELS}, not 'SERIAL'",
+        ),
+        ({"CASSANDRA_CONSISTENCY": "most"}, f"CASSANDRA_CONSISTENCY must be {LEVELS}, not 'MOST'"),
+        (
+            {"CASSANDRA_PROTOCOL_VERSION": "3"},
+            "CASSANDRA_PROTOCOL_VERSION must be between 4 and 5, not '3'",
+        ),
         ({"CASSANDRA_PROTOCOL_VERSION": "v5"}, "CASSANDRA_PROTOCOL_VERSION"),
         ({"CASSANDRA_REQUEST_TIMEOUT_SECONDS": "0"}, "CASSANDRA_REQUEST_TIMEOUT_SECONDS"),
         ({"CASSANDRA_CONNECT_TIMEOUT_SECONDS": "soon"}, "CASSANDRA_CONNECT_TIMEOUT_SECONDS"),

@@ -28,10 +28,13 @@ from pathlib import Path
 import requests
 
 from bench import stack
+from recognizer import contract
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = (ROOT / "tests" / "data" / "samples" / "seven.png").read_bytes()
-LABEL_URL = "/v1/models/mnist/labels/stable/metadata"  # answers once `stable` is AVAILABLE
+LABEL_URL = (
+    f"/v1/models/{contract.MODEL_NAME}/labels/stable/metadata"  # answers once `stable` is AVAILABLE
+)
 CONTRACT_FAILURES = frozenset({503, 504})
 
 

@@ -47,8 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import images, profile_stack, report, stack, throughput
+from recognizer import contract
 
-PREDICT = "/v1/models/mnist/versions/2:predict"
+PREDICT = f"/v1/models/{contract.MODEL_NAME}/versions/2:predict"
 SINGLE_REQUESTS = 2000
 BATCH_REQUESTS = 40
 TARGET_P50_MS = 1.0
@@ -60,7 +61,7 @@ PROFILE_SECONDS = 4  # each of bench.profile_stack's loads
 def predict_body(count: int) -> bytes:
     """The :predict body the function sends (columnar, uint8 pixels) for `count` images."""
     pixels = np.asarray(images.digit()).tolist()
-    doc = {"signature_name": "serving_default", "inputs": {"image": [pixels] * count}}
+    doc = {"signature_name": contract.SIGNATURE, "inputs": {contract.IMAGE: [pixels] * count}}
     return json.dumps(doc).encode()
 
 
@@ -90,7 +91,9 @@ def model_server(batching: bool, serving_root: Path = stack.ROOT) -> Iterator[st
         )
         server = stack.Server("model-server", port, process, time.monotonic(), log_path)
         try:
-            stack.wait_for(server, "/v1/models/mnist/labels/stable/metadata", interval=0.2)
+            stack.wait_for(
+                server, f"/v1/models/{contract.MODEL_NAME}/labels/stable/metadata", interval=0.2
+            )
             yield server
         finally:
             stack.stop(process)
@@ -139,21 +142,21 @@ def stages() -> dict:
         **options,
     ).start()
     api = server._http.api
-    servable = server.repository.servable("mnist", 2, None)
-    signature = servable.signature("serving_default")
+    servable = server.repository.servable(contract.MODEL_NAME, 2, None)
+    signature = servable.signature(contract.SIGNATURE)
     results = {}
     try:
         for count, repeats in ((1, 500), (64, 30)):
             body = predict_body(count)
             doc, _ = tensors.parse_body(body)
             fmt, inputs = tensors.request_tensors(doc, signature, may_contain_bools=False)
-            outputs = servable.run("serving_default", inputs)
+            outputs = servable.run(contract.SIGNATURE, inputs)
             steps = {
                 "JSON in": lambda body=body: tensors.parse_body(body),
                 "JSON into tensors": lambda doc=doc: tensors.request_tensors(
                     doc, signature, may_contain_bools=False
                 ),
-                "TensorFlow call": lambda inputs=inputs: servable.run("serving_default", inputs),
+                "TensorFlow call": lambda inputs=inputs: servable.run(contract.SIGNATURE, inputs),
                 "JSON out": lambda outputs=outputs, fmt=fmt: tensors.render_response(outputs, fmt),
                 "REST handler": lambda body=body: api.handle("POST", PREDICT, body, {}),
             }

@@ -84,7 +84,11 @@ def payload_sizes(model_url: str, source: Path = stack.FUNCTION_SOURCE) -> dict:
 
 def _predict_json(batch: list) -> bytes:
     """Serialised the way requests' json= does (json.dumps with default separators)."""
-    return json.dumps({"signature_name": "serving_default", "inputs": {"image": batch}}).encode()
+    # Imported here, after in_process_client loaded the function: BENCH_FUNCTION_SOURCE's.
+    from recognizer import contract
+
+    doc = {"signature_name": contract.SIGNATURE, "inputs": {contract.IMAGE: batch}}
+    return json.dumps(doc).encode()
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import images, stack
+from recognizer import contract
 
 CONCURRENCY = (1, 8, 32)
 WARM_UP_REQUESTS = 200
@@ -91,11 +92,11 @@ def model_server_batching(
 ) -> dict[str, dict[int, dict]]:
     """Images/s, p50 and p99 of the dev model server alone, one image per :predict."""
     pixels = np.asarray(images.digit()).tolist()
-    body = json.dumps({"signature_name": "serving_default", "inputs": {"image": [pixels]}})
+    body = json.dumps({"signature_name": contract.SIGNATURE, "inputs": {contract.IMAGE: [pixels]}})
     results: dict[str, dict[int, dict]] = {}
     with _both_model_servers() as servers:
         for name, server in servers.items():
-            url = f"{server.url}/v1/models/mnist/versions/2:predict"
+            url = f"{server.url}/v1/models/{contract.MODEL_NAME}/versions/2:predict"
             stack.hey(url, 8, body.encode(), "application/json", requests=200)  # warm-up
             results[name] = {
                 c: asdict(stack.hey(url, c, body.encode(), "application/json", seconds=seconds))

@@ -1,9 +1,10 @@
 """SavedModel export with the contract signature, atomically, with TF Serving warmup records.
 
-Contract (docs/architecture.md, "Model signature"): `serving_default` takes `image`
-uint8 [-1, 28, 28] (white ink on black) and returns `probabilities` float32 [-1, 10] and
-`digit` int64 [-1]. The model server watches the base path, so a version directory must
-appear whole: we write to a hidden temporary directory beside it and rename it into place.
+The signature is the contract of recognizer.contract (docs/architecture.md, "Model
+signature"): `serving_default` takes `image` uint8 [-1, 28, 28] (white ink on black) and
+returns `probabilities` float32 [-1, 10] and `digit` int64 [-1]. The model server
+watches the base path, so a version directory must appear whole: we write to a hidden
+temporary directory beside it and rename it into place.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-SIGNATURE = "serving_default"
+from recognizer import contract
+
 WARMUP_FILE = "tf_serving_warmup_requests"
-IMAGE_SPEC = tf.TensorSpec([None, 28, 28], tf.uint8, name="image")
+_IMAGE = contract.INPUTS[contract.IMAGE]
+IMAGE_SPEC = tf.TensorSpec(
+    [None if size == -1 else size for size in _IMAGE.shape], _IMAGE.dtype, name=contract.IMAGE
+)
 
 
 def export_version(
@@ -27,7 +32,7 @@ def export_version(
     base_path: Path,
     version: int,
     warmup_images: np.ndarray,
-    model_name: str = "mnist",
+    model_name: str = contract.MODEL_NAME,
 ) -> Path:
     """Write `model` as `base_path/<version>/` and return that path; refuse to overwrite."""
     target = base_path / str(version)
@@ -47,11 +52,11 @@ def export_version(
 def _write_saved_model(model: keras.Model, path: Path) -> None:
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = model(tf.cast(image, tf.float32), training=False)
-        return {"probabilities": probabilities, "digit": tf.argmax(probabilities, axis=1)}
+        return {contract.PROBABILITIES: probabilities, contract.DIGIT: tf.argmax(probabilities, 1)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[IMAGE_SPEC])
+    archive.add_endpoint(contract.SIGNATURE, serve, input_signature=[IMAGE_SPEC])
     # ExportArchive writes into an empty directory of its own choosing.
     shutil.rmtree(path)
     archive.write_out(str(path), verbose=False)
@@ -63,9 +68,10 @@ def _write_warmup(path: Path, images: np.ndarray, model_name: str) -> None:
     with tf.io.TFRecordWriter(str(path)) as writer:
         for batch in (1, 8, 64):
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SIGNATURE)
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=contract.SIGNATURE)
             )
-            request.inputs["image"].CopyFrom(tf.make_tensor_proto(images[:batch], tf.uint8))
+            pixels = tf.make_tensor_proto(images[:batch], _IMAGE.dtype)
+            request.inputs[contract.IMAGE].CopyFrom(pixels)
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)
             )

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from recognizer import contract
 from training import models
 from training.calibration import fit_temperature, softmax
 
@@ -128,7 +129,8 @@ def saved_weights(version_dir: Path, model: keras.Model) -> list[np.ndarray]:
     if [v.shape for v in values] != [tuple(w.shape) for w in model.weights]:
         raise ValueError(f"{version_dir} does not hold {model.name}'s weights")
     probe = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
-    expected = loaded.signatures["serving_default"](image=tf.constant(probe))["probabilities"]
+    signature = loaded.signatures[contract.SIGNATURE]
+    expected = signature(**{contract.IMAGE: tf.constant(probe)})[contract.PROBABILITIES]
     copy = keras.models.clone_model(model)
     copy.set_weights(values)
     got = softmax(copy.predict(probe.astype(np.float32), verbose=0))

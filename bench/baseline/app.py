@@ -27,6 +27,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from recognizer import contract
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = Path(os.environ.get("BASELINE_MODEL_DIR", ROOT / "models" / "mnist" / "2"))
 SQLITE_PATH = Path(
@@ -35,7 +37,7 @@ SQLITE_PATH = Path(
 
 app = flask.Flask(__name__)
 model = tf.saved_model.load(str(MODEL_DIR))
-serve = model.signatures["serving_default"]
+serve = model.signatures[contract.SIGNATURE]
 _local = threading.local()
 _schema_lock = threading.Lock()
 
@@ -74,9 +76,9 @@ def predict() -> flask.Response:
         pixels = seed_style(data)
     except OSError:
         return flask.jsonify(error={"code": "not_an_image", "message": "not an image"}), 400
-    outputs = serve(image=tf.constant(pixels[np.newaxis]))
-    probabilities = outputs["probabilities"].numpy()[0].tolist()
-    digit = int(outputs["digit"].numpy()[0])
+    outputs = serve(**{contract.IMAGE: tf.constant(pixels[np.newaxis])})
+    probabilities = outputs[contract.PROBABILITIES].numpy()[0].tolist()
+    digit = int(outputs[contract.DIGIT].numpy()[0])
     record_id = str(uuid.uuid4())
     with _db() as connection:
         connection.execute(
@@ -89,6 +91,6 @@ def predict() -> flask.Response:
         "digit": digit,
         "confidence": max(probabilities),
         "probabilities": probabilities,
-        "model": {"name": "mnist", "version": 2, "label": None},
+        "model": {"name": contract.MODEL_NAME, "version": 2, "label": None},
     }
     return flask.jsonify(predictions=[prediction], recorded=True)

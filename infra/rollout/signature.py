@@ -10,18 +10,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from recognizer import contract
 from serving.config import resolve_base_path
 from serving.repository import scan_versions
 
 SERVE_TAG = "serve"
-SIGNATURE = "serving_default"
-# docs/architecture.md, "Model signature -- contract": name -> (dtype, shape); -1 is any batch size.
-INPUTS = {"image": (types_pb2.DT_UINT8, (-1, 28, 28))}
-OUTPUTS = {"probabilities": (types_pb2.DT_FLOAT, (-1, 10)), "digit": (types_pb2.DT_INT64, (-1,))}
+
+
+def _protos(tensors: dict[str, contract.Tensor]) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """The contract's tensors as the protos spell them: name -> (DataType, shape)."""
+    return {
+        name: (tf.as_dtype(tensor.dtype).as_datatype_enum, tensor.shape)
+        for name, tensor in tensors.items()
+    }
+
+
+INPUTS, OUTPUTS = _protos(contract.INPUTS), _protos(contract.OUTPUTS)
 
 
 def contract_problems(saved_model_pb: bytes) -> list[str]:
@@ -34,9 +43,9 @@ def contract_problems(saved_model_pb: bytes) -> list[str]:
     graphs = [g for g in saved_model.meta_graphs if SERVE_TAG in g.meta_info_def.tags]
     if not graphs:
         return [f"no meta graph is tagged {SERVE_TAG!r}"]
-    signature = graphs[0].signature_def.get(SIGNATURE)
+    signature = graphs[0].signature_def.get(contract.SIGNATURE)
     if signature is None:
-        return [f"no {SIGNATURE!r} signature"]
+        return [f"no {contract.SIGNATURE!r} signature"]
     problems = []
     if set(signature.inputs) != set(INPUTS):
         problems.append(f"inputs are {sorted(signature.inputs)}, not {sorted(INPUTS)}")

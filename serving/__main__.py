@@ -13,8 +13,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from function.recognizer.env import FALSE, TRUE, SettingsError
+from serving.settings import EnvDefaults
 
 log = logging.getLogger("serving")
 
@@ -28,17 +31,19 @@ DEFAULT_INTER_OP = -1
 
 
 def _bool(text: str) -> bool:
-    """TF Serving spells booleans --flag, --flag=true or --flag=false."""
+    """TF Serving spells booleans --flag, --flag=true or --flag=false; ours, as settings."""
     value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    if value in TRUE:
         return True
-    if value in ("0", "false", "no", "off"):
+    if value in FALSE:
         return False
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Flags, with MODEL_SERVER_PORT and MODELS_DIR as environment defaults."""
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """Flags, with MODEL_SERVER_PORT and MODELS_DIR as environment defaults; SettingsError
+    names a malformed one."""
+    defaults = EnvDefaults.from_env(env)
     parser = argparse.ArgumentParser(
         prog="python -m serving",
         description="Development model server speaking TensorFlow Serving's REST API.",
@@ -46,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rest_api_port",
         type=int,
-        default=int(os.environ.get("MODEL_SERVER_PORT") or 8501),
+        default=defaults.rest_api_port,
         help="REST port (default: $MODEL_SERVER_PORT or 8501; 0 picks a free port)",
     )
     parser.add_argument(
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models_dir",
         type=Path,
-        default=Path(os.environ.get("MODELS_DIR") or REPO_ROOT / "models"),
+        default=defaults.models_dir,
         help="local directory standing in for /models in base paths (default: $MODELS_DIR "
         "or <repo>/models)",
     )
@@ -159,7 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except SettingsError as refused:
+        for problem in refused.problems:  # one line each, as argparse says a bad flag
+            print(f"python -m serving: error: {problem}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -170,14 +170,19 @@ class Reader:
             return default
         return number
 
-    def path(self, name: str, default: _Default, *, must_exist: bool = False) -> Path | _Default:
-        """The path of a file, never of a directory; with `must_exist`, of one that exists."""
+    def path(
+        self, name: str, default: _Default, *, must_exist: bool = False, directory: bool = False
+    ) -> Path | _Default:
+        """The path of a file (or of a `directory`), never of the other kind; with
+        `must_exist`, of one that exists."""
         value = self.raw(name)
         if value is None:
             return default
         path = Path(value)
-        if "\0" in value or path.is_dir() or (must_exist and not path.is_file()):
-            wanted = "an existing file" if must_exist else "the path of a file"
+        kind = "directory" if directory else "file"
+        wrong_kind = path.is_file() if directory else path.is_dir()
+        if "\0" in value or wrong_kind or (must_exist and not path.exists()):
+            wanted = f"an existing {kind}" if must_exist else f"the path of a {kind}"
             self.problem(f"{name} must be {wanted}, not {_shown(value)}")
             return default
         return path

@@ -1,4 +1,5 @@
-"""TensorFlow Serving REST client.
+"""TensorFlow Serving REST client: the function's predictions, and the rollout tool's view
+of what the model server serves (versions and their states, where a label points).
 
 A predict response does not say which version answered, so a label is first resolved
 to a version (cached briefly), and the prediction is asked of that explicit version:
@@ -33,15 +34,22 @@ import urllib3
 from urllib3 import exceptions as http
 from urllib3.util import Timeout, parse_url
 
-SIGNATURE = "serving_default"
+from recognizer import contract
+
 RETRIED_STATUSES = frozenset({502, 503})  # a proxy without upstream; TF Serving UNAVAILABLE
 JSON_HEADERS = {"Content-Type": "application/json"}
 # A :predict body is these around the pixels; each pixel value's digits, NUL-padded.
 _BODY_BEFORE, _BODY_AFTER = (
-    json.dumps({"signature_name": SIGNATURE, "inputs": {"image": None}}, separators=(",", ":"))
+    json.dumps(
+        {"signature_name": contract.SIGNATURE, "inputs": {contract.IMAGE: None}},
+        separators=(",", ":"),
+    )
     .encode("ascii")
     .split(b"null")
 )
+# What a prediction's outputs are read as: the contract's dtypes.
+_PROBABILITIES = np.dtype(contract.OUTPUTS[contract.PROBABILITIES].dtype)
+_DIGIT = np.dtype(contract.OUTPUTS[contract.DIGIT].dtype)
 _DIGITS_TEXT = [str(value).encode("ascii") for value in range(256)]
 _DIGITS_LENGTH = np.array([len(text) for text in _DIGITS_TEXT])
 _DIGITS = np.array([list(text.ljust(3, b"\0")) for text in _DIGITS_TEXT], dtype=np.uint8)
@@ -56,6 +64,23 @@ class ModelUnavailable(ModelServerError):
     """Unreachable, overloaded, not serving the version yet, or answering nonsense."""
 
 
+class ModelUnreachable(ModelUnavailable):
+    """No answer at all: refused, reset, or another transport failure named by `kind`."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"the model server is unreachable: {kind}")
+        self.kind = kind
+
+
+class UnexpectedStatus(ModelUnavailable):
+    """An HTTP status the client has no meaning for; `body` is what came with it."""
+
+    def __init__(self, status: int, what: str, body: bytes) -> None:
+        super().__init__(f"the model server answered {status} for {what}")
+        self.status = status
+        self.body = body
+
+
 class ModelTimeout(ModelServerError):
     """No answer within the configured timeout."""
 
@@ -66,6 +91,14 @@ class UnknownModel(ModelServerError):
 
 class ModelNotServing(UnknownModel):
     """TF Serving's 404: no such model or version, or that version is not loaded (yet)."""
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """One version as the status endpoint reports it."""
+
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
+    error: str = ""  # why a load ended, when it failed
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,7 @@ class ModelClient:
         if retries < 0 or retry_backoff_seconds < 0:
             raise ValueError("retries and retry_backoff_seconds must not be negative")
         url = parse_url(base_url)
+        self._model_name = model_name
         # The path part of the URL (a model server behind a proxy's prefix) starts each path.
         self._model_path = f"{(url.path or '').rstrip('/')}/v1/models/{model_name}"
         self._timeout = timeout_seconds
@@ -143,15 +177,30 @@ class ModelClient:
         self._forget(label)
         version = self._resolve(label, deadline)
         # The status endpoint answers 200 whatever the state: only AVAILABLE can predict.
+        what = f"version {version}"
         url = f"{self._model_path}/versions/{version}"
-        body = self._call("GET", url, f"version {version}", deadline)
-        try:
-            state = body["model_version_status"][0]["state"]
-        except (KeyError, IndexError, TypeError):
-            raise ModelUnavailable(f"the status of version {version} is malformed") from None
-        if state != "AVAILABLE":
-            raise ModelUnavailable(f"version {version} (label {label!r}) is {state}")
+        status = _version_states(self._call("GET", url, what, deadline), what).get(version)
+        if status is None:
+            raise ModelUnavailable(f"the status of {what} is malformed")
+        if status.state != "AVAILABLE":
+            raise ModelUnavailable(f"{what} (label {label!r}) is {status.state}")
         return version
+
+    def versions(self) -> dict[int, VersionState]:
+        """Every version the model server knows of the model, with its state.
+
+        ModelNotServing when it knows none of them (TF Serving's 404 for the model).
+        """
+        what = f"model {self._model_name!r}"
+        return _version_states(self._call("GET", self._model_path, what, self._deadline()), what)
+
+    def label_version(self, label: str) -> int:
+        """The AVAILABLE version `label` points at, asked now (no cache).
+
+        UnknownModel for a label the model server does not have, ModelNotServing when the
+        label's version is not AVAILABLE.
+        """
+        return self._label_version(label, self._deadline())
 
     def close(self) -> None:
         self._pool.close()
@@ -165,7 +214,10 @@ class ModelClient:
             cached = self._labels.get(label)
         if cached and cached[1] > now:
             return cached[0]
-        version = self._label_version(label, deadline)
+        try:
+            version = self._label_version(label, deadline)
+        except ModelNotServing:
+            raise ModelUnavailable(f"label {label!r} points at no AVAILABLE version") from None
         with self._lock:
             self._labels[label] = (version, now + self._cache_seconds)
         return version
@@ -176,10 +228,7 @@ class ModelClient:
 
     def _label_version(self, label: str, deadline: float) -> int:
         url = f"{self._model_path}/labels/{label}/metadata"
-        try:
-            body = self._call("GET", url, f"label {label!r}", deadline)
-        except ModelNotServing:
-            raise ModelUnavailable(f"label {label!r} points at no AVAILABLE version") from None
+        body = self._call("GET", url, f"label {label!r}", deadline)
         try:
             return int(body["model_spec"]["version"])
         except (KeyError, TypeError, ValueError):
@@ -192,11 +241,11 @@ class ModelClient:
         body = self._call("POST", url, f"version {version}", deadline, predict_body(images))
         try:
             outputs = body["outputs"]
-            probabilities = np.asarray(outputs["probabilities"], dtype=np.float32)
-            digits = np.asarray(outputs["digit"], dtype=np.int64)
+            probabilities = np.asarray(outputs[contract.PROBABILITIES], dtype=_PROBABILITIES)
+            digits = np.asarray(outputs[contract.DIGIT], dtype=_DIGIT)
         except (KeyError, TypeError, ValueError):
             raise ModelUnavailable("the model server's prediction is malformed") from None
-        if probabilities.shape != (len(images), 10) or digits.shape != (len(images),):
+        if probabilities.shape != (len(images), contract.CLASSES) or digits.shape != (len(images),):
             raise ModelUnavailable("the model server's prediction has the wrong shape")
         return ModelAnswer(probabilities, digits, version, label)
 
@@ -234,15 +283,15 @@ class ModelClient:
                 redirect=False,
             )
         except http.NewConnectionError:  # refused: it may be restarting. Before TimeoutError,
-            raise _Transient(_unreachable("ConnectionError")) from None  # its base class
+            raise _Transient(ModelUnreachable("ConnectionError")) from None  # its base class
         except http.TimeoutError:  # connecting or reading
             raise ModelTimeout(
                 f"the model server did not answer within {self._timeout:g} s"
             ) from None
         except http.ProtocolError:  # reset or closed mid-request: it may be restarting
-            raise _Transient(_unreachable("ConnectionError")) from None
+            raise _Transient(ModelUnreachable("ConnectionError")) from None
         except http.HTTPError as error:
-            raise _unreachable(type(error).__name__) from None
+            raise ModelUnreachable(type(error).__name__) from None
         status, data = response.status, response.data
         if status == 400 and b"Unrecognized servable version label" in data:
             raise UnknownModel(f"the model server has no {what}")  # TF Serving's unknown label
@@ -251,9 +300,9 @@ class ModelClient:
         if status == 504:
             raise ModelTimeout("the model server timed out")
         if status in RETRIED_STATUSES:
-            raise _Transient(ModelUnavailable(f"the model server answered {status} for {what}"))
+            raise _Transient(UnexpectedStatus(status, what, data))
         if status != 200:
-            raise ModelUnavailable(f"the model server answered {status} for {what}")
+            raise UnexpectedStatus(status, what, data)
         try:
             body = json.loads(data)
         except ValueError:
@@ -307,5 +356,14 @@ def _uint8_json(array: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def _unreachable(kind: str) -> ModelUnavailable:
-    return ModelUnavailable(f"the model server is unreachable: {kind}")
+def _version_states(body: dict, what: str) -> dict[int, VersionState]:
+    """The status endpoint's answer: each version's state, and why its load failed."""
+    try:
+        return {
+            int(entry["version"]): VersionState(
+                entry["state"], entry.get("status", {}).get("error_message", "")
+            )
+            for entry in body.get("model_version_status", [])
+        }
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ModelUnavailable(f"the status of {what} is malformed") from None

@@ -9,7 +9,7 @@ from function.recognizer.verdict import VERDICTS
 from infra.rollout.analysis import INCONCLUSIVE, WORSE, Decision
 from infra.rollout.logstats import VersionFigures
 from infra.rollout.served import Served
-from infra.rollout.server import VersionState
+from recognizer.model_client import VersionState
 
 ACCURACY_NOTE = (
     "accuracy: n/a for a version nobody corrected; otherwise right / corrected over the "

@@ -1,4 +1,4 @@
-"""What the model server reports, over TF Serving's REST API (the development server speaks it too).
+"""What the model server reports, through the function's own TF Serving REST client.
 
 Version states come from the status endpoint. Labels come from the metadata endpoint:
 TF Serving's status endpoint ignores a label, while metadata resolves it and answers
@@ -9,64 +9,65 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-
-import requests
 
 from infra.rollout.errors import RolloutError
+from recognizer.model_client import (
+    ModelClient,
+    ModelNotServing,
+    ModelServerError,
+    ModelTimeout,
+    ModelUnreachable,
+    UnexpectedStatus,
+    UnknownModel,
+    VersionState,
+)
 
 
-@dataclass(frozen=True)
-class VersionState:
-    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
-    error: str = ""  # why a load ended, when it failed
-
-
-class ModelServer:
-    """A read-only view of one model on a model server."""
+class ServerView:
+    """A read-only view of one model on a model server; its failures are RolloutErrors."""
 
     def __init__(self, url: str, model: str, timeout_seconds: float = 5.0) -> None:
         self.url = url.rstrip("/")
-        self._model_url = f"{self.url}/v1/models/{model}"
-        self._timeout = timeout_seconds
+        # No label cache: the rollout asks where a label points now, every time.
+        self._client = ModelClient(self.url, model, timeout_seconds, 0.0, pool_size=1)
 
     def versions(self) -> dict[int, VersionState]:
         """Every version the server knows, with its state; {} when it knows none."""
-        response = self._get(self._model_url)
-        if response.status_code == 404:
+        try:
+            return self._client.versions()
+        except ModelNotServing:
             return {}
-        body = self._json(response)
-        return {
-            int(entry["version"]): VersionState(
-                entry["state"], entry.get("status", {}).get("error_message", "")
-            )
-            for entry in body.get("model_version_status", [])
-        }
+        except ModelServerError as error:
+            raise self._rollout_error(error) from None
 
     def available(self) -> frozenset[int]:
         return frozenset(v for v, s in self.versions().items() if s.state == "AVAILABLE")
 
     def label_version(self, label: str) -> int | None:
         """The AVAILABLE version `label` serves, or None (unknown label or nothing loaded)."""
-        response = self._get(f"{self._model_url}/labels/{label}/metadata")
-        if response.status_code in (400, 404):
-            return None
-        return int(self._json(response)["model_spec"]["version"])
-
-    def _get(self, url: str) -> requests.Response:
         try:
-            return requests.get(url, timeout=self._timeout)
-        except requests.RequestException as error:
-            raise RolloutError(
-                f"the model server at {self.url} is unreachable ({type(error).__name__})"
-            ) from None
+            return self._client.label_version(label)
+        except UnknownModel:  # ModelNotServing among them
+            return None
+        except UnexpectedStatus as error:
+            if error.status == 400:
+                return None
+            raise self._rollout_error(error) from None
+        except ModelServerError as error:
+            raise self._rollout_error(error) from None
 
-    def _json(self, response: requests.Response) -> dict:
-        if response.status_code != 200:
-            raise RolloutError(
-                f"the model server answered {response.status_code}: {response.text[:200]}"
-            )
-        return response.json()
+    def _rollout_error(self, error: ModelServerError) -> RolloutError:
+        if isinstance(error, ModelUnreachable):
+            return RolloutError(f"the model server at {self.url} is unreachable ({error.kind})")
+        if isinstance(error, ModelTimeout):
+            return RolloutError(f"the model server at {self.url} is unreachable (timeout)")
+        if isinstance(error, UnexpectedStatus):
+            text = error.body.decode("utf-8", "replace")[:200]
+            return RolloutError(f"the model server answered {error.status}: {text}")
+        return RolloutError(f"the model server at {self.url}: {error}")
+
+
+ModelServer = ServerView  # TEMPORARY: until infra/rollout/cli.py imports ServerView
 
 
 def wait_for(condition: Callable[[], str | None], timeout: float, poll_seconds: float) -> float:

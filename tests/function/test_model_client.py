@@ -16,12 +16,15 @@ import pytest
 
 from recognizer.model_client import (
     ModelClient,
+    ModelNotServing,
     ModelTimeout,
     ModelUnavailable,
+    UnexpectedStatus,
     UnknownModel,
+    VersionState,
     predict_body,
 )
-from tests.conftest import STABLE_VERSION, free_port
+from tests.conftest import SHIPPED, STABLE_VERSION, free_port
 
 
 def client_for(url: str, timeout: float = 5.0) -> ModelClient:
@@ -52,6 +55,41 @@ def test_unknown_versions_and_labels_are_unknown_model(model_server, mnist):
         client.predict_version(mnist.x_test[:1], 42)
     with pytest.raises(UnknownModel):
         client.predict_label(mnist.x_test[:1], "no-such-label")
+
+
+def test_versions_lists_every_version_the_status_endpoint_reports(model_server):
+    states = client_for(model_server).versions()
+    assert set(states) == SHIPPED.versions  # each version, loaded or loading
+    assert states[STABLE_VERSION] == VersionState("AVAILABLE")
+
+
+def test_a_model_the_server_does_not_have_has_no_versions(model_server):
+    client = ModelClient(model_server, "no-such-model", 5.0, 5.0)
+    with pytest.raises(ModelNotServing):
+        client.versions()
+
+
+def test_label_version_asks_the_server_every_time(scripted):
+    client = client_for(url_of(scripted))
+    for version in (2, 3):
+        scripted.ok_body = json.dumps({"model_spec": {"version": str(version)}}).encode()
+        assert client.label_version("canary") == version
+    assert [path for _, path, _, _ in scripted.asked] == [
+        "/v1/models/mnist/labels/canary/metadata"
+    ] * 2
+
+
+def test_an_unknown_label_is_unknown_model_to_label_version(model_server):
+    with pytest.raises(UnknownModel):
+        client_for(model_server).label_version("no-such-label")
+
+
+def test_an_unexpected_status_keeps_its_status_and_body(scripted):
+    scripted.script = [500]
+    with pytest.raises(UnexpectedStatus) as raised:
+        client_for(url_of(scripted)).versions()
+    assert (raised.value.status, raised.value.body) == (500, b'{"error": "scripted"}')
+    assert str(raised.value) == "the model server answered 500 for model 'mnist'"
 
 
 def test_a_closed_port_is_model_unavailable(mnist):

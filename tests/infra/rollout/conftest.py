@@ -9,7 +9,7 @@ import pytest
 
 from infra.rollout.cli import Deployment
 from infra.rollout.served import Served, parse, render, served_of, with_served
-from infra.rollout.server import VersionState
+from recognizer.model_client import VersionState
 from tests.conftest import ROOT
 
 SHIPPED_CONFIG = ROOT / "serving" / "models.config"

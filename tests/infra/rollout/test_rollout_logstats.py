@@ -12,8 +12,8 @@ from infra.rollout.errors import RolloutError
 from infra.rollout.logstats import Row, is_right, percentile, sqlite_rows, summarize
 from infra.rollout.report import StatusFacts, render_status, status_json
 from infra.rollout.served import Served
-from infra.rollout.server import VersionState
 from infra.rollout.stats import wilson
+from recognizer.model_client import VersionState
 from recognizer.records import Feedback, new_record_id, time_of
 from recognizer.sqlite_log import SqliteLog
 from tests.infra.rollout.corrected_log import record

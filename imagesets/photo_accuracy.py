@@ -92,19 +92,9 @@ def measure(shots: list[tuple[str, int, bytes]], model: Model | None = None) -> 
 
 def tensorflow_model(path: Path = MODEL) -> Model:
     """Model v2's serving signature as a function of a uint8 [-1, 28, 28] batch."""
-    import tensorflow as tf  # only here: the rest of the module is usable without it
+    from training import saved_model  # only here: the rest is usable without TensorFlow
 
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-
-    def probabilities(images: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [
-                serve(image=tf.constant(images[start : start + 256]))["probabilities"].numpy()
-                for start in range(0, len(images), 256)
-            ]
-        )
-
-    return probabilities
+    return saved_model.served(path)
 
 
 def table(scores: dict[str, Score]) -> str:

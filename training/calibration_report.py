@@ -2,8 +2,8 @@
 
 Writes docs/models/calibration.md (with calibration.json and calibration_nondigits.png)
 and a reliability diagram per version (docs/models/v<n>/reliability.png). Each version
-is loaded as the model server loads it (tf.saved_model.load, the serving_default
-signature) and measured on three sets:
+is loaded as the model server loads it (training.saved_model: its serving signature)
+and measured on three sets:
 - the 10,000 MNIST test images: accuracy, ECE (15 bins, top label) and NLL;
 - the "eval" split of imagesets.nondigits, through the function's own preprocessing:
   seeds, fonts, digits and shapes that v3's training never saw. How sure is the model
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import tensorflow as tf
 
 from training import uploads
 from training.calibration import (
@@ -35,28 +33,12 @@ from training.calibration import (
     plot_reliability,
 )
 from training.data import Mnist, load_mnist
+from training.saved_model import Predict, served
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_PER_KIND = 150  # nondigit uploads of each kind in the "eval" split
 EVAL_SEED = 0
 RENDERED_DIGITS = 200  # MNIST test digits, each in every renderings kind
-
-Predict = Callable[[np.ndarray], np.ndarray]
-
-
-def served(version_dir: Path) -> Predict:
-    """The version's `probabilities` for uint8 [n, 28, 28], through its serving signature."""
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-
-    def probabilities(images: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [
-                signature(image=tf.constant(images[start : start + 1000]))["probabilities"].numpy()
-                for start in range(0, len(images), 1000)
-            ]
-        )
-
-    return probabilities
 
 
 @dataclass(frozen=True)

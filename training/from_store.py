@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from training import corrections, outlier_exposure, uploads
 from training.corrections import Correction
 from training.data import Mnist, load_mnist
 from training.export import export_version
+from training.saved_model import served
 from training.train import OUTLIER_KINDS, RECIPES, VALIDATION_IMAGES
 
 HELD_OUT_SHARE = 0.2
@@ -102,7 +102,8 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
     def new(images: np.ndarray) -> np.ndarray:
         return np.argmax(model.predict(images.astype(np.float32), verbose=0), axis=1)
 
-    before = _scores(_saved_model_digits(start_dir), data, held)
+    started_from = served(start_dir)
+    before = _scores(lambda images: started_from(images).argmax(axis=1), data, held)
     after = _scores(new, data, held)
     worse = [
         name
@@ -146,16 +147,3 @@ def _scores(digits_of, data: Mnist, held: list[Correction]) -> Scores:
         return Scores(mnist_test, None)
     predicted = digits_of(np.stack([c.image for c in digits]))
     return Scores(mnist_test, float(np.mean(predicted == np.array([c.digit for c in digits]))))
-
-
-def _saved_model_digits(version_dir: Path):
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-
-    def digits(images: np.ndarray) -> np.ndarray:
-        out = [
-            signature(image=tf.constant(images[i : i + 1000].astype(np.uint8)))["digit"].numpy()
-            for i in range(0, len(images), 1000)
-        ]
-        return np.concatenate(out)
-
-    return digits

@@ -10,7 +10,7 @@ from imagesets import nondigits
 from infra.rollout.signature import check_version
 from recognizer.preprocess import BlankImage, to_mnist
 from tests.conftest import ROOT
-from training.calibration_report import served
+from training.saved_model import served
 
 COMMITTED = ROOT / "models" / "mnist"
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from infra.deploy import commands
 from infra.deploy.commands import Step
-from infra.deploy.settings import ConfigError, has_digest, load_function, load_serving
+from infra.deploy.settings import has_digest, load_function, load_serving
+from recognizer.env import SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("function", "run-function", "run-serving")
@@ -32,7 +33,7 @@ TARGETS = ("function", "run-function", "run-serving")
 
 def _build(dockerfile: str, image: str, variable: str) -> list[Step]:
     if has_digest(image):
-        raise ConfigError(
+        raise SettingsError(
             [
                 f"--build with {variable}={image!r}: a digest names an image that exists "
                 "already; give a tag to build and push, or deploy the digest without --build"
@@ -42,10 +43,10 @@ def _build(dockerfile: str, image: str, variable: str) -> list[Step]:
 
 
 def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> list[Step]:
-    """The commands deploying `target`, in order; ConfigError names every bad variable."""
+    """The commands deploying `target`, in order; SettingsError names every bad variable."""
     if target == "function":
         if build:
-            raise ConfigError(["--build: the function target deploys source, there is no image"])
+            raise SettingsError(["--build: the function target deploys source, there is no image"])
         return [Step(commands.cloud_functions_deploy(load_function(environ, container=False)))]
     if target == "run-function":
         settings = load_function(environ, container=True)
@@ -60,7 +61,7 @@ def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> lis
             _build(commands.SERVING_DOCKERFILE, settings.image, "SERVING_IMAGE") if build else []
         )
         return [*steps, Step(commands.cloud_run_serving(settings))]
-    raise ConfigError([f"unknown target {target!r}: use one of {', '.join(TARGETS)}"])
+    raise SettingsError([f"unknown target {target!r}: use one of {', '.join(TARGETS)}"])
 
 
 def warnings(target: str, environ: Mapping[str, str]) -> list[str]:
@@ -100,7 +101,7 @@ def main(
 
     try:
         steps = plan(args.target, environ, build=args.build)
-    except ConfigError as exc:
+    except SettingsError as exc:
         print(f"infra.deploy {args.target}: refused:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)

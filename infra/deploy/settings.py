@@ -1,7 +1,9 @@
 """Deployment settings from environment variables, validated before any command runs.
 
-Every problem is collected and reported at once, naming the variable, so a deploy
-never starts half-configured. Secrets are accepted only as Secret Manager references
+Every problem is collected and reported at once, naming the variable (one SettingsError,
+read with the function's own reader), so a deploy never starts half-configured. The
+function's settings are checked by the function's own Settings.from_env, on exactly the
+environment it will be given. Secrets are accepted only as Secret Manager references
 (`name:version`); a password given by value is refused rather than silently dropped.
 """
 
@@ -11,11 +13,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# Function settings copied to the deployed function when set (see function/recognizer/
-# config.py and cassandra_log.py). Not here: CASSANDRA_PASSWORD, API_TOKEN, FEEDBACK_SECRET
-# and CASSANDRA_SSL_CA_FILE (secrets, by reference below), SQLITE_PATH and PREDICTION_STORE
-# (always Cassandra in the cloud), PORT (the platform sets it), MODEL_SERVER_URL and
-# CASSANDRA_CONTACT_POINTS (required, validated).
+from recognizer.config import Settings
+from recognizer.env import Reader, SettingsError
+from recognizer.feedback import MIN_SECRET_BYTES
+
+# Function settings copied to the deployed function when set, and checked as the function
+# checks them (function/recognizer/config.py). Not here: CASSANDRA_PASSWORD, API_TOKEN,
+# FEEDBACK_SECRET and CASSANDRA_SSL_CA_FILE (secrets, by reference below), SQLITE_PATH and
+# PREDICTION_STORE (always Cassandra in the cloud), PORT (the platform sets it),
+# MODEL_SERVER_URL and CASSANDRA_CONTACT_POINTS (required, validated).
 FUNCTION_PASSTHROUGH = (
     "MODEL_NAME",
     "MODEL_LABEL",
@@ -84,15 +90,6 @@ MEMORY_BY_CPU = {
     8: (4 * 1024, 32 * 1024),
 }
 _FRACTIONAL_CPU = re.compile(r"0\.[0-9]{1,3}")
-_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
-
-
-class ConfigError(Exception):
-    """One or more variables are missing or malformed; `problems` names each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -143,27 +140,14 @@ class ServingSettings:
     image: str
 
 
-class _Reader:
-    """Reads variables and collects every problem instead of stopping at the first."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.problems: list[str] = []
+class _Reader(Reader):
+    """The function's reader, with the deploy tool's own kinds of value."""
 
     def get(self, name: str) -> str:
-        return self.environ.get(name, "").strip()
-
-    def required(self, name: str, what: str) -> str:
-        value = self.get(name)
-        if not value:
-            self.problems.append(f"{name} is required: {what}")
-        return value
+        return self.raw(name) or ""
 
     def matching(self, name: str, pattern: re.Pattern[str], default: str, example: str) -> str:
-        value = self.get(name) or default
-        if value and not pattern.fullmatch(value):
-            self.problems.append(f"{name}={value!r} is malformed, e.g. {example}")
-        return value
+        return self.text(name, default, pattern, f"like {example}")
 
     def required_matching(
         self, name: str, what: str, pattern: re.Pattern[str], example: str
@@ -171,43 +155,15 @@ class _Reader:
         value = self.required(name, what)
         return self.matching(name, pattern, "", example) if value else value
 
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.get(name)
-        if not raw:
-            return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
-            self.problems.append(f"{name}={raw!r} must be a whole number from {low} to {high}")
-            return default
-        return int(raw)
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.get(name) or default
-        if value not in choices:
-            self.problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.get(name).lower()
-        if raw in _TRUE:
-            return True
-        if raw in _FALSE:
-            return default if raw == "" else False
-        self.problems.append(f"{name}={raw!r} must be true or false")
-        return default
-
     def secret_ref(self, name: str) -> str | None:
         value = self.get(name)
         if value and not _SECRET_REF.fullmatch(value):
             # Never echo the value: it may be the secret itself, pasted by mistake.
-            self.problems.append(
+            self.problem(
                 f"{name} is not a Secret Manager reference such as "
                 "cassandra-password:3 or projects/p/secrets/cassandra-password:latest"
             )
         return value or None
-
-    def done(self) -> None:
-        if self.problems:
-            raise ConfigError(self.problems)
 
 
 def _platform(read: _Reader) -> Platform:
@@ -332,12 +288,12 @@ def _scaling(
         fractions = " or a fraction from 0.08 to 0.999" if fractional_cpu else ""
         read.problems.append(f"{prefix}CPU={cpu!r} must be one of {', '.join(whole)}{fractions}")
     scaling = Scaling(
-        min_instances=read.integer(f"{prefix}MIN_INSTANCES", default.min_instances, 0, 1000),
-        max_instances=read.integer(f"{prefix}MAX_INSTANCES", default.max_instances, 1, 1000),
-        concurrency=read.integer(f"{prefix}CONCURRENCY", default.concurrency, 1, 1000),
+        min_instances=read.whole(f"{prefix}MIN_INSTANCES", default.min_instances, 0, 1000),
+        max_instances=read.whole(f"{prefix}MAX_INSTANCES", default.max_instances, 1, 1000),
+        concurrency=read.whole(f"{prefix}CONCURRENCY", default.concurrency, 1, 1000),
         cpu=cpu,
         memory=read.matching(f"{prefix}MEMORY", _MEMORY, default.memory, memory_example),
-        timeout_seconds=read.integer(f"{prefix}TIMEOUT_SECONDS", default.timeout_seconds, 1, 3600),
+        timeout_seconds=read.whole(f"{prefix}TIMEOUT_SECONDS", default.timeout_seconds, 1, 3600),
     )
     if scaling.min_instances > scaling.max_instances:
         read.problems.append(f"{prefix}MIN_INSTANCES must not exceed {prefix}MAX_INSTANCES")
@@ -357,18 +313,13 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     )
 
     for secret in SECRETS:
-        if read.environ.get(secret):
+        if read.env.get(secret):
             read.problems.append(
                 f"{secret} holds a value: secrets are deployed by reference only. "
                 f"Store it in Secret Manager, set {secret}_SECRET=name:version "
                 f"and unset {secret}"
             )
     model_server = read.required("MODEL_SERVER_URL", "the TensorFlow Serving REST URL")
-    if model_server and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", model_server):
-        read.problems.append(f"MODEL_SERVER_URL={model_server!r} must be an http(s) URL")
-    contact_points = read.required(
-        "CASSANDRA_CONTACT_POINTS", "comma-separated Cassandra hosts (the prediction log)"
-    )
     password = read.secret_ref("CASSANDRA_PASSWORD_SECRET")
     if (password is None) != (not read.get("CASSANDRA_USERNAME")):
         read.problems.append("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD_SECRET together")
@@ -379,13 +330,13 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     env = {
         "MODEL_SERVER_URL": model_server.rstrip("/"),
         "PREDICTION_STORE": "cassandra",
-        "CASSANDRA_CONTACT_POINTS": contact_points,
+        "CASSANDRA_CONTACT_POINTS": read.get("CASSANDRA_CONTACT_POINTS"),  # required: checked
     }
     env.update({name: read.get(name) for name in FUNCTION_PASSTHROUGH if read.get(name)})
     if ca_secret:
         env["CASSANDRA_SSL_CA_FILE"] = f"{CA_MOUNT_DIR}/{CA_FILE_NAME}"
     # functions-framework's gunicorn: one process, a thread per concurrent request.
-    env["WORKERS"] = str(read.integer("WORKERS", 1, 1, 16))
+    env["WORKERS"] = str(read.whole("WORKERS", 1, 1, 16))
     env["THREADS"] = str(scaling.concurrency)
     # The decode budgets are sized from the instance's memory (docs/reliability.md): always
     # the MEMORY the instance is given, never a number of its own that could disagree.
@@ -395,6 +346,14 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
     for name, value in env.items():
         if "\n" in value:
             read.problems.append(f"{name} must be a single line")
+    read.problems.extend(
+        _function_problems(
+            env,
+            password=bool(read.get("CASSANDRA_USERNAME")),
+            api_token=api_token is not None,
+            feedback_secret=feedback_secret is not None,
+        )
+    )
 
     name = read.matching("FUNCTION_NAME", _NAME, "digit-recognizer", "digit-recognizer")
     image = (
@@ -405,7 +364,7 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
         else None
     )
     allow = read.flag("ALLOW_UNAUTHENTICATED", False)
-    read.done()
+    read.check()
     return FunctionSettings(
         platform=platform,
         name=name,
@@ -424,6 +383,27 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
         ca_secret=ca_secret,
         image=image,
     )
+
+
+def _function_problems(
+    env: Mapping[str, str], *, password: bool, api_token: bool, feedback_secret: bool
+) -> list[str]:
+    """What the function would refuse at start-up in `env`. The secrets it is given by
+    reference are stood in for (their values are Secret Manager's; the user name and
+    password pair is this tool's own check); the CA bundle exists only where it is
+    mounted; WORKERS and MEMORY_LIMIT_MIB are this tool's own, checked by its own rules."""
+    stand_ins = {
+        "CASSANDRA_PASSWORD": "by-reference" if password else "",
+        "API_TOKEN": "by-reference" if api_token else "",
+        "FEEDBACK_SECRET": "x" * MIN_SECRET_BYTES if feedback_secret else "",
+    }
+    own = {"CASSANDRA_SSL_CA_FILE", "WORKERS", "MEMORY_LIMIT_MIB"}
+    checked = {name: value for name, value in env.items() if name not in own}
+    try:
+        Settings.from_env({**checked, **stand_ins})
+    except SettingsError as refused:
+        return refused.problems
+    return []
 
 
 def load_serving(environ: Mapping[str, str]) -> ServingSettings:
@@ -451,7 +431,7 @@ def load_serving(environ: Mapping[str, str]) -> ServingSettings:
     image = _image(
         read, "SERVING_IMAGE", "digit-recognizer-serving", platform.project, platform.region
     )
-    read.done()
+    read.check()
     return ServingSettings(
         platform=platform, name=name, scaling=scaling, ingress=ingress, image=image
     )

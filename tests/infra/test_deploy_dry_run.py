@@ -12,7 +12,8 @@ import pytest
 
 from infra.deploy.__main__ import main, plan
 from infra.deploy.commands import Step, gcloud_map
-from infra.deploy.settings import FUNCTION_PASSTHROUGH, ConfigError
+from infra.deploy.settings import FUNCTION_PASSTHROUGH
+from recognizer.env import SettingsError
 from tests.infra.function_env import variables_read_by_function
 from tests.infra.support import ROOT
 
@@ -47,7 +48,7 @@ def argvs(steps: list[Step]) -> list[list[str]]:
 
 
 def refusal(target: str, environ: dict[str, str], *, build: bool = False) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(SettingsError) as caught:
         plan(target, environ, build=build)
     return caught.value.problems
 
@@ -248,22 +249,112 @@ def test_a_secret_by_value_is_refused_and_never_printed(variable: str) -> None:
     [
         ({"CASSANDRA_PASSWORD_SECRET": "hunter2"}, "not a Secret Manager reference"),
         ({"CASSANDRA_PASSWORD_SECRET": "pw:3"}, "CASSANDRA_USERNAME and CASSANDRA_PASSWORD_SECRET"),
-        ({"GCP_REGION": "Europe West"}, "GCP_REGION='Europe West' is malformed"),
+        ({"GCP_REGION": "Europe West"}, "GCP_REGION must be like europe-west1, not 'Europe West'"),
         ({"MIN_INSTANCES": "20"}, "MIN_INSTANCES must not exceed MAX_INSTANCES"),
-        ({"CONCURRENCY": "many"}, "CONCURRENCY='many' must be a whole number"),
+        ({"CONCURRENCY": "many"}, "CONCURRENCY must be a whole number from 1 to 1000, not 'many'"),
         ({"MODEL_SERVER_URL": "tf-serving:8501"}, "must be an http(s) URL"),
         ({"VPC_EGRESS": "all-traffic"}, "VPC_EGRESS needs VPC_CONNECTOR"),
     ],
 )
 def test_malformed_values_are_refused(changes: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(SettingsError) as caught:
         plan("function", {**BASE, **changes})
     assert any(message in problem for problem in caught.value.problems), caught.value.problems
 
 
+# One malformed value for each function setting the tool passes through: refused at deploy
+# time, as the function itself would refuse it at start-up.
+MALFORMED_PASSTHROUGH = {
+    "MODEL_NAME": "mnist v2",
+    "MODEL_LABEL": "stable/2",
+    "CANARY_LABEL": "a b",
+    "CANARY_PERCENT": "250",
+    "MODEL_SERVER_TIMEOUT_SECONDS": "0",
+    "MODEL_SERVER_RETRIES": "2.7",
+    "MODEL_SERVER_RETRY_BACKOFF_SECONDS": "-1",
+    "MODEL_LABEL_CACHE_SECONDS": "soon",
+    "MAX_REQUEST_BYTES": "0",
+    "MAX_IMAGE_PIXELS": "lots",
+    "MAX_REQUEST_PIXELS": "1.5",
+    "MAX_BATCH_IMAGES": "nan",
+    "DECODE_CPU_SECONDS": "inf",
+    "UPLOAD_STORE_MAX_BYTES": "-1",
+    "HISTORY_MAX_LIMIT": "0",
+    "PREDICT_REQUIRES_TOKEN": "maybe",
+    "CORS_ALLOWED_ORIGINS": "example.org",
+    "VERDICT_MIN_CONFIDENCE": "1.5",
+    "VERDICT_MIN_CANDIDATE": "nan",
+    "VERDICT_MIN_UNSURE_MASS": "-0.1",
+    "VERDICT_MIN_INK_EXTENT": "some",
+    "VERDICT_MAX_ASPECT": "0",
+    "VERDICT_EDGE_MARGIN": "2",
+    "CASSANDRA_PORT": "nine",
+    "CASSANDRA_KEYSPACE": "my-keyspace",
+    "CASSANDRA_LOCAL_DC": "eu west",
+    "CASSANDRA_CONSISTENCY": "SERIAL",
+    "CASSANDRA_USERNAME": "",  # only malformed as a pair: the tool's own check, below
+    "CASSANDRA_SSL_VERIFY_HOSTNAME": "perhaps",
+    "CASSANDRA_PROTOCOL_VERSION": "3",
+    "CASSANDRA_REQUEST_TIMEOUT_SECONDS": "0",
+    "CASSANDRA_CONNECT_TIMEOUT_SECONDS": "soon",
+    "CASSANDRA_RECENT_LOOKBACK_DAYS": "0",
+}
+PAIRED = {"CASSANDRA_USERNAME"}
+
+
+def test_every_passthrough_setting_has_a_malformed_case() -> None:
+    assert set(MALFORMED_PASSTHROUGH) == set(FUNCTION_PASSTHROUGH)
+
+
+@pytest.mark.parametrize("name", sorted(set(FUNCTION_PASSTHROUGH) - PAIRED))
+def test_a_malformed_function_setting_is_refused_at_deploy_time(name: str) -> None:
+    for target in ("function", "run-function"):
+        environ = {**BASE, "IMAGE_TAG": "v1", name: MALFORMED_PASSTHROUGH[name]}
+        problems = refusal(target, environ)
+        assert [p for p in problems if p.startswith(f"{name} ")] == problems, problems
+
+
+def test_the_function_settings_are_all_named_at_once(capsys) -> None:
+    environ = {
+        **BASE,
+        "CASSANDRA_CONTACT_POINTS": "",
+        **{k: v for k, v in MALFORMED_PASSTHROUGH.items() if k not in PAIRED},
+    }
+    status = main(["function", "--dry-run"], environ=environ, run=lambda argv: 0)
+    assert status == 2
+    err = capsys.readouterr().err
+    for name in set(FUNCTION_PASSTHROUGH) - PAIRED | {"CASSANDRA_CONTACT_POINTS"}:
+        assert f"  - {name} " in err, name
+    assert err.count("CASSANDRA_CONTACT_POINTS is required") == 1
+
+
+def test_secrets_by_reference_satisfy_the_function_checks() -> None:
+    """PREDICT_REQUIRES_TOKEN needs API_TOKEN: given by reference, that is enough."""
+    problems = refusal("function", {**BASE, "PREDICT_REQUIRES_TOKEN": "true"})
+    assert problems == ["PREDICT_REQUIRES_TOKEN is true but API_TOKEN is unset: set API_TOKEN"]
+    environ = {**BASE, "PREDICT_REQUIRES_TOKEN": "yes", "API_TOKEN_SECRET": "token:1"}
+    environ |= {"FEEDBACK_SECRET_SECRET": "key:2", "CASSANDRA_SSL_CA_SECRET": "ca:1"}
+    environ |= {"CASSANDRA_USERNAME": "u", "CASSANDRA_PASSWORD_SECRET": "pw:3"}
+    (argv,) = argvs(plan("function", environ))
+    assert "PREDICT_REQUIRES_TOKEN=yes" in next(a for a in argv if "--set-env-vars" in a)
+    (problem,) = refusal("function", {**BASE, "CASSANDRA_USERNAME": "u"})
+    assert problem == "set CASSANDRA_USERNAME and CASSANDRA_PASSWORD_SECRET together"
+
+
+def test_the_flag_vocabulary_is_the_functions() -> None:
+    for spelling in ("on", "YES", "1", "True"):
+        (argv,) = argvs(plan("function", {**BASE, "ALLOW_UNAUTHENTICATED": spelling}))
+        assert "--allow-unauthenticated" in argv
+    for spelling in ("off", "No", "0", "false", ""):
+        (argv,) = argvs(plan("function", {**BASE, "ALLOW_UNAUTHENTICATED": spelling}))
+        assert "--no-allow-unauthenticated" in argv
+    (problem,) = refusal("function", {**BASE, "ALLOW_UNAUTHENTICATED": "sure"})
+    assert problem.startswith("ALLOW_UNAUTHENTICATED must be true or false")
+
+
 def test_a_malformed_secret_reference_is_not_echoed() -> None:
     """Someone pasting the password itself into *_SECRET must not see it in CI logs."""
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(SettingsError) as caught:
         plan(
             "function",
             {**BASE, "CASSANDRA_USERNAME": "u", "CASSANDRA_PASSWORD_SECRET": "p@ss w0rd"},
@@ -273,16 +364,16 @@ def test_a_malformed_secret_reference_is_not_echoed() -> None:
 
 def test_public_unauthenticated_tf_serving_is_refused() -> None:
     environ = {**BASE, "IMAGE_TAG": "v2", "SERVING_INGRESS": "all"}
-    with pytest.raises(ConfigError, match="internet without authentication"):
+    with pytest.raises(SettingsError, match="internet without authentication"):
         plan("run-serving", environ)
 
 
 def test_images_need_a_version_tag() -> None:
-    with pytest.raises(ConfigError, match="IMAGE_TAG is required"):
+    with pytest.raises(SettingsError, match="IMAGE_TAG is required"):
         plan("run-function", BASE)
-    with pytest.raises(ConfigError, match="not latest"):
+    with pytest.raises(SettingsError, match="not latest"):
         plan("run-function", {**BASE, "IMAGE_TAG": "latest"})
-    with pytest.raises(ConfigError, match="FUNCTION_IMAGE"):
+    with pytest.raises(SettingsError, match="FUNCTION_IMAGE"):
         plan("run-function", {**BASE, "FUNCTION_IMAGE": "gcr.io/p/fn:latest"})
     (argv,) = argvs(plan("run-function", {**BASE, "FUNCTION_IMAGE": "gcr.io/p/fn:1.2.3"}))
     assert "--image=gcr.io/p/fn:1.2.3" in argv
@@ -409,7 +500,7 @@ def test_run_creates_the_repository_when_it_is_missing() -> None:
 
 
 def test_build_makes_no_sense_for_a_source_deploy() -> None:
-    with pytest.raises(ConfigError, match="deploys source"):
+    with pytest.raises(SettingsError, match="deploys source"):
         plan("function", BASE, build=True)
 
 

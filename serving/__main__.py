@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from function.recognizer.env import FALSE, TRUE, SettingsError
+from recognizer.env import FALSE, TRUE, SettingsError
 from serving.settings import EnvDefaults
 
 log = logging.getLogger("serving")

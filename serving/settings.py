@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from function.recognizer.env import Reader
+from recognizer.env import Reader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from function.recognizer.env import SettingsError
+from recognizer.env import SettingsError
 from serving.settings import EnvDefaults
 
 ROOT = Path(__file__).resolve().parents[2]

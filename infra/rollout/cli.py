@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,8 +46,11 @@ from infra.rollout.served import (
 )
 from infra.rollout.server import ModelServer, wait_for
 from infra.rollout.signature import check_version, versions_on_disk
+from recognizer.config import Settings
+from recognizer.env import SettingsError
 from serving.config import resolve_models
 from serving.errors import ConfigError
+from serving.settings import EnvDefaults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXIT_STATUS = {analysis.PROMOTE: 0, analysis.WAIT: 3, analysis.ROLLBACK: 4}
@@ -273,7 +276,11 @@ def _log_reader(args: argparse.Namespace) -> tuple[str, Callable[[datetime], lis
     return f"SQLite {args.sqlite}", lambda since: logstats.sqlite_rows(args.sqlite, since)
 
 
-def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """Defaults from the function's own settings and the model server's, read from `env`
+    as they read it; SettingsError names a malformed variable."""
+    function = Settings.from_env(env)
+    serving = EnvDefaults.from_env(env)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -284,17 +291,17 @@ def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.Arg
     common.add_argument(
         "--models-dir",
         type=Path,
-        default=Path(env.get("MODELS_DIR") or REPO_ROOT / "models"),
+        default=serving.models_dir,
         help="local directory standing in for /models in base paths ($MODELS_DIR, models/)",
     )
-    common.add_argument("--model", default=env.get("MODEL_NAME") or "mnist")
+    common.add_argument("--model", default=function.model_name)
     common.add_argument(
         "--server",
-        default=env.get("MODEL_SERVER_URL") or "http://localhost:8501",
+        default=function.model_server_url,
         help="model server REST URL ($MODEL_SERVER_URL)",
     )
-    common.add_argument("--stable-label", default=env.get("MODEL_LABEL") or "stable")
-    common.add_argument("--canary-label", default=env.get("CANARY_LABEL") or "canary")
+    common.add_argument("--stable-label", default=function.model_label)
+    common.add_argument("--canary-label", default=function.canary_label)
     applying = argparse.ArgumentParser(add_help=False, parents=[common])
     applying.add_argument(
         "--grpc", metavar="HOST:PORT", help="also push each config to TF Serving over gRPC"
@@ -306,9 +313,9 @@ def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.Arg
     applying.add_argument(
         "--drain-seconds",
         type=float,
-        default=10.0,
-        help="wait before unloading a version a label just left; longer than the function's "
-        "MODEL_LABEL_CACHE_SECONDS (10)",
+        default=2 * function.label_cache_seconds,
+        help="wait before unloading a version a label just left; twice the function's "
+        "MODEL_LABEL_CACHE_SECONDS (%(default)g)",
     )
     changing = argparse.ArgumentParser(add_help=False, parents=[applying])
     changing.add_argument(
@@ -327,12 +334,9 @@ def build_parser(env: dict[str, str] | os._Environ = os.environ) -> argparse.Arg
     reading.add_argument(
         "--store",
         choices=("sqlite", "cassandra"),
-        default=env.get("PREDICTION_STORE")
-        or ("cassandra" if env.get("CASSANDRA_CONTACT_POINTS") else "sqlite"),
+        default=function.prediction_store,
     )
-    reading.add_argument(
-        "--sqlite", type=Path, default=Path(env.get("SQLITE_PATH") or _sqlite_default())
-    )
+    reading.add_argument("--sqlite", type=Path, default=function.sqlite_path)
     reading.add_argument("--json", action="store_true", help="print JSON (see the README)")
 
     parser = argparse.ArgumentParser(
@@ -398,12 +402,6 @@ def _share(text: str) -> float:
     return value
 
 
-def _sqlite_default() -> Path:
-    from function.recognizer.config import Settings  # the function's own default path
-
-    return Settings().sqlite_path
-
-
 def plan_for(
     deployment: Deployment, args: argparse.Namespace, command: str | None = None
 ) -> list[Step]:
@@ -429,7 +427,13 @@ def plan_for(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except SettingsError as refused:
+        for problem in refused.problems:  # a usage error, as a bad flag is
+            print(f"python -m infra.rollout: error: {problem}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     deployment = Deployment(
         config_file=args.config,
         models_dir=args.models_dir,

@@ -199,3 +199,48 @@ def test_a_threshold_the_statistics_cannot_use_is_a_usage_error(flag, capsys):
         cli.build_parser({}).parse_args(["analyze", flag, "0"])
     assert exited.value.code == 2
     assert f"argument {flag}: 0 is not between 0 and 1" in capsys.readouterr().err
+
+
+# -- settings: the function's and the model server's own ---------------------------------
+
+
+def test_the_defaults_are_the_functions_and_the_model_servers_settings(tmp_path):
+    env = {
+        "MODEL_NAME": "digits",
+        "MODEL_SERVER_URL": "http://tf:8601/",
+        "MODEL_LABEL": "live",
+        "CANARY_LABEL": "next",
+        "MODEL_LABEL_CACHE_SECONDS": "7",
+        "SQLITE_PATH": str(tmp_path / "log.sqlite3"),
+        "MODELS_DIR": str(tmp_path),
+    }
+    parsed = cli.build_parser(env).parse_args(["analyze"])
+    assert (parsed.model, parsed.server) == ("digits", "http://tf:8601")
+    assert (parsed.stable_label, parsed.canary_label) == ("live", "next")
+    assert (parsed.store, parsed.sqlite) == ("sqlite", tmp_path / "log.sqlite3")
+    assert (parsed.models_dir, parsed.drain_seconds) == (tmp_path, 14)
+    cassandra = cli.build_parser({"CASSANDRA_CONTACT_POINTS": "db1"}).parse_args(["status"])
+    assert cassandra.store == "cassandra"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MODEL_NAME", "mnist v2"),
+        ("MODEL_SERVER_URL", "tf:8501"),
+        ("MODEL_LABEL", "stable/2"),
+        ("CANARY_LABEL", "a b"),
+        ("MODEL_LABEL_CACHE_SECONDS", "soon"),
+        ("PREDICTION_STORE", "postgres"),
+        ("SQLITE_PATH", "/"),
+        ("MODELS_DIR", __file__),
+        ("CASSANDRA_PORT", "nine"),  # read by status and analyze from the store
+    ],
+)
+def test_a_malformed_setting_is_a_usage_error_naming_it(monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    if name.startswith("CASSANDRA_"):
+        monkeypatch.setenv("CASSANDRA_CONTACT_POINTS", "127.0.0.1")
+    assert cli.main(["status"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"python -m infra.rollout: error: {name} must be ")

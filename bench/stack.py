@@ -161,6 +161,8 @@ def in_process_client(model_url: str, source: Path = FUNCTION_SOURCE) -> Iterato
         ),
         open(os.devnull, "w") as quiet,
         redirect_stdout(quiet),
+        # First, before the venv's own function/ (its .pth): `recognizer` is the source's.
+        mock.patch.object(sys, "path", [str(source), *sys.path]),
     ):
         yield functions_framework.create_app("recognize", str(source / "main.py")).test_client()
 
@@ -188,6 +190,8 @@ def function_server(
         "PREDICTION_STORE": "sqlite",
         "WORKERS": str(workers),
         "THREADS": str(threads),
+        # Before the venv's own function/ (its .pth): `recognizer` is the source's.
+        "PYTHONPATH": str(source),
         **(store_env or {}),
     }
     with _running("function", argv, port, env) as server:

@@ -14,8 +14,6 @@ preprocessing instead.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,14 +22,11 @@ import numpy as np
 
 from imagesets import photos
 from imagesets.seed_style import seed_style
+from recognizer import preprocess, verdict
 from training.data import load_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "mnist" / "2"
-if importlib.util.find_spec("recognizer") is None:  # run as a command, not under pytest
-    sys.path.append(str(ROOT / "function"))
-
-from recognizer import preprocess, verdict  # noqa: E402
 
 Model = Callable[[np.ndarray], np.ndarray]  # uint8 [-1, 28, 28] -> probabilities [-1, 10]
 

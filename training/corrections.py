@@ -54,7 +54,7 @@ def from_sqlite(path: Path) -> list[Correction]:
 def from_cassandra(days: int, now: datetime | None = None) -> list[Correction]:
     """Corrected records of the last `days` UTC days, through the function's CASSANDRA_*
     settings. Each day is one partition read in pages; only corrected rows are kept."""
-    from function.recognizer.cassandra_log import TABLE, CassandraSettings, build_cluster
+    from recognizer.cassandra_log import TABLE, CassandraSettings, build_cluster
 
     settings = CassandraSettings.from_env()
     cluster = build_cluster(settings)

@@ -1,14 +1,10 @@
 """Image sets as the model sees them in service: upload files through the function's own
 preprocessing, to 28x28 fields, cached on disk (making them costs minutes of CPU).
-
-The function's directory is its deploy root, not a package, so it is put on sys.path
-here, as the function's tests do through pytest's pythonpath.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -16,6 +12,7 @@ import numpy as np
 
 from imagesets import nondigits, renderings
 from imagesets.nondigits import Split
+from recognizer.preprocess import BlankImage, to_mnist
 from training.data import Mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,29 +25,18 @@ SOURCES = (
 )
 
 
-def preprocess() -> tuple[Callable[[bytes], np.ndarray], type[Exception]]:
-    """The function's `to_mnist` and its `BlankImage` error."""
-    function_dir = str(ROOT / "function")
-    if function_dir not in sys.path:
-        sys.path.insert(0, function_dir)
-    from recognizer.preprocess import BlankImage, to_mnist
-
-    return to_mnist, BlankImage
-
-
 def to_fields(uploads: list[tuple[str, bytes]]) -> dict[str, np.ndarray]:
     """`fields` uint8 [n, 28, 28], their `kinds` and their `index` in `uploads`.
 
     Uploads that are blank are left out (the service answers those 422 without asking the
     model) and their kinds listed in `blank_kinds`.
     """
-    to_mnist, blank_image = preprocess()
     fields, kept, blank = [], [], []
     for index, (kind, data) in enumerate(uploads):
         try:
             fields.append(to_mnist(data))
             kept.append(index)
-        except blank_image:
+        except BlankImage:
             blank.append(kind)
     return {
         "fields": np.stack(fields).astype(np.uint8),

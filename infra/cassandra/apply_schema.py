@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from function.recognizer.cassandra_log import DRIVER_ERRORS, CassandraSettings, build_cluster
+from recognizer.cassandra_log import DRIVER_ERRORS, CassandraSettings, build_cluster
 
 SCHEMA = Path(__file__).with_name("schema.cql")
 SCHEMA_KEYSPACE = "mnist"  # the keyspace name written in schema.cql

@@ -172,8 +172,8 @@ def sqlite_rows(path: Path, since: datetime) -> list[Row]:
 
 def cassandra_rows(since: datetime) -> list[Row]:
     """Records at or after `since` through the function's CassandraLog (CASSANDRA_* settings)."""
-    from function.recognizer.cassandra_log import MAX_RECENT, CassandraLog
-    from function.recognizer.records import StoreUnavailable
+    from recognizer.cassandra_log import MAX_RECENT, CassandraLog
+    from recognizer.records import StoreUnavailable
 
     log = CassandraLog.from_env()
     try:

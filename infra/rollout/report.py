@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from function.recognizer.verdict import VERDICTS
 from infra.rollout.analysis import INCONCLUSIVE, WORSE, Decision
 from infra.rollout.logstats import VersionFigures
 from infra.rollout.served import Served
 from recognizer.model_client import VersionState
+from recognizer.verdict import VERDICTS
 
 ACCURACY_NOTE = (
     "accuracy: n/a for a version nobody corrected; otherwise right / corrected over the "

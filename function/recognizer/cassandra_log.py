@@ -51,8 +51,8 @@ from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage
 from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
 
-from .config import CassandraSettings
-from .records import (
+from recognizer.config import CassandraSettings
+from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
     Feedback,
     IdempotencyClaim,
@@ -61,7 +61,7 @@ from .records import (
     Upload,
     time_of,
 )
-from .verdict import Verdict
+from recognizer.verdict import Verdict
 
 _log = logging.getLogger(__name__)
 

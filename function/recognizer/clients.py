@@ -56,7 +56,7 @@ def open_store(settings: Settings) -> PredictionLog:
         # Imported here: only deployments with Cassandra pay for its driver.
         from recognizer.cassandra_log import CassandraLog
 
-        return CassandraLog.from_env()
+        return CassandraLog(settings.cassandra)
     from recognizer.sqlite_log import SqliteLog
 
     return SqliteLog(settings.sqlite_path)

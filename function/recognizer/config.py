@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .env import Reader
-from .feedback import MIN_SECRET_BYTES
-from .verdict import VerdictPolicy
+from recognizer.env import Reader
+from recognizer.feedback import MIN_SECRET_BYTES
+from recognizer.verdict import VerdictPolicy
 
 MiB = 1024 * 1024
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what TF Serving and our URLs accept

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from .verdict import Verdict
+from recognizer.verdict import Verdict
 
 _UUID_EPOCH = datetime(1582, 10, 15, tzinfo=UTC)  # where version-1 UUID time starts
 # How long an idempotency key is remembered: a retry within this window gets the first

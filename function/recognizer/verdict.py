@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocess import FIELD
+from recognizer.preprocess import FIELD
 
 DIGIT = "digit"
 UNSURE = "unsure"

@@ -1,16 +1,24 @@
 """Function entry point. functions-framework target: `recognize`.
 
 Deploy this directory as it is (Cloud Functions source, or the function container).
-Nothing here connects at import time; see recognizer/api.py for why.
+Every setting is read and checked here, at import, so a malformed one stops the function
+before it serves (with every problem named); nothing connects at import time, see
+recognizer/clients.py for why.
 """
+
+import sys
 
 import flask
 import functions_framework
 
 from recognizer.api import Api
 from recognizer.config import Settings
+from recognizer.env import SettingsError
 
-_api = Api(Settings.from_env())
+try:
+    _api = Api(Settings.from_env())
+except SettingsError as error:
+    sys.exit(f"the function cannot start: {error}")
 
 
 @functions_framework.errorhandler(404)

@@ -235,6 +235,7 @@ def test_the_function_does_not_start_with_a_malformed_cassandra_port() -> None:
     assert "CASSANDRA_PORT must be a whole number from 1 to 65535, not 'nine'" in output
     assert "MODEL_SERVER_RETRIES must be a whole number of at least 0, not '2.7'" in output
     assert "Listening at" not in output
+    assert "Traceback" not in output, "the problems are said plainly, not as a crash"
 
 
 def test_the_readme_documents_every_variable_the_settings_read() -> None:

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from recognizer.env import Reader, SettingsError
 from training.train import RECIPES, train_version
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def store_defaults(env: Mapping[str, str]) -> tuple[str, Path | None]:
+    """PREDICTION_STORE and SQLITE_PATH, read and checked as the function reads them."""
+    reader = Reader(env)
+    store = reader.choice("PREDICTION_STORE", "sqlite", ("sqlite", "cassandra"))
+    sqlite = reader.path("SQLITE_PATH", None)
+    reader.check()
+    return store, sqlite
 
 
 def main() -> None:
@@ -20,6 +31,10 @@ def main() -> None:
         prog="python -m training", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    try:
+        default_store, default_sqlite = store_defaults(os.environ)
+    except SettingsError as error:
+        parser.exit(2, f"python -m training: {error}\n")
     parser.add_argument("--arch", choices=sorted(RECIPES))
     parser.add_argument("--version", type=int, required=True, help="new version number")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
@@ -29,8 +44,8 @@ def main() -> None:
     store = parser.add_argument_group("--from-store: a new version from people's corrections")
     store.add_argument("--from-store", action="store_true", help="train from the prediction log")
     store.add_argument("--store", choices=["sqlite", "cassandra"],
-                       default=os.environ.get("PREDICTION_STORE", "sqlite"))  # fmt: skip
-    store.add_argument("--sqlite", type=Path, default=os.environ.get("SQLITE_PATH"),
+                       default=default_store)  # fmt: skip
+    store.add_argument("--sqlite", type=Path, default=default_sqlite,
                        help="the function's SQLite log (default: SQLITE_PATH)")  # fmt: skip
     store.add_argument("--days", type=int, default=30, help="Cassandra: UTC days to read")
     store.add_argument("--from-version", type=int,

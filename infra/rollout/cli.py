@@ -44,7 +44,7 @@ from infra.rollout.served import (
     with_served,
     write_atomically,
 )
-from infra.rollout.server import ModelServer, wait_for
+from infra.rollout.server import ServerView, wait_for
 from infra.rollout.signature import check_version, versions_on_disk
 from recognizer.config import Settings
 from recognizer.env import SettingsError
@@ -71,7 +71,7 @@ class Deployment:
     config_file: Path
     models_dir: Path
     model: str
-    server: ModelServer
+    server: ServerView
     grpc: str | None
     timeout: float
     poll_seconds: float
@@ -150,7 +150,7 @@ class Deployment:
         return updated
 
 
-def converged(server: ModelServer, current: Served, target: Served) -> Callable[[], str | None]:
+def converged(server: ServerView, current: Served, target: Served) -> Callable[[], str | None]:
     """A check for wait_for: None once the server serves `target`, else what is missing."""
     attempted: set[int] = set()
 
@@ -438,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_file=args.config,
         models_dir=args.models_dir,
         model=args.model,
-        server=ModelServer(args.server, args.model),
+        server=ServerView(args.server, args.model),
         grpc=getattr(args, "grpc", None),  # status takes no change options
         timeout=getattr(args, "timeout", 0.0),
         poll_seconds=getattr(args, "poll_seconds", 0.0),

@@ -67,9 +67,6 @@ class ServerView:
         return RolloutError(f"the model server at {self.url}: {error}")
 
 
-ModelServer = ServerView  # TEMPORARY: until infra/rollout/cli.py imports ServerView
-
-
 def wait_for(condition: Callable[[], str | None], timeout: float, poll_seconds: float) -> float:
     """Poll `condition` (None when met, else what is still missing) until met; seconds taken.
 

@@ -49,6 +49,22 @@ def test_importing_the_function_loads_no_tensorflow():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_package_is_recognizer_or_nothing():
+    """One import root: as function.recognizer each module would exist twice (two of each
+    error class), so that name refuses to import; the tools' `recognizer` is function/'s."""
+    probe = (
+        "import recognizer.records; print(recognizer.records.__file__); import function.recognizer"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.stdout.strip() == str(FUNCTION / "recognizer" / "records.py")
+    assert result.returncode == 1
+    assert "ImportError: the function's package is imported as 'function.recognizer'" in (
+        result.stderr
+    )
+
+
 def test_no_module_of_the_function_mentions_tensorflow():
     for source in FUNCTION.rglob("*.py"):
         text = source.read_text()

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from recognizer import contract
 from recognizer.env import Reader, SettingsError
 from training.train import RECIPES, train_version
 
@@ -83,7 +84,7 @@ def from_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         found = corrections.from_cassandra(args.days)
     start = args.from_version
     if start is None:
-        start = served_of(parse(args.config.read_text()), "mnist").labels["stable"]
+        start = served_of(parse(args.config.read_text()), contract.MODEL_NAME).labels["stable"]
     options = Options(
         version=args.version,
         start_from=start,

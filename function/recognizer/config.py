@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from recognizer import contract
 from recognizer.env import Reader
 from recognizer.feedback import MIN_SECRET_BYTES
 from recognizer.verdict import VerdictPolicy
@@ -64,7 +65,7 @@ class CassandraSettings:
 @dataclass(frozen=True)
 class Settings:
     model_server_url: str = "http://localhost:8501"
-    model_name: str = "mnist"
+    model_name: str = contract.MODEL_NAME
     model_label: str = "stable"
     canary_label: str = "canary"
     canary_percent: float = 0.0  # share of unpinned clients sent to canary_label, 0-100

@@ -8,11 +8,21 @@ the recognition stages and `overhead` is handle minus the model call. `in-proces
 functions-framework's and Flask's dispatch (the test client's time).
 
     .venv/bin/python -m bench.overhead [--requests 300]
+    .venv/bin/python -m bench.overhead --baseline DIR [--rounds 5]
+
+With `--baseline`, a copy of function/ from an earlier commit (`git archive <commit>
+function | tar -x -C /tmp/base`, then DIR=/tmp/base/function) is measured in the same run,
+against the same model server, in alternating rounds (each in a fresh process, so the two
+`recognizer` packages never meet), and the medians of the rounds' p50s are printed side by
+side: on a shared machine, alternating is what makes the two comparable.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -96,6 +106,11 @@ def measure(model_url: str, requests: int = 300, source: Path = stack.FUNCTION_S
         return results
 
 
+def loaded_package() -> str:
+    """Where the `recognizer` package measured in this process came from."""
+    return str(Path(sys.modules["recognizer"].__file__).parent)
+
+
 def print_table(results: dict) -> None:
     for name, result in results.items():
         print(f"{name} ({result['bytes']:,} bytes)")
@@ -103,12 +118,57 @@ def print_table(results: dict) -> None:
             print(f"  {stage:<13} p50 {values['p50']:7.2f} ms   p99 {values['p99']:7.2f} ms")
 
 
+def _measured_in_a_process(model_url: str, requests: int, source: Path) -> dict:
+    """`measure` of `source` in a fresh interpreter: one `recognizer` package per process."""
+    argv = [sys.executable, "-m", "bench.overhead", "--requests", str(requests)]
+    argv += ["--model-url", model_url, "--json"]
+    env = {**os.environ, "BENCH_FUNCTION_SOURCE": str(source)}
+    done = subprocess.run(argv, cwd=stack.ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {source} failed:\n{done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.splitlines()[-1])
+    if Path(measured["package"]) != source / "recognizer":
+        raise SystemExit(f"asked to measure {source}, measured {measured['package']}")
+    return measured["uploads"]
+
+
+def compare(model_url: str, baseline: Path, requests: int, rounds: int) -> None:
+    """Baseline and current in alternating rounds; the median of each side's p50s."""
+    sides: dict[str, list[dict]] = {"baseline": [], "current": []}
+    for _ in range(rounds):
+        for side, source in (("baseline", baseline), ("current", stack.FUNCTION_SOURCE)):
+            sides[side].append(_measured_in_a_process(model_url, requests, source))
+    print(f"p50 in ms, median of {rounds} alternating rounds of {requests} requests")
+    for name in sides["current"][0]:
+        print(f"{name:<14} {'baseline':>9} {'current':>9} {'change':>8}")
+        for stage in (*STAGES, "in-process"):
+            base, now = (
+                float(np.median([run[name]["stages"][stage]["p50"] for run in runs]))
+                for runs in (sides["baseline"], sides["current"])
+            )
+            print(f"  {stage:<12} {base:9.2f} {now:9.2f} {(now / base - 1) * 100:+7.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--baseline", type=Path, help="an earlier function/ to compare with")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model-url", help="a running model server (default: start one)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    if args.model_url is not None:  # one side of a comparison, or a server of your own
+        results = measure(args.model_url, args.requests)
+        if args.json:
+            print(json.dumps({"package": loaded_package(), "uploads": results}))
+        else:
+            print_table(results)
+        return
     with stack.model_server() as server:
-        print_table(measure(server.url, args.requests))
+        if args.baseline is not None:
+            compare(server.url, args.baseline.resolve(), args.requests, args.rounds)
+        else:
+            print_table(measure(server.url, args.requests))
 
 
 if __name__ == "__main__":

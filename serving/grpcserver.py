@@ -216,17 +216,8 @@ class Services(
         signature_def = signatures[name]
         response = predict_pb2.PredictResponse()
         self._model_spec(response.model_spec, request.model_spec.name, name, servable.version)
-        if self.method_check and signature_def.method_name not in (
-            inference.PREDICT_METHOD,
-            inference.CLASSIFY_METHOD,
-            inference.REGRESS_METHOD,
-        ):
-            raise ServingError(
-                "INTERNAL",
-                "Expected prediction signature method_name to be one of "
-                f"{{{inference.PREDICT_METHOD}, {inference.CLASSIFY_METHOD}, "
-                f"{inference.REGRESS_METHOD}}}. Was: {signature_def.method_name}",
-            )
+        if self.method_check:
+            inference.check_predict_method(signature_def.method_name)
         # VerifyRequestInputsSize and GetInputValues' alias checks, then the tensors.
         signature = servable.check_inputs(name, {k: np.empty(0) for k in request.inputs})
         inputs = {

@@ -21,7 +21,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from serving import rjson, tensors
-from serving.errors import invalid_argument
+from serving.errors import ServingError, invalid_argument
 from serving.servable import DEFAULT_SIGNATURE, Servable
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -125,6 +125,17 @@ def _check_method(signature: meta_graph_pb2.SignatureDef, kind: str, method: str
     if signature.method_name != method:
         raise invalid_argument(
             f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}"
+        )
+
+
+def check_predict_method(method_name: str) -> None:
+    """--enable_signature_method_name_check for Predict (REST and gRPC alike): TF Serving's
+    predict_util accepts any of the three methods and refuses anything else as INTERNAL."""
+    if method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+        raise ServingError(
+            "INTERNAL",
+            "Expected prediction signature method_name to be one of "
+            f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {method_name}",
         )
 
 

@@ -260,17 +260,7 @@ class RestApi:
         )
         if self.options.enable_signature_method_name_check:
             method = servable.meta_graph.signature_def[signature.name].method_name
-            if method not in (
-                inference.PREDICT_METHOD,
-                inference.CLASSIFY_METHOD,
-                inference.REGRESS_METHOD,
-            ):
-                raise ServingError(
-                    "INTERNAL",
-                    "Expected prediction signature method_name to be one of "
-                    f"{{{inference.PREDICT_METHOD}, {inference.CLASSIFY_METHOD}, "
-                    f"{inference.REGRESS_METHOD}}}. Was: {method}",
-                )
+            inference.check_predict_method(method)
         if self.batcher is None:
             outputs = servable.run(signature.name, inputs)
         else:

@@ -13,6 +13,7 @@ import pytest
 
 from recognizer.config import CassandraSettings, Settings
 from recognizer.env import Reader, SettingsError
+from tests.support.environ import RecordingEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_FRAMEWORK = Path(sys.executable).with_name("functions-framework")
@@ -68,20 +69,8 @@ MALFORMED = {
 SECRETS = ("API_TOKEN", "FEEDBACK_SECRET", "CASSANDRA_PASSWORD")
 
 
-class Recorder(dict):
-    """A mapping that remembers every name looked up with get()."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        super().__init__(values)
-        self.asked: set[str] = set()
-
-    def get(self, key, default=None):
-        self.asked.add(key)
-        return super().get(key, default)
-
-
 def variables_read() -> set[str]:
-    env = Recorder(CASSANDRA)
+    env = RecordingEnv(CASSANDRA)
     Settings.from_env(env)
     return env.asked
 

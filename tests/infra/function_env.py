@@ -10,28 +10,17 @@ from collections.abc import Mapping
 
 from recognizer.cassandra_log import CassandraSettings
 from recognizer.config import Settings
+from tests.support.environ import RecordingEnv
 
 # Read by functions-framework and its gunicorn, not by the function's code.
 SERVER_VARIABLES = frozenset({"PORT", "WORKERS", "THREADS"})
 
 
-class _Recorder(dict):
-    """A mapping that remembers every name looked up with get()."""
-
-    def __init__(self, values: Mapping[str, str] | None = None) -> None:
-        super().__init__(values or {})
-        self.asked: set[str] = set()
-
-    def get(self, key, default=None):
-        self.asked.add(key)
-        return super().get(key, default)
-
-
 def variables_read_by_function() -> frozenset[str]:
     """Names the function's settings parsers look up (Cassandra's with a contact point set)."""
-    general = _Recorder()
+    general = RecordingEnv()
     Settings.from_env(general)
-    cassandra = _Recorder({"CASSANDRA_CONTACT_POINTS": "cassandra"})
+    cassandra = RecordingEnv({"CASSANDRA_CONTACT_POINTS": "cassandra"})
     CassandraSettings.from_env(cassandra)
     return frozenset(general.asked | cassandra.asked)
 

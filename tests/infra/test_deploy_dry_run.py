@@ -16,6 +16,7 @@ from infra.deploy.settings import FUNCTION_PASSTHROUGH
 from recognizer.env import SettingsError
 from tests.infra.function_env import variables_read_by_function
 from tests.infra.support import ROOT
+from tests.support.environ import RecordingEnv
 
 BASE = {
     "GCP_PROJECT": "digits-prod-42",
@@ -655,22 +656,10 @@ def test_a_size_that_does_not_fit_stops_before_the_build(capsys) -> None:
     assert "CPU=4 with MEMORY=1Gi does not fit" in captured.err
 
 
-class _Recorder(dict):
-    """A mapping that remembers every name looked up with get()."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        super().__init__(values)
-        self.asked: set[str] = set()
-
-    def get(self, key, default=None):
-        self.asked.add(key)
-        return super().get(key, default)
-
-
 def test_every_variable_the_tool_reads_is_documented_in_the_readme_deploy_section() -> None:
     readme = (ROOT / "README.md").read_text()
     deploy = readme[readme.index("## Deploy\n") : readme.index("### Kubernetes\n")]
-    environ = _Recorder({**BASE, "IMAGE_TAG": "v1"})
+    environ = RecordingEnv({**BASE, "IMAGE_TAG": "v1"})
     for target in ("function", "run-function", "run-serving"):
         plan(target, environ)
     assert "SERVING_CPU" in environ.asked and "ARTIFACT_REPOSITORY" in environ.asked

@@ -11,6 +11,7 @@ import pytest
 
 from recognizer.env import SettingsError
 from serving.settings import EnvDefaults
+from tests.support.environ import RecordingEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 # One malformed value for each variable the development model server reads.
@@ -20,20 +21,8 @@ MALFORMED = {
 }
 
 
-class Recorder(dict):
-    """A mapping that remembers every name looked up with get()."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: set[str] = set()
-
-    def get(self, key, default=None):
-        self.asked.add(key)
-        return super().get(key, default)
-
-
 def test_every_variable_read_has_a_malformed_case() -> None:
-    env = Recorder()
+    env = RecordingEnv()
     assert EnvDefaults.from_env(env) == EnvDefaults()
     assert env.asked == set(MALFORMED)
 

@@ -184,11 +184,6 @@ class _Doubled:
     def fill(self, points: np.ndarray) -> None:
         self._draw.polygon([(2 * float(x), 2 * float(y)) for x, y in points], fill=255)
 
-    def disc(self, x: float, y: float, radius: float) -> None:
-        self._draw.ellipse(
-            (2 * (x - radius), 2 * (y - radius), 2 * (x + radius), 2 * (y + radius)), fill=255
-        )
-
     def text(self, xy: tuple[float, float], text: str, font_file: Path, size: int) -> None:
         font = ImageFont.truetype(str(font_file), 2 * size)
         self._draw.text((2 * xy[0], 2 * xy[1]), text, fill=255, font=font, anchor="mm")

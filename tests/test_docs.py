@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from recognizer.verdict import REASONS
 from tests.conftest import ROOT
 
 TRACKED = subprocess.run(
@@ -63,3 +64,11 @@ def test_every_path_a_file_names_is_in_the_repo(text: str) -> None:
     if text.endswith(".md"):
         missing += [name for name in set(MODULE_NAME.findall(content)) if name not in names]
     assert sorted(missing) == []
+
+
+@pytest.mark.parametrize(
+    "document", ["README.md", "docs/verdicts.md", "function/recognizer/openapi.json"]
+)
+def test_every_reason_code_a_verdict_can_give_is_documented(document: str) -> None:
+    text = (ROOT / document).read_text(encoding="utf-8")
+    assert [code for code in REASONS if f"`{code}`" not in text] == []

@@ -16,7 +16,8 @@ CALLED_BY_NAME = {
     # http.server, socketserver and io call these by name
     "do_GET", "do_POST", "do_PUT", "do_DELETE", "do_HEAD", "do_OPTIONS", "do_PATCH",
     "log_message", "send_error", "server_version", "disable_nagle_algorithm", "wbufsize",
-    "daemon_threads", "address_family", "readable", "seekable", "tell", "readinto",
+    "daemon_threads", "address_family", "process_request",
+    "readable", "seekable", "tell", "readinto",
     # pytest (and a fixture that another fixture needs only for its skip)
     "pytest_configure", "pytest_collection_modifyitems", "pytestmark", "java_and_maven",
     # gRPC's generated servicer, a module's PEP 562 __getattr__, Keras, the Cassandra driver

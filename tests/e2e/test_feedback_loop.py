@@ -23,8 +23,9 @@ import requests
 from PIL import Image
 
 from infra.rollout.served import Served, parse, render, served_of, with_served
-from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, free_port, label_available, wait_until
+from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, wait_until
 from tests.e2e.test_rollout_analyze import rollout
+from tests.support.dev_model_server import dev_model_server
 from tests.support.function_server import running_function
 
 SECRET = "loop" * 16
@@ -95,19 +96,8 @@ def test_corrections_become_a_version_that_is_canaried_and_promoted(tmp_path, mn
     served = Served(frozenset({2}), {"stable": 2, "canary": 2})
     config.write_text(render(with_served(parse(shipped), "mnist", served), shipped))
     log = tmp_path / "predictions.sqlite3"
-    port = free_port()
-    model_server = f"http://127.0.0.1:{port}"
-    with (tmp_path / "model_server.log").open("w") as output:
-        server = subprocess.Popen(
-            [PYTHON, "-m", "serving", "--rest_api_port", str(port), "--port", "0",
-             "--models_dir", str(models_dir), "--model_config_file", str(config),
-             "--model_config_file_poll_wait_seconds", "0.2",
-             "--allow_version_labels_for_unavailable_models"],
-            cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_until(lambda: label_available(model_server, "canary"), "the model server")
+    server_log = tmp_path / "model_server.log"
+    with dev_model_server(config, models_dir, label="canary", log=server_log) as model_server:
         settings = {"FEEDBACK_SECRET": SECRET, "CANARY_PERCENT": "50",
                     "MODEL_LABEL_CACHE_SECONDS": "0.5"}  # fmt: skip
         with running_function(model_server, log, **settings) as url:
@@ -121,9 +111,6 @@ def test_corrections_become_a_version_that_is_canaried_and_promoted(tmp_path, mn
         failed = [status for status in traffic.statuses if status != 200]
         print(f"other clients: {len(traffic.statuses)} requests, {len(failed)} not 200")
         assert len(traffic.statuses) > 50 and not failed, failed[:5]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def loop(url: str, model_server: str, config: Path, models_dir: Path, log: Path, mnist) -> None:

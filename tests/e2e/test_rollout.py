@@ -31,7 +31,8 @@ from PIL import Image
 
 from infra.rollout.served import Served, parse, render, served_of, with_served
 from recognizer import preprocess, routing
-from tests.conftest import PYTHON, ROOT, free_port, label_available, wait_until
+from tests.conftest import PYTHON, ROOT, free_port, wait_until
+from tests.support.dev_model_server import dev_model_server
 from training.train import train_version
 
 CANARY_PERCENT = 10
@@ -59,41 +60,36 @@ def stack(tmp_path_factory, mnist) -> Iterator[Stack]:
     models_dir, config = _deployment(root, mnist)
     sqlite, logs = root / "predictions.sqlite3", root / "logs"
     logs.mkdir()
-    server_port, function_port = free_port(), free_port()
+    function_port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("CASSANDRA_CONTACT_POINTS", None)
-    server = _start(
-        [PYTHON, "-m", "serving", "--rest_api_port", str(server_port),
-         "--models_dir", str(models_dir), "--model_config_file", str(config),
-         "--model_config_file_poll_wait_seconds", "0.2", "--file_system_poll_wait_seconds", "0.5",
-         # Like TF Serving, starting with labels needs this; it relaxes new labels only.
-         "--allow_version_labels_for_unavailable_models"],
-        env, logs / "model_server.log",
+    server = dev_model_server(
+        config, models_dir, log=logs / "model_server.log",
+        flags=("--file_system_poll_wait_seconds", "0.5"),
     )  # fmt: skip
-    model_server = f"http://127.0.0.1:{server_port}"
-    function = _start(
-        [str(Path(PYTHON).with_name("functions-framework")), "--source", "function/main.py",
-         "--target", "recognize", "--port", str(function_port)],
-        {**env, "MODEL_SERVER_URL": model_server, "SQLITE_PATH": str(sqlite),
-         "PREDICTION_STORE": "sqlite", "CANARY_PERCENT": str(CANARY_PERCENT),
-         "MODEL_LABEL_CACHE_SECONDS": str(LABEL_CACHE_SECONDS)},
-        logs / "function.log",
-    )  # fmt: skip
-    function_url = f"http://127.0.0.1:{function_port}"
-    try:
-        wait_until(lambda: running(server) and label_available(model_server), "the model server")
-        wait_until(
-            lambda: running(function) and requests.get(f"{function_url}/readyz", timeout=2).ok,
-            "the function",
-        )
-        images = [_png(mnist.x_test[n]) for n in range(4)]
-        inputs = np.stack([preprocess.to_mnist(image) for image in images])
-        yield Stack(root, config, models_dir, sqlite, model_server, function_url, images, inputs)
-    finally:
-        for process in (function, server):
-            process.terminate()
-        for process in (function, server):
-            process.wait(timeout=30)
+    with server as model_server:
+        function = _start(
+            [str(Path(PYTHON).with_name("functions-framework")), "--source", "function/main.py",
+             "--target", "recognize", "--port", str(function_port)],
+            {**env, "MODEL_SERVER_URL": model_server, "SQLITE_PATH": str(sqlite),
+             "PREDICTION_STORE": "sqlite", "CANARY_PERCENT": str(CANARY_PERCENT),
+             "MODEL_LABEL_CACHE_SECONDS": str(LABEL_CACHE_SECONDS)},
+            logs / "function.log",
+        )  # fmt: skip
+        function_url = f"http://127.0.0.1:{function_port}"
+        try:
+            wait_until(
+                lambda: running(function) and requests.get(f"{function_url}/readyz", timeout=2).ok,
+                "the function",
+            )
+            images = [_png(mnist.x_test[n]) for n in range(4)]
+            inputs = np.stack([preprocess.to_mnist(image) for image in images])
+            yield Stack(
+                root, config, models_dir, sqlite, model_server, function_url, images, inputs
+            )
+        finally:
+            function.terminate()
+            function.wait(timeout=30)
 
 
 def _deployment(root: Path, mnist) -> tuple[Path, Path]:

@@ -25,8 +25,9 @@ from infra.rollout.served import Served, parse, render, served_of, with_served
 from infra.rollout.stats import wilson
 from recognizer.cassandra_log import CassandraLog
 from recognizer.sqlite_log import SqliteLog
-from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, free_port, label_available, wait_until
+from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, wait_until
 from tests.infra.rollout.corrected_log import Traffic, traffic, write
+from tests.support.dev_model_server import dev_model_server, label_available
 
 CANARY_AT_3 = Served(frozenset({1, 2, 3}), {"stable": 2, "canary": 3})
 # Margins a few hundred corrections can meet (the defaults want thousands).
@@ -57,23 +58,9 @@ def deployment_files(root: Path, served: Served) -> tuple[Path, Path]:
 def tree(tmp_path_factory) -> Iterator[Tree]:
     root = tmp_path_factory.mktemp("analyze")
     config, models_dir = deployment_files(root, CANARY_AT_3)
-    port = free_port()
-    with (root / "model_server.log").open("w") as output:
-        server = subprocess.Popen(
-            [PYTHON, "-m", "serving", "--rest_api_port", str(port), "--port", "0",
-             "--models_dir", str(models_dir), "--model_config_file", str(config),
-             "--model_config_file_poll_wait_seconds", "0.2",
-             "--allow_version_labels_for_unavailable_models"],
-            cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: label_available(url, "canary"), "the model server's canary")
+    log = root / "model_server.log"
+    with dev_model_server(config, models_dir, label="canary", log=log) as url:
         yield Tree(config, models_dir, url)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def rollout(

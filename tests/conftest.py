@@ -1,10 +1,20 @@
-"""Fixtures shared by every suite."""
+"""Fixtures shared by every suite.
+
+The function's HTTP tests talk to an in-process stand-in for the model server
+(tests/support/model_stand_in.py) unless marked `real_model`: those need the real
+models' answers, from the development model server (TensorFlow). Any test using the
+`model_server` fixture is marked so. With TESTS_WITHOUT_TENSORFLOW=1, TensorFlow cannot
+be imported and the `real_model` tests are deselected: what is left must pass without it.
+"""
 
 from __future__ import annotations
 
-import os
+from tests.support import no_tensorflow
+
+if no_tensorflow.requested():  # before anything below can import TensorFlow
+    no_tensorflow.install()
+
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +26,8 @@ import requests
 
 from infra.rollout.served import parse, served_of
 from tests.support.cassandra import LiveCassandra, start_test_node
+from tests.support.dev_model_server import dev_model_server
+from tests.support.model_stand_in import ModelStandIn
 from training.data import Mnist, load_mnist
 
 
@@ -58,43 +70,61 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> No
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
 
-def label_available(url: str, label: str = "stable") -> bool:
-    """TF Serving answers a label's metadata only once its version is AVAILABLE."""
-    return requests.get(f"{url}/v1/models/mnist/labels/{label}/metadata", timeout=2).ok
+REAL_MODEL = "real_model"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{REAL_MODEL}: needs the real models' answers (the development model server, TensorFlow)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "model_server" in item.fixturenames:
+            item.add_marker(REAL_MODEL)
+    if no_tensorflow.requested():
+        needs = [item for item in items if item.get_closest_marker(REAL_MODEL)]
+        if needs:
+            config.hook.pytest_deselected(items=needs)
+            items[:] = [item for item in items if not item.get_closest_marker(REAL_MODEL)]
+
+
+def shipped_stand_in() -> ModelStandIn:
+    """A model stand-in serving the versions and labels of the shipped models.config."""
+    return ModelStandIn(SHIPPED.versions, SHIPPED.labels)
+
+
+@pytest.fixture
+def model_stand_in() -> Iterator[ModelStandIn]:
+    """The in-process model server stand-in, running, for this test alone."""
+    with shipped_stand_in() as stand_in:
+        yield stand_in
 
 
 @pytest.fixture(scope="session")
 def model_server() -> Iterator[str]:
     """The development model server on a free port, serving the committed models/ tree."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "serving",
-            "--rest_api_port",
-            str(port),
-            "--allow_version_labels_for_unavailable_models",
-            "--port",  # gRPC on a free port: side-by-side servers do not fight over 8500
-            "0",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: label_available(url), "the development model server")
+    if no_tensorflow.requested():
+        pytest.fail(f"the real model server needs TensorFlow: mark the test {REAL_MODEL}")
+    with dev_model_server() as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture
-def function_env(model_server, tmp_path, monkeypatch) -> Path:
-    """Point the function at the live model server and a fresh SQLite log."""
+def model_url(request: pytest.FixtureRequest) -> str:
+    """The model server of this test: the real one if it is marked real_model, else a stand-in."""
+    if request.node.get_closest_marker(REAL_MODEL):
+        return request.getfixturevalue("model_server")
+    return request.getfixturevalue("model_stand_in").url
+
+
+@pytest.fixture
+def function_env(model_url, tmp_path, monkeypatch) -> Path:
+    """Point the function at this test's model server and a fresh SQLite log."""
     sqlite_path = tmp_path / "predictions.sqlite3"
-    monkeypatch.setenv("MODEL_SERVER_URL", model_server)
+    monkeypatch.setenv("MODEL_SERVER_URL", model_url)
     monkeypatch.setenv("SQLITE_PATH", str(sqlite_path))
     for name in SHELL_SETTINGS:
         monkeypatch.delenv(name, raising=False)

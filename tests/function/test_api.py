@@ -1,4 +1,8 @@
-"""The function's HTTP contract, through functions-framework, against the live model server."""
+"""The function's HTTP contract, through functions-framework.
+
+The tests marked real_model read the real models' digits (the development model server);
+the rest are answered by the in-process model stand-in.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ def assert_error(response, status: int, code: str) -> dict:
     return error
 
 
+@pytest.mark.real_model
 def test_a_raw_png_upload_is_recognized_and_recorded(client, samples):
     image, label = samples[0]
     response = client.post("/predict", data=image, content_type="image/png")
@@ -49,6 +54,7 @@ def test_a_raw_png_upload_is_recognized_and_recorded(client, samples):
     uuid.UUID(prediction["id"])
 
 
+@pytest.mark.real_model
 def test_multipart_with_several_image_fields_answers_in_request_order(client, samples):
     files = [(io.BytesIO(image), f"digit{n}.png") for n, (image, _) in enumerate(samples)]
     response = client.post("/predict", data={"image": files}, content_type="multipart/form-data")
@@ -56,6 +62,7 @@ def test_multipart_with_several_image_fields_answers_in_request_order(client, sa
     assert [p["digit"] for p in response.get_json()["predictions"]] == [y for _, y in samples]
 
 
+@pytest.mark.real_model
 def test_json_base64_single_and_batch(client, samples):
     encoded = [base64.b64encode(image).decode() for image, _ in samples]
     one = client.post("/predict", json={"image": encoded[1]})
@@ -66,6 +73,7 @@ def test_json_base64_single_and_batch(client, samples):
     assert data_url.get_json()["predictions"][0]["digit"] == samples[2][1]
 
 
+@pytest.mark.real_model
 def test_octet_stream_and_real_world_uploads(client, mnist):
     rng = np.random.default_rng(5)
     digit, label = mnist.x_test[0], int(mnist.y_test[0])
@@ -105,6 +113,7 @@ def test_malformed_pins_are_400(client, samples, query, status):
     assert_error(response, status, "invalid_parameter")
 
 
+@pytest.mark.real_model
 def test_every_prediction_in_a_200_can_be_read_back(client, samples):
     image, label = samples[3]
     prediction = client.post("/predict", data=image, content_type="image/png").get_json()[
@@ -123,6 +132,7 @@ def test_every_prediction_in_a_200_can_be_read_back(client, samples):
     assert upload.data == image
 
 
+@pytest.mark.real_model
 def test_include_input_adds_the_28x28_the_model_saw_and_matches_the_record(client, samples):
     images = [(io.BytesIO(image), f"digit{n}.png") for n, (image, _) in enumerate(samples[:2])]
     response = client.post(

@@ -299,12 +299,12 @@ def test_concurrent_first_requests_to_a_frozen_node_are_each_answered_in_bounded
 
 
 def test_under_gunicorn_a_frozen_then_stopped_node_never_hangs_a_worker(
-    node, env, model_server, tmp_path
+    node, env, model_stand_in, tmp_path
 ):
     """Two threads, six requests at once on a frozen node: each is answered 503 in turn,
     /healthz still answers, and the same worker serves 200s once Cassandra is back."""
     settings = {**env, "WORKERS": "1", "THREADS": "2"}
-    with running_function(model_server, tmp_path / "unused.sqlite3", **settings) as url:
+    with running_function(model_stand_in.url, tmp_path / "unused.sqlite3", **settings) as url:
         session = requests.Session()
 
         def post(_: int = 0) -> tuple[requests.Response, float]:

@@ -104,6 +104,7 @@ def test_the_session_node_is_the_store_readiness_checks(client):
     assert ready["checks"]["prediction_store"] == "ok: cassandra"
 
 
+@pytest.mark.real_model
 def test_every_answer_of_a_batch_is_a_row_in_cassandra(client, cassandra, keyspace):
     names = list(UPLOADS)
     response = client.post("/predict", data=multipart(names), content_type="multipart/form-data")
@@ -118,6 +119,7 @@ def test_every_answer_of_a_batch_is_a_row_in_cassandra(client, cassandra, keyspa
         assert (row.model_version, row.model_label) == (STABLE_VERSION, "stable")
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("name", list(UPLOADS))
 def test_the_stored_image_is_the_upload_byte_for_byte(client, name):
     digit, media_type = UPLOADS[name]
@@ -207,13 +209,13 @@ def test_the_key_is_kept_as_a_digest_with_the_ids_it_stands_for(client, cassandr
 
 
 def test_racing_retries_on_two_workers_record_exactly_once(
-    model_server, cassandra, keyspace, tmp_path: Path
+    model_stand_in, cassandra, keyspace, tmp_path: Path
 ):
     """Eight simultaneous attempts with one key, through gunicorn with two worker processes:
     one claim wins Cassandra's IF NOT EXISTS, every attempt answers with its record ids."""
     image = upload("two-sideways.jpg")
     env = {**cassandra.env(keyspace), "WORKERS": "2", "THREADS": "4"}
-    with running_function(model_server, tmp_path / "unused.sqlite3", **env) as url:
+    with running_function(model_stand_in.url, tmp_path / "unused.sqlite3", **env) as url:
 
         def attempt(_: int) -> requests.Response:
             return requests.post(

@@ -316,11 +316,11 @@ def _workers_of(sqlite_path: Path) -> list[str]:
     return [pid for pid, parent in mine.items() if parent in mine]
 
 
-def test_no_worker_peaks_above_450_mb_across_the_corpus(model_server, tmp_path):
+def test_no_worker_peaks_above_450_mb_across_the_corpus(model_stand_in, tmp_path):
     """A real gunicorn worker with functions-framework's default threads (4 per core), the
     corpus sent twice over, eight requests at a time."""
     sqlite_path = tmp_path / "predictions.sqlite3"
-    with running_function(model_server, sqlite_path) as url:
+    with running_function(model_stand_in.url, sqlite_path) as url:
         (worker,) = _workers_of(sqlite_path)
         idle = _status_bytes("VmRSS", worker)
 

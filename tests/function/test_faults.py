@@ -2,103 +2,30 @@
 
 The client always gets a JSON error it can act on: 503 with Retry-After (try again soon)
 or 504 (the model server did not answer in MODEL_SERVER_TIMEOUT_SECONDS); /readyz names
-the failing part; and nothing is recorded for a prediction that did not happen. The real
-development model server cannot be made slow or broken, so those faults come from a
-stand-in that forwards to it and spoils the answer on demand.
+the failing part; and nothing is recorded for a prediction that did not happen. The
+model server is the in-process stand-in (tests/support/model_stand_in.py), which can be
+made slow, broken or killed on demand.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import functions_framework
 import pytest
-import requests
 
-from tests.conftest import PYTHON, ROOT, free_port, label_available, wait_until
+from tests.conftest import ROOT, free_port, shipped_stand_in
+from tests.support.model_stand_in import Fault, answer
 
 SEVEN = (ROOT / "tests" / "data" / "samples" / "seven.png").read_bytes()
 TIMEOUT_SECONDS = 1.0
 RETRIES = 2
 
 
-@dataclass(frozen=True)
-class Fault:
-    """How the stand-in misbehaves: late, and/or with `answer(status, body)` instead."""
-
-    everywhere: bool = False  # every request; else only predictions (labels still resolve)
-    delay: float = 0.0
-    answer: Callable[[int, bytes], tuple[int, bytes]] | None = None
-
-
-class FaultyModelServer(ThreadingHTTPServer):
-    """Forwards to the real model server, applying `fault`; counts the predictions asked."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.upstream = upstream
-        self.fault: Fault | None = None
-        self.predictions_asked = 0
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Forward(BaseHTTPRequestHandler):
-    server: FaultyModelServer
-
-    def do_GET(self) -> None:
-        self._forward("GET", None)
-
-    def do_POST(self) -> None:
-        self._forward("POST", self.rfile.read(int(self.headers["Content-Length"])))
-
-    def _forward(self, method: str, body: bytes | None) -> None:
-        predicting = self.path.endswith(":predict")
-        if predicting:
-            with self.server.lock:
-                self.server.predictions_asked += 1
-        fault = self.server.fault
-        if fault is not None and not (fault.everywhere or predicting):
-            fault = None
-        if fault is not None:
-            time.sleep(fault.delay)
-        real = requests.request(
-            method,
-            self.server.upstream + self.path,
-            data=body,
-            headers={"Content-Type": "application/json"},
-            timeout=30,
-        )
-        status, content = real.status_code, real.content
-        if fault is not None and fault.answer is not None:
-            status, content = fault.answer(status, content)
-        with contextlib.suppress(OSError):  # the function may have given up waiting
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def one_probability_short(status: int, body: bytes) -> tuple[int, bytes]:
-    """The real answer with nine probabilities per image instead of ten."""
+    """The model's answer with nine probabilities per image instead of ten."""
     answer = json.loads(body)
     outputs = answer["outputs"]
     outputs["probabilities"] = [row[:-1] for row in outputs["probabilities"]]
@@ -110,15 +37,6 @@ NOT_AN_OBJECT = Fault(answer=lambda status, body: (200, b"[]"))
 WRONG_SHAPE = Fault(answer=one_probability_short)
 INTERNAL_ERROR = Fault(answer=lambda status, body: (500, b'{"error": "Internal: kernel failed"}'))
 UNAVAILABLE = Fault(answer=lambda status, body: (503, b'{"error": "Servable not available"}'))
-
-
-@pytest.fixture
-def faulty(model_server) -> Iterator[FaultyModelServer]:
-    server = FaultyModelServer(model_server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def app_for(model_server_url: str, monkeypatch: pytest.MonkeyPatch):
@@ -162,11 +80,17 @@ def assert_not_ready(client, failing: str) -> dict:
 
 
 def test_through_the_stand_in_without_a_fault_the_function_answers(
-    faulty, function_env, monkeypatch
+    model_stand_in, function_env, monkeypatch
 ):
     """The control for every fault below: the stand-in itself breaks nothing."""
-    client = app_for(faulty.url, monkeypatch)
-    assert predict(client).status_code == 200
+    client = app_for(model_stand_in.url, monkeypatch)
+    response = predict(client)
+    assert response.status_code == 200
+    [prediction] = response.get_json()["predictions"]
+    [pixels] = model_stand_in.images  # what the function sent: the answer is the model's
+    probabilities, digits = answer(pixels, prediction["model"]["version"])
+    assert prediction["digit"] == digits[0]
+    assert prediction["probabilities"] == pytest.approx(probabilities[0].tolist(), abs=1e-6)
     assert client.get("/readyz").status_code == 200
     assert len(recorded(client)) == 1
 
@@ -179,48 +103,27 @@ def test_a_model_server_that_is_not_there_is_503_and_not_ready(function_env, mon
     assert checks["prediction_store"].startswith("ok")
 
 
-def serving(process: subprocess.Popen, url: str) -> bool:
-    if process.poll() is not None:
-        raise RuntimeError(f"the development model server exited with {process.returncode}")
-    return label_available(url)
-
-
 def test_a_killed_model_server_is_503_and_not_ready(function_env, monkeypatch):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            *(PYTHON, "-m", "serving", "--rest_api_port", str(port)),
-            "--allow_version_labels_for_unavailable_models",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    try:
-        wait_until(lambda: serving(server, url), "the development model server")
-        client = app_for(url, monkeypatch)
+    with shipped_stand_in() as server:
+        client = app_for(server.url, monkeypatch)
         assert predict(client).status_code == 200
-        server.kill()
-        server.wait(timeout=30)
+        server.close()  # the port refuses and the kept-alive connection is cut
         assert_error(predict(client), 503, "model_unavailable")
         assert_not_ready(client, "model_server")
         assert len(recorded(client)) == 1  # the prediction before the kill, nothing after
-    finally:
-        server.kill()
-        server.wait(timeout=30)
 
 
 def test_a_slow_prediction_is_504_after_the_timeout_and_asked_once(
-    faulty, function_env, monkeypatch
+    model_stand_in, function_env, monkeypatch
 ):
-    client = app_for(faulty.url, monkeypatch)
-    faulty.fault = Fault(delay=TIMEOUT_SECONDS + 3)
+    client = app_for(model_stand_in.url, monkeypatch)
+    model_stand_in.fault = Fault(delay=TIMEOUT_SECONDS + 3)
     started = time.monotonic()
     response = predict(client)
     elapsed = time.monotonic() - started
     assert "did not answer within 1 s" in assert_error(response, 504, "model_timeout")
     assert TIMEOUT_SECONDS <= elapsed < TIMEOUT_SECONDS + 1.5
-    assert faulty.predictions_asked == 1  # a timeout is not retried: the wait would double
+    assert model_stand_in.predictions_asked == 1  # a timeout is not retried: the wait would double
     assert recorded(client) == []
 
 
@@ -230,22 +133,22 @@ def test_a_slow_prediction_is_504_after_the_timeout_and_asked_once(
     ids=["not JSON", "not an object", "wrong shape", "500"],
 )
 def test_a_nonsense_prediction_is_503_asked_once_and_not_recorded(
-    faulty, function_env, monkeypatch, fault
+    model_stand_in, function_env, monkeypatch, fault
 ):
-    client = app_for(faulty.url, monkeypatch)
-    faulty.fault = fault
+    client = app_for(model_stand_in.url, monkeypatch)
+    model_stand_in.fault = fault
     assert_error(predict(client), 503, "model_unavailable")
-    assert faulty.predictions_asked == 1  # the same question would get the same nonsense
+    assert model_stand_in.predictions_asked == 1  # the same question would get the same nonsense
     assert recorded(client) == []
 
 
 def test_an_unavailable_model_server_is_retried_a_bounded_number_of_times(
-    faulty, function_env, monkeypatch
+    model_stand_in, function_env, monkeypatch
 ):
-    client = app_for(faulty.url, monkeypatch)
-    faulty.fault = UNAVAILABLE
+    client = app_for(model_stand_in.url, monkeypatch)
+    model_stand_in.fault = UNAVAILABLE
     assert "503" in assert_error(predict(client), 503, "model_unavailable")
-    assert faulty.predictions_asked == 1 + RETRIES
+    assert model_stand_in.predictions_asked == 1 + RETRIES
     assert recorded(client) == []
 
 
@@ -260,19 +163,19 @@ def test_an_unavailable_model_server_is_retried_a_bounded_number_of_times(
     ids=["slow", "not JSON", "500", "503"],
 )
 def test_readiness_names_a_model_server_that_answers_badly(
-    faulty, function_env, monkeypatch, fault
+    model_stand_in, function_env, monkeypatch, fault
 ):
-    client = app_for(faulty.url, monkeypatch)
-    faulty.fault = fault
+    client = app_for(model_stand_in.url, monkeypatch)
+    model_stand_in.fault = fault
     checks = assert_not_ready(client, "model_server")
     assert checks["prediction_store"].startswith("ok")
 
 
-def test_readiness_comes_back_with_the_model_server(faulty, function_env, monkeypatch):
-    client = app_for(faulty.url, monkeypatch)
-    faulty.fault = Fault(everywhere=True, answer=UNAVAILABLE.answer)
+def test_readiness_comes_back_with_the_model_server(model_stand_in, function_env, monkeypatch):
+    client = app_for(model_stand_in.url, monkeypatch)
+    model_stand_in.fault = Fault(everywhere=True, answer=UNAVAILABLE.answer)
     assert_not_ready(client, "model_server")
-    faulty.fault = None
+    model_stand_in.fault = None
     assert client.get("/readyz").status_code == 200
     assert predict(client).status_code == 200
 
@@ -281,22 +184,22 @@ def test_readiness_comes_back_with_the_model_server(faulty, function_env, monkey
 
 
 def test_a_store_that_cannot_be_opened_is_503_and_not_ready(
-    model_server, tmp_path, function_env, monkeypatch
+    model_url, tmp_path, function_env, monkeypatch
 ):
     """Its directory cannot be made (a file is in the way); chmod would not stop root."""
     (tmp_path / "not-a-directory").write_text("")
     monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "not-a-directory" / "predictions.sqlite3"))
-    client = app_for(model_server, monkeypatch)
+    client = app_for(model_url, monkeypatch)
     assert_error(predict(client), 503, "store_unavailable")
     checks = assert_not_ready(client, "prediction_store")
     assert checks["model_server"].startswith("ok")
 
 
 def test_a_store_removed_while_serving_is_503_never_a_200_without_a_record(
-    model_server, function_env, monkeypatch
+    model_url, function_env, monkeypatch
 ):
     """SQLite would go on writing to the deleted file: the 200 would rest on nothing."""
-    client = app_for(model_server, monkeypatch)
+    client = app_for(model_url, monkeypatch)
     assert predict(client).status_code == 200
     shutil.rmtree(function_env.parent)
     assert "deleted or replaced" in assert_error(predict(client), 503, "store_unavailable")

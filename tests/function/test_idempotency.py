@@ -1,7 +1,8 @@
 """Idempotency keys: a retried request never records twice and gets the same answer.
 
-The use case runs against the real SQLite log and the real development model server;
-the only stand-in is a log that fails one save, to retry after a failure at the store.
+The use case runs against the real SQLite log and the in-process model stand-in (the
+real development model server where the digits themselves are checked); the log that
+fails one save is there to retry after a failure at the store.
 """
 
 from __future__ import annotations
@@ -38,20 +39,21 @@ def log(tmp_path) -> Iterator[SqliteLog]:
     store.close()
 
 
-def recognizer_for(model_server: str, log: object) -> Recognizer:
-    model = ModelClient(model_server, "mnist", timeout_seconds=30, label_cache_seconds=5)
+def recognizer_for(model_url: str, log: object) -> Recognizer:
+    model = ModelClient(model_url, "mnist", timeout_seconds=30, label_cache_seconds=5)
     return Recognizer(model, log, "mnist", 40_000_000, 40_000_000, 256 * 1024)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def recognizer(model_server, log) -> Recognizer:
-    return recognizer_for(model_server, log)
+def recognizer(model_url, log) -> Recognizer:
+    return recognizer_for(model_url, log)
 
 
 def ids(recognition: Recognition) -> list:
     return [record.id for record in recognition.records]
 
 
+@pytest.mark.real_model
 def test_a_retry_with_the_same_key_records_nothing_new_and_gets_the_same_records(recognizer, log):
     first = recognizer.recognize([SEVEN, THREE], STABLE, "order-17")
     retry = recognizer.recognize([SEVEN, THREE], STABLE, "order-17")
@@ -152,9 +154,9 @@ class FailsFirstSave:
         return getattr(self.log, name)
 
 
-def test_a_key_whose_attempt_failed_at_the_store_can_be_retried_and_records_once(model_server, log):
+def test_a_key_whose_attempt_failed_at_the_store_can_be_retried_and_records_once(model_url, log):
     flaky = FailsFirstSave(log)
-    recognizer = recognizer_for(model_server, flaky)
+    recognizer = recognizer_for(model_url, flaky)
     with pytest.raises(StoreUnavailable):
         recognizer.recognize([SEVEN], STABLE, "order-22")
     assert log.recent(10) == []
@@ -166,10 +168,10 @@ def test_a_key_whose_attempt_failed_at_the_store_can_be_retried_and_records_once
     assert [r.id for r in log.recent(10)] == ids(retry)
 
 
-def test_a_key_is_forgotten_after_the_idempotency_window(model_server, tmp_path):
+def test_a_key_is_forgotten_after_the_idempotency_window(model_url, tmp_path):
     """Keys are kept for records.IDEMPOTENCY_WINDOW_SECONDS (a day); here for a moment."""
     log = SqliteLog(tmp_path / "predictions.sqlite3", idempotency_window_seconds=0.5)
-    recognizer = recognizer_for(model_server, log)
+    recognizer = recognizer_for(model_url, log)
     first = recognizer.recognize([SEVEN], STABLE, "order-23")
     time.sleep(0.6)
     later = recognizer.recognize([THREE], STABLE, "order-23")  # no longer "reused"

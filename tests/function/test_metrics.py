@@ -56,6 +56,7 @@ def client(function_env, monkeypatch):
     ).test_client()
 
 
+@pytest.mark.real_model
 def test_requests_predictions_stages_and_corrections_are_counted(client, mnist):
     pair = np.zeros((28, 56), dtype=np.uint8)
     pair[:, :28], pair[:, 28:] = mnist.x_test[2], mnist.x_test[1]  # a 1 beside a 2

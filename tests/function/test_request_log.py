@@ -227,13 +227,13 @@ def test_no_token_client_id_address_query_value_or_image_ever_reaches_the_log(
 
 
 @pytest.fixture
-def served_function(model_server, tmp_path):
+def served_function(model_stand_in, tmp_path):
     """`functions-framework` (gunicorn, 2 threads) with its stdout captured to a file."""
     port = free_port()
     stdout = tmp_path / "stdout.log"
     env = {
         **os.environ,
-        "MODEL_SERVER_URL": model_server,
+        "MODEL_SERVER_URL": model_stand_in.url,
         "SQLITE_PATH": str(tmp_path / "predictions.sqlite3"),
         "API_TOKEN": TOKEN,
         "THREADS": "2",

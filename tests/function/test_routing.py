@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import flask
 import numpy as np
@@ -25,6 +21,7 @@ from recognizer.model_client import (
 from recognizer.routing import Route
 from recognizer.service import Recognizer
 from tests.conftest import ROOT
+from tests.support.model_stand_in import ModelStandIn
 
 SEVEN = (ROOT / "tests" / "data" / "samples" / "seven.png").read_bytes()
 
@@ -217,49 +214,12 @@ def test_fallbacks_are_logged_once_a_minute_not_once_a_request(caplog):
 # -- a label moved and its old version unloaded while the function still had it cached ----
 
 
-class _MovingLabel(BaseHTTPRequestHandler):
-    """A model server whose `canary` label moves from 3 to 2, after which 3 is unloaded."""
-
-    def do_GET(self) -> None:
-        self._json(200, {"model_spec": {"name": "mnist", "version": str(self.server.canary)}})
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        version = int(self.path.split("/versions/")[1].split(":")[0])
-        self.server.predicted.append(version)
-        if version != self.server.canary:
-            self._json(
-                404, {"error": f"Servable not found for request: Specific(mnist, {version})"}
-            )
-        else:
-            self._json(200, {"outputs": {"probabilities": [[0.1] * 10], "digit": [0]}})
-
-    def _json(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def moving_label() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _MovingLabel)
-    server.canary, server.predicted = 3, []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def test_one_retry_after_forgetting_the_label_survives_an_unloaded_version(moving_label):
-    url = f"http://127.0.0.1:{moving_label.server_address[1]}"
-    client = ModelClient(url, "mnist", timeout_seconds=5, label_cache_seconds=60)
-    images = np.zeros((1, 28, 28), dtype=np.uint8)
-    assert client.predict_label(images, "canary").version == 3
-    moving_label.canary = 2  # the rollout moved the label, then unloaded version 3
-    assert client.predict_label(images, "canary").version == 2
-    assert moving_label.predicted == [3, 3, 2]
+def test_one_retry_after_forgetting_the_label_survives_an_unloaded_version():
+    with ModelStandIn(versions=(2, 3), labels={"canary": 3}) as server:
+        client = ModelClient(server.url, "mnist", timeout_seconds=5, label_cache_seconds=60)
+        images = np.zeros((1, 28, 28), dtype=np.uint8)
+        assert client.predict_label(images, "canary").version == 3
+        server.labels["canary"] = 2  # the rollout moved the label, then unloaded version 3
+        server.states[3] = "END"
+        assert client.predict_label(images, "canary").version == 2
+        assert server.predicted == [3, 3, 2]

@@ -394,13 +394,14 @@ def on_the_wire(value: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def odd_client(model_server, tmp_path_factory):
+def odd_client(tmp_path_factory):
     import functions_framework
 
-    from tests.conftest import ROOT, SHELL_SETTINGS
+    from tests.conftest import ROOT, SHELL_SETTINGS, shipped_stand_in
 
+    stand_in = shipped_stand_in().start()
     mp = pytest.MonkeyPatch()
-    mp.setenv("MODEL_SERVER_URL", model_server)
+    mp.setenv("MODEL_SERVER_URL", stand_in.url)
     mp.setenv("SQLITE_PATH", str(tmp_path_factory.mktemp("odd") / "p.sqlite3"))
     for name in SHELL_SETTINGS:
         mp.delenv(name, raising=False)
@@ -409,6 +410,7 @@ def odd_client(model_server, tmp_path_factory):
     app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
     yield app.test_client()
     mp.undo()
+    stand_in.close()
 
 
 def assert_contract(response) -> None:

@@ -156,6 +156,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.real_model
 def test_every_answer_says_how_far_to_trust_it_and_the_log_keeps_it(client, mnist):
     """Through HTTP and the store: an MNIST digit, and two digits side by side."""
     pair = placed(

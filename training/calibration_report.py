@@ -243,8 +243,8 @@ The "eval" split of `imagesets.nondigits`: {EVAL_PER_KIND} uploads of each kind,
 {nd["uploads"]} in all. {nd["blank_uploads"]} of them preprocess to BlankImage, which the service
 answers with 422 "no digit found" before any model sees them; the other {nd["count"]} are
 measured. Its random streams, fonts (DejaVu Serif and Sans Mono), MNIST digits (the test
-set) and four of its shapes never appear in v3's training, which used the "train"
-split, and no cut-off digit was trained on at all.
+set) and four of its shapes never appear in v3's or v4's training, which used the
+"train" split, and no cut-off digit was trained on at all.
 
 | version | mean top probability | >= 0.9 | >= 0.5 |
 | --- | --- | --- | --- |
@@ -290,6 +290,24 @@ doubting real digits.
   (and would use up held-out nondigits the evaluation needs). Outlier exposure leaves
   digit answers underconfident, so T comes out below 1: it sharpens digits back, and
   nondigits with them; the figures above are after it.
+
+## How v4 is calibrated
+
+- Two networks on the same pixels (`training/rejection.py`): v2's, unchanged, names
+  the digit; a copy of v2's network with a one-unit head, fine-tuned as a binary
+  classifier (MNIST's training digits, some of them rendered as uploads and phone
+  photos through the function's preprocessing, against the nondigits' "train" split,
+  cut-off digits left out as for v3), gives q, the probability that the input is not
+  a digit. The served probabilities are (1 - q) * softmax(z / T) + q / 10: they sum
+  to 1, their argmax is v2's (so is the MNIST accuracy), and a nondigit gets a flat
+  distribution, which the verdict turns away for its low top probability.
+- Temperature scaling as for v3, on v2's logits and the validation digits only. v2 is
+  a little overconfident there, so T comes out above 1 and softens digit answers:
+  the threshold that keeps the digit targets is lower with v4 than with v3.
+- The rejector was trained on batches 40% nondigits, far more than real uploads
+  hold, and doubted a tail of real digits: its logit is shifted by
+  `rejection.DOUBT_SHIFT` (a prior correction), chosen with VERDICT_MIN_CONFIDENCE on
+  the validation split of `python -m evaluation` ([v4's verdicts](v4/evaluation.md)).
 """
 
 
@@ -310,7 +328,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m training.calibration_report", description=__doc__
     )
-    parser.add_argument("--versions", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--versions", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--reports-dir", type=Path, default=ROOT / "docs" / "models")
     args = parser.parse_args()

@@ -77,6 +77,7 @@ train: setup
 	$(BIN)/python -m training --arch softmax --version 1
 	$(BIN)/python -m training --arch cnn --version 2
 	$(BIN)/python -m training --arch cnn_oe --version 3
+	$(BIN)/python -m training --arch cnn_reject --version 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache var test-artifacts  # the jar cache stays

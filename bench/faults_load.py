@@ -217,7 +217,7 @@ def start_cassandra(root: Path):
     from infra.cassandra.__main__ import schema_statements
     from infra.cassandra.apply_schema import apply
     from infra.cassandra.local import LocalCluster, free_ports
-    from recognizer.cassandra_log import CassandraSettings
+    from recognizer.cassandra_store import CassandraSettings
 
     native, storage, jmx = free_ports(3, ["127.0.0.1"])
     cluster = LocalCluster(

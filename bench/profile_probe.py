@@ -50,9 +50,9 @@ STAGES = [
     ("model client: JSON encode", "recognizer.model_client:predict_body"),
     ("model client: requests", "requests:Session.request"),
     ("model client: urllib3, http.client", "urllib3:HTTPConnectionPool.urlopen"),
-    ("SQLite write: insert, commit", "recognizer.sqlite_log:SqliteLog.save"),
-    ("SQLite write: rows", "recognizer.sqlite_log:_to_row"),
-    ("SQLite write: file checks (os.stat)", "recognizer.sqlite_log:SqliteLog._moved"),
+    ("SQLite write: insert, commit", "recognizer.sqlite_store:SqliteStore.save"),
+    ("SQLite write: rows", "recognizer.sqlite_store:_to_row"),
+    ("SQLite write: file checks (os.stat)", "recognizer.sqlite_store:SqliteStore._moved"),
     ("request log: JSON line", "recognizer.request_log:line"),
     ("request log: write", "recognizer.request_log:emit"),
 ]

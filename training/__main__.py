@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--reports-dir", type=Path, default=ROOT / "docs" / "models")
     store = parser.add_argument_group("--from-store: a new version from people's corrections")
-    store.add_argument("--from-store", action="store_true", help="train from the prediction log")
+    store.add_argument("--from-store", action="store_true", help="train from the prediction store")
     store.add_argument("--store", choices=["sqlite", "cassandra"],
                        default=default_store)  # fmt: skip
     store.add_argument("--sqlite", type=Path, default=default_sqlite,

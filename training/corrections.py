@@ -1,4 +1,4 @@
-"""What users corrected, read from the prediction log: the training data of `--from-store`.
+"""What users corrected, read from the prediction store: the training data of `--from-store`.
 
 A correction is a person's claim about an upload (README, "Corrections"): the 28x28 input
 the model saw, and the digit it really was, or None for "not a digit". Read from SQLite
@@ -33,7 +33,7 @@ class Correction:
 def from_sqlite(path: Path) -> list[Correction]:
     """Every corrected record of the function's SQLite log."""
     if not path.is_file():
-        raise FileNotFoundError(f"no prediction log at {path}")
+        raise FileNotFoundError(f"no prediction store at {path}")
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     try:
         columns = {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
@@ -54,7 +54,7 @@ def from_sqlite(path: Path) -> list[Correction]:
 def from_cassandra(days: int, now: datetime | None = None) -> list[Correction]:
     """Corrected records of the last `days` UTC days, through the function's CASSANDRA_*
     settings. Each day is one partition read in pages; only corrected rows are kept."""
-    from recognizer.cassandra_log import TABLE, CassandraSettings, build_cluster
+    from recognizer.cassandra_store import TABLE, CassandraSettings, build_cluster
 
     settings = CassandraSettings.from_env()
     cluster = build_cluster(settings)
@@ -92,7 +92,7 @@ def _correction(
 
 
 def deduplicated(corrections: Iterable[Correction]) -> list[Correction]:
-    """One correction per upload (its SHA-256): the latest, as the log itself keeps."""
+    """One correction per upload (its SHA-256): the latest, as the store itself keeps."""
     latest: dict[str, Correction] = {}
     for correction in corrections:
         kept = latest.get(correction.upload_sha256)
@@ -103,6 +103,6 @@ def deduplicated(corrections: Iterable[Correction]) -> list[Correction]:
 
 def held_out(correction: Correction, share: float, seed: int) -> bool:
     """Whether an upload belongs to the held-out split: decided by its SHA-256 and the
-    seed alone, so an upload stays on its side however the log grows."""
+    seed alone, so an upload stays on its side however the store grows."""
     digest = hashlib.sha256(f"{seed}:{correction.upload_sha256}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share

@@ -1,9 +1,9 @@
 """`python -m training --from-store`: a new version from MNIST and what users corrected.
 
-1. Read the corrected records from the prediction log (training/corrections.py), one per
+1. Read the corrected records from the prediction store (training/corrections.py), one per
    upload SHA-256 (its latest correction).
 2. Hold out a share of them, chosen by each upload's SHA-256, so the same uploads are
-   held out however the log grows.
+   held out however the store grows.
 3. Fine-tune the version that serves `stable` (or `--from-version`) as v3 was made
    (training/outlier_exposure.py): MNIST's training digits plus the corrected digits,
    with the nondigit uploads and the uploads people marked "not a digit" as outliers,

@@ -1,4 +1,4 @@
-"""The recognize function: preprocessing, the model-server client, the prediction log, HTTP."""
+"""The recognize function: preprocessing, the model-server client, the prediction store, HTTP."""
 
 # One import root: function/ is the function's deploy root, and every tool has it on
 # sys.path too (the venv's .pth, written by the Makefile). Imported under another name

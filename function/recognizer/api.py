@@ -145,7 +145,7 @@ class Api:
             methods = ", ".join(sorted(adapter.allowed_methods(request.path)))
             return flask.Response(status=204, headers={"Allow": methods})
         access.authorize(request, endpoint, self._settings)
-        if endpoint == "predict":  # the one endpoint with model facts for the log
+        if endpoint == "predict":  # the one endpoint with model facts for the request log
             return self._predict(request, facts, client)
         return self._endpoints[endpoint](request, **arguments)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from recognizer.budget import DecodeBudget
 from recognizer.config import Settings
 from recognizer.model_client import ModelClient
-from recognizer.records import PredictionLog
+from recognizer.records import PredictionStore
 from recognizer.service import Recognizer
 
 
@@ -20,7 +20,7 @@ from recognizer.service import Recognizer
 class Clients:
     recognizer: Recognizer
     model: ModelClient
-    store: PredictionLog
+    store: PredictionStore
 
     def close(self) -> None:
         self.model.close()
@@ -51,12 +51,12 @@ def connect(settings: Settings) -> Clients:
     return Clients(recognizer, model, store)
 
 
-def open_store(settings: Settings) -> PredictionLog:
+def open_store(settings: Settings) -> PredictionStore:
     if settings.prediction_store == "cassandra":
         # Imported here: only deployments with Cassandra pay for its driver.
-        from recognizer.cassandra_log import CassandraLog
+        from recognizer.cassandra_store import CassandraStore
 
-        return CassandraLog(settings.cassandra)
-    from recognizer.sqlite_log import SqliteLog
+        return CassandraStore(settings.cassandra)
+    from recognizer.sqlite_store import SqliteStore
 
-    return SqliteLog(settings.sqlite_path)
+    return SqliteStore(settings.sqlite_path)

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 
 import flask
 
-from recognizer import routing, uploads
+from recognizer import canary, uploads
+from recognizer.canary import Route
 from recognizer.config import LABEL_PATTERN, Settings
 from recognizer.errors import InvalidParameter, UnknownPrediction
-from recognizer.routing import Route
 
 # ASCII digits only: str.isdigit() also takes superscripts and circled digits, which int()
 # then refuses.
@@ -20,12 +20,12 @@ INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add 
 
 
 def client_key(request: flask.Request) -> str:
-    """Who sent the request, for canary buckets and the request log (routing.client_key)."""
-    return routing.client_key(request.headers.get("X-Client-Id"), request.remote_addr)
+    """Who sent the request, for canary buckets and the request log (canary.client_key)."""
+    return canary.client_key(request.headers.get("X-Client-Id"), request.remote_addr)
 
 
 def route(args: Mapping[str, str], settings: Settings, client: str) -> Route:
-    """A pinned version or label; else canary or stable, sticky per client (routing.py)."""
+    """A pinned version or label; else canary or stable, sticky per client (canary.py)."""
     if "version" in args and "label" in args:
         raise InvalidParameter("pin either a version or a label, not both")
     if "version" in args:
@@ -37,7 +37,7 @@ def route(args: Mapping[str, str], settings: Settings, client: str) -> Route:
         if not LABEL_PATTERN.fullmatch(args["label"]):
             raise InvalidParameter("label must be 1-64 letters, digits, '_' or '-'")
         return Route(label=args["label"])
-    return routing.unpinned(
+    return canary.unpinned(
         client, settings.canary_percent, settings.model_label, settings.canary_label
     )
 

@@ -1,6 +1,6 @@
-"""What the prediction log keeps, and the small interface every store implements.
+"""What the prediction store keeps, and the small interface every store implements.
 
-The function only talks to `PredictionLog`; SQLite (local default) and Cassandra
+The function only talks to `PredictionStore`; SQLite (local default) and Cassandra
 (production) are interchangeable behind it.
 """
 
@@ -86,7 +86,7 @@ def time_of(record_id: uuid.UUID) -> datetime:
     return _UUID_EPOCH + timedelta(milliseconds=record_id.time // 10_000)
 
 
-class PredictionLog(Protocol):
+class PredictionStore(Protocol):
     """An append-only, time-ordered log of predictions."""
 
     def save(self, records: Sequence[Record]) -> None:
@@ -117,4 +117,4 @@ class PredictionLog(Protocol):
         """Raise StoreUnavailable unless the store answers."""
 
     def close(self) -> None:
-        """Release connections; the log is not used afterwards."""
+        """Release connections; the store is not used afterwards."""

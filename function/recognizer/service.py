@@ -1,7 +1,7 @@
 """The recognize use case: images in, recorded predictions out.
 
 A request may carry an idempotency key. Its first attempt claims the key in the
-prediction log together with a digest of the request and the record ids it will write;
+prediction store together with a digest of the request and the record ids it will write;
 a retry finds that claim and either returns those records (when they were written) or
 predicts again into the same ids, so no retry, however timed, records twice.
 """
@@ -23,17 +23,17 @@ import numpy as np
 
 from recognizer import preprocess
 from recognizer.budget import DecodeBudget
+from recognizer.canary import Route
 from recognizer.model_client import ModelAnswer, ModelClient, ModelUnavailable, UnknownModel
 from recognizer.records import (
     IdempotencyClaim,
-    PredictionLog,
+    PredictionStore,
     Record,
     StoreUnavailable,
     Upload,
     new_record_id,
     time_of,
 )
-from recognizer.routing import Route
 from recognizer.verdict import Shape, VerdictPolicy, judge, measure
 
 __all__ = [
@@ -86,7 +86,7 @@ class Recognizer:
     def __init__(
         self,
         model: ModelClient,
-        log: PredictionLog,
+        store: PredictionStore,
         model_name: str,
         max_image_pixels: int,
         max_request_pixels: int,
@@ -96,7 +96,7 @@ class Recognizer:
         verdict_policy: VerdictPolicy | None = None,
     ) -> None:
         self._model = model
-        self._log = log
+        self._store = store
         self._model_name = model_name
         self._max_pixels = max_image_pixels
         self._max_request_pixels = max_request_pixels
@@ -162,7 +162,7 @@ class Recognizer:
             )
             for n, image in enumerate(images)
         ]
-        self._log.save(records)
+        self._store.save(records)
         clock.lap("store")
         return Recognition(records, clock.laps_ms)
 
@@ -176,13 +176,13 @@ class Recognizer:
         """The record ids this key stands for, and their records if an earlier attempt
         wrote them all (None otherwise: predict again, into the same ids)."""
         request = _request_digest(images, route)
-        claim = self._log.claim(key_sha256, IdempotencyClaim(request, record_ids))
+        claim = self._store.claim(key_sha256, IdempotencyClaim(request, record_ids))
         if claim.request_sha256 != request:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was already used for a different request; "
                 "use a new key for new images"
             )
-        earlier = [self._log.get(record_id) for record_id in claim.record_ids]
+        earlier = [self._store.get(record_id) for record_id in claim.record_ids]
         found = [record for record in earlier if record is not None]
         return claim.record_ids, found if len(found) == len(earlier) else None
 
@@ -202,7 +202,7 @@ class Recognizer:
         """Give the key back; if that fails, the client still gets its 4xx (and the key
         expires with the window, as before)."""
         try:
-            self._log.release(key_sha256, IdempotencyClaim(request, record_ids))
+            self._store.release(key_sha256, IdempotencyClaim(request, record_ids))
         except StoreUnavailable as error:
             log.warning("could not release an idempotency key: %s", error)
 
@@ -211,7 +211,7 @@ class Recognizer:
 
         The answer (and so the record) then carries the fallback's label and version: the
         label names what actually routed the request, so per-label and per-version figures
-        in the log never mix one version's answers into another's. A timeout does not fall
+        in the store never mix one version's answers into another's. A timeout does not fall
         back: a second call would double the wait the client already had.
         """
         if route.version is not None:
@@ -285,7 +285,7 @@ class Recognizer:
 
 
 def _key_digest(key: str) -> str:
-    """What the log keeps of a key: its SHA-256, so the log never holds a client's secret."""
+    """What the store keeps of a key: its SHA-256, so the store never holds a client's secret."""
     if not IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII characters")
     return hashlib.sha256(key.encode("ascii")).hexdigest()

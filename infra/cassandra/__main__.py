@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from recognizer.cassandra_log import DRIVER_ERRORS, CassandraSettings
+from recognizer.cassandra_store import DRIVER_ERRORS, CassandraSettings
 
 from .apply_schema import SCHEMA, apply, render, split_statements
 from .local import DATACENTER, LauncherError, LocalCluster, cassandra_lib, java_executable

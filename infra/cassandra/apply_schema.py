@@ -1,7 +1,7 @@
 """Apply infra/cassandra/schema.cql idempotently: `python -m infra.cassandra.apply_schema`.
 
 Connects with the same CASSANDRA_* settings as the function (see
-function/recognizer/cassandra_log.py). Every statement in the file is IF NOT EXISTS, so
+function/recognizer/cassandra_store.py). Every statement in the file is IF NOT EXISTS, so
 running this again is harmless. --replication replaces the keyspace's replication map
 (only when the keyspace is created: an existing keyspace needs ALTER KEYSPACE).
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from recognizer.cassandra_log import DRIVER_ERRORS, CassandraSettings, build_cluster
+from recognizer.cassandra_store import DRIVER_ERRORS, CassandraSettings, build_cluster
 
 SCHEMA = Path(__file__).with_name("schema.cql")
 SCHEMA_KEYSPACE = "mnist"  # the keyspace name written in schema.cql

@@ -3,7 +3,7 @@
 Pure: no files, no clock, no server. Each signal gets a check whose outcome is ok,
 worse or inconclusive, with the sentence a person reads:
 
-- Accuracy from corrections (logstats.is_right): the difference canary - stable with
+- Accuracy from corrections (figures.is_right): the difference canary - stable with
   the Newcombe hybrid score interval at 1 - alpha, and the pooled two-proportion z-test's
   p-value beside it. Worse when the whole interval is below 0; ok when it lies above
   -margin (the canary is at most `accuracy_margin` less accurate); otherwise inconclusive,
@@ -17,7 +17,7 @@ worse or inconclusive, with the sentence a person reads:
 - Latency p50 and p99 (no interval): judged once both versions have `min_requests`
   records; worse when the canary's is more than `latency_increase` higher and by more
   than `latency_slack_ms`.
-- Errors: the log records answered predictions only, so it has no error share; the check
+- Errors: the store records answered predictions only, so it has no error share; the check
   says so and does not decide.
 
 The decision: roll back if any check is worse; else wait if any is inconclusive (or a
@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infra.rollout import stats
-from infra.rollout.logstats import VersionFigures
+from infra.rollout.figures import VersionFigures
 
 PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
 OK, WORSE, INCONCLUSIVE, NOT_JUDGED = "ok", "worse", "inconclusive", "not judged"
@@ -101,7 +101,7 @@ def decide(
         Check(
             "errors",
             NOT_JUDGED,
-            "error share: not in the log, which records answered predictions only (a failed "
+            "error share: not in the store, which records answered predictions only (a failed "
             "request leaves no record); watch the function's 5xx rate in its request log",
         ),
     )

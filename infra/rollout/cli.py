@@ -5,11 +5,11 @@
     promote                point `stable` at the canary's version
     rollback               point `canary` back at stable's version, unload the rejected one
     rollback --stable      point `stable` (and a canary that followed it) at the previous version
-    analyze [--apply]      canary against stable over the log: promote, roll back or wait
+    analyze [--apply]      canary against stable over the store: promote, roll back or wait
 
 `analyze` exits with a status a pipeline can branch on: 0 promote (recommended, or done
 with --apply), 3 wait (not enough evidence yet; nothing changed), 4 roll back
-(recommended, or done with --apply); 1 is an error (no canary, an unreadable log, a
+(recommended, or done with --apply); 1 is an error (no canary, an unreadable store, a
 refused change) and 2 a usage error. Its rules are in infra/rollout/analysis.py.
 
 Each step re-reads models.config, checks nobody else changed it, validates the new
@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from infra.rollout import analysis, logstats, plan, report
+from infra.rollout import analysis, figures, plan, report
 from infra.rollout.errors import RolloutError
 from infra.rollout.plan import Facts, Step
 from infra.rollout.push import push_config
@@ -59,7 +59,7 @@ exit status:
   0  promote: recommended, or done with --apply
   3  wait: not enough evidence yet; nothing changed
   4  roll back: recommended, or done with --apply
-  1  an error (no canary, an unreadable log, a refused or failed change)
+  1  an error (no canary, an unreadable store, a refused or failed change)
   2  a usage error
 """
 
@@ -181,7 +181,7 @@ def converged(server: ServerView, current: Served, target: Served) -> Callable[[
 def status(deployment: Deployment, args: argparse.Namespace) -> str:
     _, config = deployment.read()
     served = served_of(config, deployment.model)
-    if args.json:  # the log's figures only; an unreadable log is an error, not a line
+    if args.json:  # the store's figures only; an unreadable store is an error, not a line
         _, figures = _window_figures(args)
         return json.dumps(report.status_json(figures, served))
     labels = sorted(set(served.labels) | {args.stable_label, args.canary_label})
@@ -212,7 +212,7 @@ def status(deployment: Deployment, args: argparse.Namespace) -> str:
 
 
 def analyze(deployment: Deployment, args: argparse.Namespace) -> int:
-    """Decide on the canary from the log; with --apply, promote or roll back as decided."""
+    """Decide on the canary from the store; with --apply, promote or roll back as decided."""
     _, config = deployment.read()
     served = served_of(config, deployment.model)
     stable = served.labels.get(args.stable_label)
@@ -263,17 +263,17 @@ def analyze(deployment: Deployment, args: argparse.Namespace) -> int:
     return EXIT_STATUS[decision.action]
 
 
-def _window_figures(args: argparse.Namespace) -> tuple[str, list[logstats.VersionFigures]]:
-    """Where the log is read from, and its figures per version over the window."""
+def _window_figures(args: argparse.Namespace) -> tuple[str, list[figures.VersionFigures]]:
+    """Where the store is read from, and its figures per version over the window."""
     since = datetime.now(UTC) - timedelta(hours=args.window_hours)
     source, read_rows = _log_reader(args)
-    return source, logstats.summarize(read_rows(since), args.low_confidence)
+    return source, figures.summarize(read_rows(since), args.low_confidence)
 
 
 def _log_reader(args: argparse.Namespace) -> tuple[str, Callable[[datetime], list]]:
     if args.store == "cassandra":
-        return "Cassandra (CASSANDRA_* settings)", logstats.cassandra_rows
-    return f"SQLite {args.sqlite}", lambda since: logstats.sqlite_rows(args.sqlite, since)
+        return "Cassandra (CASSANDRA_* settings)", figures.cassandra_rows
+    return f"SQLite {args.sqlite}", lambda since: figures.sqlite_rows(args.sqlite, since)
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -323,7 +323,7 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     )
     reading = argparse.ArgumentParser(add_help=False)
     reading.add_argument(
-        "--window-hours", type=float, default=24.0, help="hours of the log to read (%(default)g)"
+        "--window-hours", type=float, default=24.0, help="hours of the store to read (%(default)g)"
     )
     reading.add_argument(
         "--low-confidence",

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from infra.rollout.analysis import INCONCLUSIVE, WORSE, Decision
-from infra.rollout.logstats import VersionFigures
+from infra.rollout.figures import VersionFigures
 from infra.rollout.served import Served
 from recognizer.model_client import VersionState
 from recognizer.verdict import VERDICTS
@@ -42,7 +42,7 @@ def render_status(facts: StatusFacts) -> str:
             "",
             _versions_table(facts),
             "",
-            f"prediction log: {facts.log_source}, last {facts.window_hours:g} h, "
+            f"prediction store: {facts.log_source}, last {facts.window_hours:g} h, "
             f"low confidence = below {facts.low_confidence:g}",
             _figures_table(facts),
             ACCURACY_NOTE,
@@ -190,7 +190,7 @@ def render_analysis(facts: AnalysisFacts) -> str:
         [
             f"model {facts.model}: version {facts.canary_version} ({facts.canary_label}) "
             f"against version {facts.stable_version} ({facts.stable_label})",
-            f"prediction log: {facts.log_source}, last {facts.window_hours:g} h, "
+            f"prediction store: {facts.log_source}, last {facts.window_hours:g} h, "
             f"low confidence = below {facts.low_confidence:g}",
             _figures_rows(present) if present else "  no predictions of either version",
             "",

@@ -25,7 +25,7 @@ from cassandra.policies import WhiteListRoundRobinPolicy
 
 from infra.cassandra.__main__ import apply_local_schema
 from infra.cassandra.local import LocalCluster, on_free_ports
-from recognizer.cassandra_log import CassandraLog, CassandraSettings, build_cluster, day_of
+from recognizer.cassandra_store import CassandraSettings, CassandraStore, build_cluster, day_of
 from tests.conftest import ROOT
 from tests.support.cassandra import start_test_node
 from tests.support.function_server import running_function
@@ -193,7 +193,7 @@ def test_a_node_killed_under_load_loses_no_acknowledged_write(ring, settings, fu
     statuses = Counter(o.status for o in outcomes)
     failures = [o for o in outcomes if o.status != 200]
     acknowledged = [o.record_id for o in outcomes if o.status == 200]
-    log = CassandraLog(settings)
+    log = CassandraStore(settings)
     try:
         lost = [i for i in acknowledged if log.get(uuid.UUID(i)) is None]
     finally:

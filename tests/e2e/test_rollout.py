@@ -30,7 +30,7 @@ import requests
 from PIL import Image
 
 from infra.rollout.served import Served, parse, render, served_of, with_served
-from recognizer import preprocess, routing
+from recognizer import canary, preprocess
 from tests.conftest import PYTHON, ROOT, free_port, wait_until
 from tests.support.dev_model_server import dev_model_server
 from training.train import train_version
@@ -174,7 +174,7 @@ def wait_for_label(stack: Stack, label: str, version: int) -> None:
 
 
 def in_canary(client: str) -> bool:
-    return routing.bucket(routing.client_key(client, None)) < CANARY_PERCENT
+    return canary.bucket(canary.client_key(client, None)) < CANARY_PERCENT
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`python -m infra.rollout analyze` as a pipeline runs it: on logs with people's corrections.
 
-Records and corrections are written by the function's own stores (SqliteLog, and
-CassandraLog on the session's live node), and the tool runs as a subprocess. With the
+Records and corrections are written by the function's own stores (SqliteStore, and
+CassandraStore on the session's live node), and the tool runs as a subprocess. With the
 development model server serving a temporary tree (versions 1, 2 and a copy of 2 as 3;
 stable 2, canary 3), `--apply` goes all the way: a thin log waits and changes nothing, a
 less accurate canary is rolled back and unloaded, a canary as good as stable is promoted.
@@ -23,10 +23,10 @@ import requests
 
 from infra.rollout.served import Served, parse, render, served_of, with_served
 from infra.rollout.stats import wilson
-from recognizer.cassandra_log import CassandraLog
-from recognizer.sqlite_log import SqliteLog
+from recognizer.cassandra_store import CassandraStore
+from recognizer.sqlite_store import SqliteStore
 from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, wait_until
-from tests.infra.rollout.corrected_log import Traffic, traffic, write
+from tests.infra.rollout.corrected_store import Traffic, traffic, write
 from tests.support.dev_model_server import dev_model_server, label_available
 
 CANARY_AT_3 = Served(frozenset({1, 2, 3}), {"stable": 2, "canary": 3})
@@ -83,8 +83,8 @@ def rollout(
     return done
 
 
-def sqlite_log(path: Path, *batches: Traffic) -> dict[str, str]:
-    log = SqliteLog(path)
+def sqlite_store(path: Path, *batches: Traffic) -> dict[str, str]:
+    log = SqliteStore(path)
     try:
         write(log, *batches)
     finally:
@@ -104,7 +104,7 @@ def test_a_pipeline_waits_then_rolls_back_then_promotes(tree, tmp_path):
         )  # fmt: skip
 
     # 20 corrections a side: nothing can be told yet, and --apply changes nothing.
-    thin = sqlite_log(
+    thin = sqlite_store(
         tmp_path / "thin.sqlite3",
         traffic(2, "stable", 200, 20, 19),
         traffic(3, "canary", 200, 20, 19),
@@ -116,7 +116,7 @@ def test_a_pipeline_waits_then_rolls_back_then_promotes(tree, tmp_path):
     assert served(tree) == CANARY_AT_3
 
     # The canary is right on 70% of its corrections, stable on 97%: roll it back.
-    worse = sqlite_log(
+    worse = sqlite_store(
         tmp_path / "worse.sqlite3",
         traffic(2, "stable", 400, 200, 194),
         traffic(3, "canary", 400, 200, 140),
@@ -136,7 +136,7 @@ def test_a_pipeline_waits_then_rolls_back_then_promotes(tree, tmp_path):
         server=tree.model_server,
     )  # fmt: skip
     assert started.returncode == 0, started.stderr[-2000:]
-    good = sqlite_log(
+    good = sqlite_store(
         tmp_path / "good.sqlite3",
         traffic(2, "stable", 400, 200, 194, low_confidence=20),
         traffic(3, "canary", 400, 200, 195, low_confidence=18),
@@ -160,7 +160,7 @@ def test_a_pipeline_waits_then_rolls_back_then_promotes(tree, tmp_path):
 
 
 def test_status_json_counts_what_the_log_holds(tree, tmp_path):
-    env = sqlite_log(
+    env = sqlite_store(
         tmp_path / "log.sqlite3",
         traffic(2, "stable", 300, 100, 96, low_confidence=30),
         traffic(3, "canary", 120, 40, 30),
@@ -205,7 +205,7 @@ def test_status_json_counts_what_the_log_holds(tree, tmp_path):
 def test_analyze_reads_corrections_from_cassandra(cassandra, tmp_path):
     keyspace = cassandra.keyspace("analyze")
     env = cassandra.env(keyspace)
-    log = CassandraLog.from_env(env)
+    log = CassandraStore.from_env(env)
     try:
         write(log, traffic(2, "stable", 150, 100, 97), traffic(3, "canary", 150, 100, 60))
     finally:

@@ -1,4 +1,4 @@
-"""`python -m infra.rollout status` reading the prediction log from either store.
+"""`python -m infra.rollout status` reading the prediction store from either store.
 
 The function runs under gunicorn (functions-framework's production server) on SQLite or
 on a keyspace of the session's live Cassandra node, and real predictions go through it:
@@ -26,9 +26,9 @@ import pytest
 import requests
 from cassandra.util import uuid_from_time
 
-from recognizer.cassandra_log import CassandraLog
+from recognizer.cassandra_store import CassandraStore
 from recognizer.records import Record, Upload, time_of
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 from tests.conftest import PYTHON, ROOT, SHELL_SETTINGS, STABLE_VERSION, free_port
 from tests.support.cassandra_function import stored
 from tests.support.function_server import running_function
@@ -130,9 +130,9 @@ def old_record(days: float) -> Record:
 
 def write_directly(deployment: Deployment, record: Record) -> None:
     if deployment.store == "sqlite":
-        log = SqliteLog(deployment.sqlite)
+        log = SqliteStore(deployment.sqlite)
     else:
-        log = CassandraLog.from_env(deployment.env)
+        log = CassandraStore.from_env(deployment.env)
     try:
         log.save([record])
     finally:
@@ -144,7 +144,7 @@ def test_status_counts_every_recorded_image_per_version_and_label(
 ):
     report = status(model_server, deployment.env)
     source = "Cassandra (CASSANDRA_* settings)" if deployment.store == "cassandra" else "SQLite"
-    assert f"prediction log: {source}" in report
+    assert f"prediction store: {source}" in report
     expected = {v: (sum(labels.values()), labels) for v, labels in EXPECTED.items()}
     assert figures(report) == expected
     cassandra = request.getfixturevalue("cassandra") if deployment.store == "cassandra" else None
@@ -175,7 +175,7 @@ def test_status_names_a_cassandra_it_cannot_reach(model_server):
         "CASSANDRA_CONNECT_TIMEOUT_SECONDS": "2",
     }
     report = status(model_server, env)
-    assert "prediction log: Cassandra (CASSANDRA_* settings)" in report
+    assert "prediction store: Cassandra (CASSANDRA_* settings)" in report
     assert re.search(r"^  cannot connect to Cassandra: NoHostAvailable", report, re.M), report
     row = rf"^  {STABLE_VERSION}\s+yes\s+ok\s+yes\s+canary, stable\s+AVAILABLE"
     assert re.search(row, report, re.M)

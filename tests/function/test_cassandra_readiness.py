@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from recognizer.cassandra_log import CassandraLog, build_cluster
+from recognizer.cassandra_store import CassandraStore, build_cluster
 from recognizer.records import IdempotencyClaim, StoreUnavailable, new_record_id
 from tests.conftest import ROOT
 from tests.function.records_factory import make_record
@@ -70,7 +70,7 @@ def test_readiness_fails_after_a_failed_write_until_a_write_works(
 
 def test_a_failed_claim_counts_as_a_failed_write_and_a_save_that_works_clears_it(cassandra):
     keyspace = cassandra.keyspace("ready")
-    log = CassandraLog(cassandra.settings(keyspace))
+    log = CassandraStore(cassandra.settings(keyspace))
     try:
         log.save([make_record()])
         with replication(cassandra, keyspace, 2) as fix:

@@ -14,16 +14,16 @@ from collections.abc import Iterator, Sequence
 import functions_framework
 import pytest
 
+from recognizer.canary import Route
 from recognizer.model_client import ModelClient
 from recognizer.records import Record, StoreUnavailable
-from recognizer.routing import Route
 from recognizer.service import (
     IdempotencyKeyReused,
     InvalidIdempotencyKey,
     Recognition,
     Recognizer,
 )
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 from tests.conftest import ROOT, free_port
 
 SAMPLES = ROOT / "tests" / "data" / "samples"
@@ -33,8 +33,8 @@ STABLE = Route("stable")
 
 
 @pytest.fixture
-def log(tmp_path) -> Iterator[SqliteLog]:
-    store = SqliteLog(tmp_path / "log" / "predictions.sqlite3")
+def log(tmp_path) -> Iterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "log" / "predictions.sqlite3")
     yield store
     store.close()
 
@@ -140,7 +140,7 @@ def test_racing_retries_with_one_key_record_exactly_once(recognizer, log):
 class FailsFirstSave:
     """The real log, except that its first save fails as an unreachable store would."""
 
-    def __init__(self, log: SqliteLog) -> None:
+    def __init__(self, log: SqliteStore) -> None:
         self.log = log
         self.refused: list[Record] = []
 
@@ -170,7 +170,7 @@ def test_a_key_whose_attempt_failed_at_the_store_can_be_retried_and_records_once
 
 def test_a_key_is_forgotten_after_the_idempotency_window(model_url, tmp_path):
     """Keys are kept for records.IDEMPOTENCY_WINDOW_SECONDS (a day); here for a moment."""
-    log = SqliteLog(tmp_path / "predictions.sqlite3", idempotency_window_seconds=0.5)
+    log = SqliteStore(tmp_path / "predictions.sqlite3", idempotency_window_seconds=0.5)
     recognizer = recognizer_for(model_url, log)
     first = recognizer.recognize([SEVEN], STABLE, "order-23")
     time.sleep(0.6)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recognizer.canary import Route
 from recognizer.model_client import ModelAnswer, UnknownModel
-from recognizer.routing import Route
 from recognizer.service import Recognizer
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ class _Model:
 
 
 def test_a_key_first_used_on_a_refused_request_can_be_used_again(sqlite_path):
-    store = SqliteLog(sqlite_path)
+    store = SqliteStore(sqlite_path)
     recognizer = Recognizer(_Model(), store, "mnist", 40_000_000, 40_000_000, 262_144)
     with pytest.raises(UnknownModel):
         recognizer.recognize([png()], Route(label="stable", version=9), "key-1")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from recognizer.records import StoreUnavailable
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 from tests.function.records_factory import make_record
 
 
@@ -57,7 +57,7 @@ def test_a_write_after_the_files_changed_is_refused_and_every_acknowledged_one_k
 ):
     """Deleting -wal under load: every later commit went into the deleted file, answered
     200 and was lost. Now each acknowledged write is in the files at the path."""
-    store = SqliteLog(sqlite_path)
+    store = SqliteStore(sqlite_path)
     acknowledged = []
     first = make_record()
     store.save([first])
@@ -78,7 +78,7 @@ def test_a_write_after_the_files_changed_is_refused_and_every_acknowledged_one_k
 
 
 def test_every_thread_drops_its_connection_when_the_files_changed(sqlite_path):
-    store = SqliteLog(sqlite_path)
+    store = SqliteStore(sqlite_path)
     store.save([make_record()])
     other_ready, go, other_done = threading.Event(), threading.Event(), threading.Event()
     results: list[object] = []
@@ -111,19 +111,19 @@ def test_every_thread_drops_its_connection_when_the_files_changed(sqlite_path):
 # --- a full disk: 503, not ready, and no path in the message ---------------------------------
 
 
-def _fill_the_disk(store: SqliteLog) -> None:
+def _fill_the_disk(store: SqliteStore) -> None:
     """SQLITE_FULL, as a full disk gives it: this thread's connection may not grow the file."""
     connection = store._connection()
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     connection.execute(f"PRAGMA max_page_count = {pages}")
 
 
-def _free_the_disk(store: SqliteLog) -> None:
+def _free_the_disk(store: SqliteStore) -> None:
     store._connection().execute("PRAGMA max_page_count = 1073741823")
 
 
 def test_on_a_full_disk_writes_fail_readiness_fails_and_no_path_is_named(sqlite_path):
-    store = SqliteLog(sqlite_path)
+    store = SqliteStore(sqlite_path)
     store.save([make_record()])
     store.ping()
     _fill_the_disk(store)
@@ -144,7 +144,7 @@ def test_on_a_full_disk_writes_fail_readiness_fails_and_no_path_is_named(sqlite_
 def test_a_store_error_names_no_path(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")
-    store = SqliteLog(blocked / "predictions.sqlite3")
+    store = SqliteStore(blocked / "predictions.sqlite3")
     with pytest.raises(StoreUnavailable) as failed:
         store.save([make_record()])
     assert str(tmp_path) not in str(failed.value), failed.value
@@ -155,7 +155,7 @@ def test_over_http_a_full_disk_is_a_503_and_not_ready_until_writes_work(function
     the message named the database path."""
     import functions_framework
 
-    from recognizer import sqlite_log
+    from recognizer import sqlite_store
     from tests.conftest import ROOT
     from tests.data.hostile import corpus
 
@@ -167,7 +167,7 @@ def test_over_http_a_full_disk_is_a_503_and_not_ready_until_writes_work(function
         connections.append(connection)
         return connection
 
-    monkeypatch.setattr(sqlite_log.sqlite3, "connect", tracked)
+    monkeypatch.setattr(sqlite_store.sqlite3, "connect", tracked)
     app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
     client = app.test_client()
     seven = (corpus.HERE / "digit-7.png").read_bytes()

@@ -3,7 +3,7 @@
 Every test of the first part runs once per store, through the parametrised `backend`
 fixture: SQLite on a fresh file, Cassandra on a fresh keyspace of the live test node
 (tests/support/cassandra.py) with the whole schema applied. What they assert is what the
-function relies on from whichever store it is given (records.PredictionLog).
+function relies on from whichever store it is given (records.PredictionStore).
 
 The second part is what only Cassandra has, against the same live node: 32-bit float
 columns, one partition per UTC day and the look-back of `recent`, the statements it
@@ -11,9 +11,9 @@ sends, its connections (one per process, also after a fork), the faults a live n
 be made to give, and the schema: applied to a fresh keyspace, applied again, and applied
 over the previous release's schema; and the largest request the function accepts, recorded
 while other threads keep reading (a save once flooded the connection). SQLite's own
-behaviour (WAL, a file deleted or moved) is in test_sqlite_log.py; Cassandra code that
+behaviour (WAL, a file deleted or moved) is in test_sqlite_store.py; Cassandra code that
 needs no node, and the faults a live node cannot be made to give, are in
-test_cassandra_log.py.
+test_cassandra_store.py.
 
 This file is also the program each process of the two-process claim race runs (the
 `__main__` block at the end).
@@ -45,24 +45,24 @@ from cassandra.query import SimpleStatement
 
 from infra.cassandra.apply_schema import SCHEMA, apply, render, split_statements
 from infra.cassandra.local import free_ports
-from recognizer import cassandra_log
-from recognizer.cassandra_log import (
+from recognizer import cassandra_store
+from recognizer.cassandra_store import (
     CONNECT_RETRY_SECONDS,
-    CassandraLog,
     CassandraSettings,
+    CassandraStore,
     build_cluster,
 )
 from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
     Feedback,
     IdempotencyClaim,
-    PredictionLog,
+    PredictionStore,
     Record,
     StoreUnavailable,
     new_record_id,
     time_of,
 )
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 from recognizer.verdict import Verdict
 from tests.function.records_factory import UPLOAD_CAP, make_record
 
@@ -76,7 +76,7 @@ NOW = datetime(2024, 5, 17, 12, 30, tzinfo=UTC)  # a store opened with now=NOW s
 
 def open_store(
     location: dict[str, str], *, now: datetime | None = None, window: int | None = None
-) -> PredictionLog:
+) -> PredictionStore:
     """A store on `location`, as the function opens it, with these changes:
 
     `now` fixes Cassandra's clock: the day `recent` starts looking back from, and the time a
@@ -86,7 +86,7 @@ def open_store(
     """
     window_setting = {} if window is None else {"idempotency_window_seconds": window}
     if location["store"] == "sqlite":
-        return SqliteLog(Path(location["path"]), **window_setting)
+        return SqliteStore(Path(location["path"]), **window_setting)
     settings = CassandraSettings.from_env(
         {
             "CASSANDRA_CONTACT_POINTS": location["contact_points"],
@@ -95,7 +95,7 @@ def open_store(
         }
     )
     clock = (lambda: datetime.now(UTC)) if now is None else (lambda: now)
-    return CassandraLog(settings, clock=clock, **window_setting)
+    return CassandraStore(settings, clock=clock, **window_setting)
 
 
 @dataclass
@@ -108,14 +108,14 @@ class Backend:
 
     kind: str
     location: dict[str, str]
-    opened: list[PredictionLog] = field(default_factory=list)
+    opened: list[PredictionStore] = field(default_factory=list)
 
-    def open(self, *, now: datetime | None = None, window: int | None = None) -> PredictionLog:
+    def open(self, *, now: datetime | None = None, window: int | None = None) -> PredictionStore:
         store = open_store(self.location, now=now, window=window)
         self.opened.append(store)
         return store
 
-    def unreachable(self) -> PredictionLog:
+    def unreachable(self) -> PredictionStore:
         """A store of the same kind whose storage cannot be reached."""
         if self.kind == "sqlite":
             blocker = Path(self.location["path"]).parent.with_name("a-file-not-a-folder")
@@ -148,7 +148,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 @pytest.fixture
-def store(backend: Backend) -> PredictionLog:
+def store(backend: Backend) -> PredictionStore:
     return backend.open()
 
 
@@ -163,7 +163,7 @@ def claim_for(request: str, count: int = 2) -> IdempotencyClaim:
 # == the contract: every test runs against SQLite and against Cassandra ======================
 
 
-def test_a_saved_record_reads_back_field_for_field(store: PredictionLog) -> None:
+def test_a_saved_record_reads_back_field_for_field(store: PredictionStore) -> None:
     now = datetime.now(UTC)
     records = [
         make_record(digit=0, at=now - timedelta(seconds=3)),
@@ -178,7 +178,7 @@ def test_a_saved_record_reads_back_field_for_field(store: PredictionLog) -> None
     assert store.recent(10) == newest_first(records)  # the history reads the same fields
 
 
-def test_none_values_read_back_as_none(store: PredictionLog) -> None:
+def test_none_values_read_back_as_none(store: PredictionStore) -> None:
     pinned = make_record(model_label=None)  # a request that pinned a version has no label
     over_the_cap = make_record(upload=None)
     store.save([pinned, over_the_cap])
@@ -187,7 +187,7 @@ def test_none_values_read_back_as_none(store: PredictionLog) -> None:
     assert store.get(pinned.id) == pinned and store.get(over_the_cap.id) == over_the_cap
 
 
-def test_every_verdict_reads_back_with_its_candidates_and_reasons(store: PredictionLog) -> None:
+def test_every_verdict_reads_back_with_its_candidates_and_reasons(store: PredictionStore) -> None:
     now = datetime.now(UTC)
     records = [
         make_record(digit=0, verdict=Verdict("unsure", (0, 6, 8), ("ambiguous",)), at=now),
@@ -203,7 +203,7 @@ def test_every_verdict_reads_back_with_its_candidates_and_reasons(store: Predict
     assert store.recent(3) == newest_first(records)
 
 
-def test_a_correction_is_kept_with_its_record_and_the_last_one_wins(store: PredictionLog) -> None:
+def test_a_correction_is_kept_with_its_record_and_the_last_one_wins(store: PredictionStore) -> None:
     record = make_record()
     store.save([record])
     first = Feedback(3, datetime.now(UTC).replace(microsecond=0))
@@ -217,14 +217,14 @@ def test_a_correction_is_kept_with_its_record_and_the_last_one_wins(store: Predi
     assert store.get(record.id).feedback == last
 
 
-def test_a_correction_of_an_unknown_id_makes_no_record(store: PredictionLog) -> None:
+def test_a_correction_of_an_unknown_id_makes_no_record(store: PredictionStore) -> None:
     never_saved = make_record()
     assert not store.correct(never_saved.id, Feedback(1, datetime.now(UTC).replace(microsecond=0)))
     assert store.get(never_saved.id) is None and store.recent(10) == []
 
 
 def test_an_upload_over_the_cap_keeps_its_digest_and_size_but_not_its_bytes(
-    store: PredictionLog,
+    store: PredictionStore,
 ) -> None:
     at_the_cap = make_record(upload=b"\x89PNG" + os.urandom(UPLOAD_CAP - 4))
     over_the_cap = make_record(upload=None)  # the function keeps no bytes past the cap
@@ -260,7 +260,7 @@ def test_history_is_newest_first_across_utc_days_and_limited(backend: Backend) -
     assert store.recent(10**12) == everything  # a huge limit is no error
 
 
-def test_lookup_by_id_finds_that_record_and_nothing_else(store: PredictionLog) -> None:
+def test_lookup_by_id_finds_that_record_and_nothing_else(store: PredictionStore) -> None:
     record = make_record(at=datetime.now(UTC) - timedelta(minutes=1))
     other = make_record(at=record.created_at - timedelta(days=2))
     store.save([record, other])
@@ -271,14 +271,14 @@ def test_lookup_by_id_finds_that_record_and_nothing_else(store: PredictionLog) -
     assert store.get(make_record(at=datetime(2001, 1, 1, tzinfo=UTC)).id) is None  # no such day
 
 
-def test_ids_that_are_not_time_based_are_never_found(store: PredictionLog) -> None:
+def test_ids_that_are_not_time_based_are_never_found(store: PredictionStore) -> None:
     store.save([make_record()])
     assert store.get(uuid.uuid4()) is None  # a client's guess, or a random id
     assert store.get(uuid.UUID(int=0)) is None  # the nil UUID (version 0)
     assert store.get(uuid.uuid5(uuid.NAMESPACE_URL, "https://example.org/")) is None
 
 
-def test_saving_an_id_again_adds_no_second_record(store: PredictionLog) -> None:
+def test_saving_an_id_again_adds_no_second_record(store: PredictionStore) -> None:
     first = make_record(digit=3, at=datetime.now(UTC) - timedelta(seconds=1))
     other = make_record(digit=4)
     store.save([first])
@@ -288,7 +288,7 @@ def test_saving_an_id_again_adds_no_second_record(store: PredictionLog) -> None:
     assert store.get(first.id) == first
 
 
-def test_a_retry_with_other_values_still_leaves_one_record(store: PredictionLog) -> None:
+def test_a_retry_with_other_values_still_leaves_one_record(store: PredictionStore) -> None:
     """Two attempts racing with one Idempotency-Key write the same ids with their own
     latencies. Which attempt's record is kept differs by store (SQLite the first, Cassandra
     the last: see their own tests); that there is one record per id does not."""
@@ -300,7 +300,7 @@ def test_a_retry_with_other_values_still_leaves_one_record(store: PredictionLog)
     assert [r.id for r in store.recent(10)] == [first.id]
 
 
-def test_records_of_one_request_come_back_last_image_first(store: PredictionLog) -> None:
+def test_records_of_one_request_come_back_last_image_first(store: PredictionStore) -> None:
     """The function makes a request's ids one after another, often within one millisecond:
     the history still has one order for them, the reverse of the images'."""
     ids = ids_in_one_millisecond(6)
@@ -329,7 +329,7 @@ def ids_in_one_millisecond(count: int) -> list[uuid.UUID]:
     ]
 
 
-def test_a_retry_finds_the_records_written_into_the_claimed_ids(store: PredictionLog) -> None:
+def test_a_retry_finds_the_records_written_into_the_claimed_ids(store: PredictionStore) -> None:
     """The function's Idempotency-Key flow: claim ids, write the records into them; a
     retry's claim answers with those ids, and their records are there."""
     claim = store.claim("key", claim_for("request", count=2))
@@ -341,7 +341,7 @@ def test_a_retry_finds_the_records_written_into_the_claimed_ids(store: Predictio
     assert [store.get(record_id) for record_id in retry.record_ids] == records
 
 
-def test_saving_nothing_is_no_error(store: PredictionLog) -> None:
+def test_saving_nothing_is_no_error(store: PredictionStore) -> None:
     store.save([])
     assert store.recent(10) == []
 
@@ -349,7 +349,7 @@ def test_saving_nothing_is_no_error(store: PredictionLog) -> None:
 # -- idempotency claims ----------------------------------------------------------------------
 
 
-def test_the_first_claim_of_a_key_wins(store: PredictionLog) -> None:
+def test_the_first_claim_of_a_key_wins(store: PredictionStore) -> None:
     first, second = claim_for("request-a", 3), claim_for("request-b", 3)
     assert store.claim("key-1", first) == first
     assert store.claim("key-1", second) == first  # with its record ids, in their order
@@ -382,7 +382,7 @@ def test_a_claim_is_forgotten_after_the_idempotency_window(backend: Backend) -> 
     assert store.claim("other-key", old) == old
 
 
-def test_claims_racing_from_many_threads_have_one_winner(store: PredictionLog) -> None:
+def test_claims_racing_from_many_threads_have_one_winner(store: PredictionStore) -> None:
     threads, rounds = 12, 8
     answers: list[list[tuple[IdempotencyClaim, IdempotencyClaim] | BaseException]] = [
         [] for _ in range(rounds)
@@ -472,7 +472,7 @@ def claim_on_schedule(location: dict[str, str], rounds: int) -> None:
 # -- concurrency, liveness ------------------------------------------------------------------
 
 
-def test_many_threads_write_without_losing_a_record(store: PredictionLog) -> None:
+def test_many_threads_write_without_losing_a_record(store: PredictionStore) -> None:
     saved: list[uuid.UUID] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -499,7 +499,7 @@ def test_many_threads_write_without_losing_a_record(store: PredictionLog) -> Non
     assert sorted(r.id.int for r in history) == sorted(i.int for i in saved)
 
 
-def test_ping_answers_on_a_live_store(store: PredictionLog) -> None:
+def test_ping_answers_on_a_live_store(store: PredictionStore) -> None:
     store.ping()  # the first use: it connects (Cassandra) or creates the file (SQLite)
     store.save([make_record()])
     store.ping()
@@ -527,7 +527,7 @@ def test_a_store_that_cannot_be_reached_is_unavailable_on_every_call(backend: Ba
 # == Cassandra only, on the live node ========================================================
 
 PREVIOUS_SCHEMA = ROOT / "tests" / "data" / "schema" / "previous-release-4f21132.cql"
-# What the previous release's CassandraLog wrote (cassandra_log.py at commit 4f21132).
+# What the previous release's CassandraStore wrote (cassandra_store.py at commit 4f21132).
 PREVIOUS_COLUMNS = (
     "day", "id", "created_at", "digit", "confidence", "probabilities", "model_name",
     "model_version", "model_label", "input_image", "upload", "upload_content_type",
@@ -601,10 +601,10 @@ def keyspace(cassandra: Any) -> str:
 
 
 @pytest.fixture
-def open_log(cassandra: Any, keyspace: str) -> Iterator[Callable[..., CassandraLog]]:
-    """open_log(now=..., window=..., cluster_factory=..., CASSANDRA_X=...): a CassandraLog
+def open_log(cassandra: Any, keyspace: str) -> Iterator[Callable[..., CassandraStore]]:
+    """open_log(now=..., window=..., cluster_factory=..., CASSANDRA_X=...): a CassandraStore
     on the test's keyspace; the CASSANDRA_* keywords change its settings."""
-    opened: list[CassandraLog] = []
+    opened: list[CassandraStore] = []
 
     def open_log(
         *,
@@ -612,10 +612,10 @@ def open_log(cassandra: Any, keyspace: str) -> Iterator[Callable[..., CassandraL
         window: int | None = None,
         cluster_factory: Callable[[CassandraSettings], Any] = build_cluster,
         **env: object,
-    ) -> CassandraLog:
+    ) -> CassandraStore:
         clock = (lambda: datetime.now(UTC)) if now is None else (lambda: now)
         extra = {} if window is None else {"idempotency_window_seconds": window}
-        log = CassandraLog(
+        log = CassandraStore(
             cassandra.settings(keyspace, **env),
             cluster_factory=cluster_factory,
             clock=clock,
@@ -655,7 +655,7 @@ def apply_schema(cassandra: Any, schema: str, keyspace: str) -> None:
 
 
 def test_floats_are_kept_as_float32_and_read_back_as_their_shortest_decimal(
-    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+    open_log: Callable[..., CassandraStore], cql: Any, keyspace: str
 ) -> None:
     log = open_log()
     decimals = make_record(
@@ -680,7 +680,7 @@ def struct_float32(value: float) -> float:
 
 
 def test_each_record_is_in_the_partition_of_its_utc_day(
-    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+    open_log: Callable[..., CassandraStore], cql: Any, keyspace: str
 ) -> None:
     late = make_record(at=datetime(2024, 5, 16, 23, 59, 59, 999000, tzinfo=UTC))
     early = make_record(at=datetime(2024, 5, 17, 0, 0, tzinfo=UTC))
@@ -691,7 +691,7 @@ def test_each_record_is_in_the_partition_of_its_utc_day(
 
 
 def test_recent_looks_back_lookback_days_of_partitions(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     log = open_log(now=NOW)  # the default look-back: 7 days, today included
     today = make_record(at=NOW - timedelta(minutes=1))
@@ -704,7 +704,7 @@ def test_recent_looks_back_lookback_days_of_partitions(
     assert one_day.recent(10) == [today]
 
 
-def test_recent_reads_only_the_partitions_it_needs(open_log: Callable[..., CassandraLog]) -> None:
+def test_recent_reads_only_the_partitions_it_needs(open_log: Callable[..., CassandraStore]) -> None:
     clusters: list[RecordedCluster] = []
     log = open_log(now=NOW, cluster_factory=recorded(clusters))
     log.save([make_record(at=NOW - timedelta(minutes=m)) for m in range(3)])
@@ -720,7 +720,7 @@ def test_recent_reads_only_the_partitions_it_needs(open_log: Callable[..., Cassa
 
 
 def test_a_retry_with_other_values_overwrites_the_record(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     """An INSERT is an upsert: the last attempt's values are the record (SQLite keeps the
     first attempt's; either way there is one record per id)."""
@@ -733,7 +733,7 @@ def test_a_retry_with_other_values_overwrites_the_record(
 
 
 def test_none_values_are_left_unset_not_written_as_tombstones(
-    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+    open_log: Callable[..., CassandraStore], cql: Any, keyspace: str
 ) -> None:
     """A null would write a tombstone per record; the store leaves the columns unset."""
     record = make_record(upload=None, model_label=None, at=NOW)
@@ -750,7 +750,7 @@ def test_none_values_are_left_unset_not_written_as_tombstones(
 
 
 def test_records_are_written_concurrently_by_idempotent_inserts_not_a_batch(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     clusters: list[RecordedCluster] = []
     log = open_log(cluster_factory=recorded(clusters))
@@ -764,7 +764,7 @@ def test_records_are_written_concurrently_by_idempotent_inserts_not_a_batch(
 
 
 def test_a_claim_is_a_lightweight_transaction_kept_for_the_idempotency_window(
-    open_log: Callable[..., CassandraLog], cql: Any, keyspace: str
+    open_log: Callable[..., CassandraStore], cql: Any, keyspace: str
 ) -> None:
     clusters: list[RecordedCluster] = []
     log = open_log(now=NOW, cluster_factory=recorded(clusters))
@@ -793,10 +793,10 @@ def test_a_claim_is_a_lightweight_transaction_kept_for_the_idempotency_window(
 
 
 def test_first_use_from_many_threads_makes_one_connection(
-    open_log: Callable[..., CassandraLog], monkeypatch: pytest.MonkeyPatch
+    open_log: Callable[..., CassandraStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registered: list[Callable[[], None]] = []
-    monkeypatch.setattr(cassandra_log.atexit, "register", registered.append)
+    monkeypatch.setattr(cassandra_store.atexit, "register", registered.append)
     clusters: list[RecordedCluster] = []
     factory = recorded(clusters)
 
@@ -834,7 +834,7 @@ def test_first_use_from_many_threads_makes_one_connection(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_worker_connects_anew_and_leaves_the_parents_connection_alone(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     """gunicorn forks its workers; a connection made before the fork is unusable after it."""
     log = open_log()
@@ -873,7 +873,7 @@ def test_a_forked_worker_connects_anew_and_leaves_the_parents_connection_alone(
 
 
 def test_a_failed_connect_is_unavailable_and_a_call_after_a_pause_connects(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     """For CONNECT_RETRY_SECONDS after a failed connect, calls fail at once instead of each
     waiting out a connect timeout of its own; the first call after it connects anew."""
@@ -907,7 +907,7 @@ def test_a_failed_connect_is_unavailable_and_a_call_after_a_pause_connects(
 
 
 def test_too_few_replicas_make_every_call_unavailable(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     """Consistency TWO on a one-node cluster: the node itself answers Unavailable."""
     log = open_log(CASSANDRA_CONSISTENCY="TWO")
@@ -928,7 +928,7 @@ def test_too_few_replicas_make_every_call_unavailable(
 
 
 def test_a_node_that_stops_answering_is_unavailable_within_the_request_timeout(
-    cassandra: Any, open_log: Callable[..., CassandraLog]
+    cassandra: Any, open_log: Callable[..., CassandraStore]
 ) -> None:
     """The node's JVM is paused (SIGSTOP): to a client, a long GC pause or a partition.
     Every call gives up after CASSANDRA_REQUEST_TIMEOUT_SECONDS; once the node answers
@@ -974,7 +974,7 @@ def paused(pid: int) -> Iterator[None]:
 
 
 def test_refused_writes_fail_the_save_after_every_write_has_answered(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     """The writes of one save go out together; the save waits for all of them, counts the
     ones the node refused (here: over its message size), and the others are recorded."""
@@ -1001,7 +1001,7 @@ def small_send_buffer(settings: CassandraSettings) -> Any:
 
 
 def test_the_largest_request_the_function_accepts_is_recorded_on_a_slower_link(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     """38 uploads of 256 KiB (UPLOAD_STORE_MAX_BYTES, all kept) are a 10 MiB request
     (MAX_REQUEST_BYTES): the function accepts it, so its store must record it. On loopback
@@ -1019,7 +1019,7 @@ def largest_request() -> list[Record]:
 
 
 def test_other_requests_are_served_while_the_largest_request_is_recorded(
-    open_log: Callable[..., CassandraLog],
+    open_log: Callable[..., CassandraStore],
 ) -> None:
     """One worker process serves many requests on threads over one connection to the node
     (here on loopback, with default buffers): a record's lookup must not fail because
@@ -1051,7 +1051,9 @@ def test_other_requests_are_served_while_the_largest_request_is_recorded(
         raise failures[0]  # e.g. NoHostAvailable: ConnectionBusy('... is overloaded')
 
 
-def test_a_wrong_python_type_is_a_bug_not_an_outage(open_log: Callable[..., CassandraLog]) -> None:
+def test_a_wrong_python_type_is_a_bug_not_an_outage(
+    open_log: Callable[..., CassandraStore],
+) -> None:
     log = open_log()
     record = make_record(digit="7")
     with pytest.raises(TypeError, match="digit"):
@@ -1100,7 +1102,7 @@ def test_the_schema_makes_a_fresh_keyspace_shaped_for_the_log(cassandra: Any, cq
         ("predictions", "id"): ("clustering", "desc"),  # newest first within a day
         ("idempotency_keys", "key_sha256"): ("partition_key", "none"),
     }
-    log = CassandraLog(cassandra.settings(keyspace))
+    log = CassandraStore(cassandra.settings(keyspace))
     log.ping()  # every statement the store prepares fits the tables
     log.close()
 
@@ -1115,7 +1117,7 @@ def table_shapes(cql: Any, keyspace: str) -> list[dict]:
 
 
 def test_applying_the_schema_again_changes_nothing(
-    cassandra: Any, cql: Any, keyspace: str, open_log: Callable[..., CassandraLog]
+    cassandra: Any, cql: Any, keyspace: str, open_log: Callable[..., CassandraStore]
 ) -> None:
     log = open_log()
     record, claim = make_record(), claim_for("request")
@@ -1157,7 +1159,7 @@ def test_the_schema_applies_over_the_previous_releases(
         list(old.probabilities), old.model_name, old.model_version, old.model_label,
         old.input_image, u.content, u.content_type, u.sha256, u.size, old.latency_ms,
     ))  # fmt: skip
-    log = CassandraLog(cassandra.settings(keyspace))
+    log = CassandraStore(cassandra.settings(keyspace))
     with pytest.raises(StoreUnavailable, match=refused_for):
         log.ping()  # this release refuses the old schema: apply the schema before deploying
     apply_schema(cassandra, SCHEMA.read_text(encoding="utf-8"), keyspace)
@@ -1191,7 +1193,7 @@ def test_a_schema_that_disagrees_with_the_code_fails_loudly(
     assert schema.index(declared) < schema.index("CREATE TABLE IF NOT EXISTS mnist.idempotency")
     keyspace = new_keyspace_name("drift")
     apply_schema(cassandra, schema.replace(declared, changed, 1), keyspace)  # predictions
-    log = CassandraLog(cassandra.settings(keyspace))
+    log = CassandraStore(cassandra.settings(keyspace))
     try:
         with pytest.raises((TypeError, AttributeError)):  # what the driver's serializers raise
             log.save([make_record()])
@@ -1204,7 +1206,7 @@ def test_a_missing_column_makes_the_store_unavailable(cassandra: Any) -> None:
     keyspace = new_keyspace_name("missing")
     apply_schema(cassandra, schema, keyspace)
     clusters: list[RecordedCluster] = []
-    log = CassandraLog(cassandra.settings(keyspace), cluster_factory=recorded(clusters))
+    log = CassandraStore(cassandra.settings(keyspace), cluster_factory=recorded(clusters))
     with pytest.raises(StoreUnavailable, match="latency_ms"):
         log.ping()
     assert clusters[0].cluster.is_shutdown  # the failed start left no connection behind

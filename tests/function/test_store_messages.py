@@ -6,7 +6,7 @@ import pytest
 from cassandra import OperationTimedOut
 from cassandra.cluster import NoHostAvailable
 
-from recognizer.cassandra_log import _describe
+from recognizer.cassandra_store import _describe
 
 ADDRESSES = ["10.0.3.7", "10.0.3.7:9042", "[fd00::7]:9042", "fd00:0:0:0:0:0:0:7", "node-2:9042"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from recognizer.cassandra_log import CassandraSettings
+from recognizer.cassandra_store import CassandraSettings
 from recognizer.config import Settings
 from tests.support.environ import RecordingEnv
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from recognizer.cassandra_log import day_of
+from recognizer.cassandra_store import day_of
 from tests.conftest import ROOT, free_port
 
 SEVEN = ROOT / "tests" / "data" / "samples" / "seven.png"

@@ -102,7 +102,7 @@ def build_model_store(root: Path) -> dict[str, Path]:
 
 
 def write_warmup(version_dir: Path, images: np.ndarray) -> None:
-    """assets.extra/tf_serving_warmup_requests holding one PredictionLog."""
+    """assets.extra/tf_serving_warmup_requests holding one PredictionStore."""
     target = version_dir / "assets.extra"
     target.mkdir(parents=True, exist_ok=True)
     request = predict_pb2.PredictRequest()

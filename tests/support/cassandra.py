@@ -16,7 +16,7 @@ import pytest
 
 from infra.cassandra.__main__ import apply_local_schema
 from infra.cassandra.local import LocalCluster, ToolMissing, on_free_ports
-from recognizer.cassandra_log import CassandraSettings
+from recognizer.cassandra_store import CassandraSettings
 
 
 @dataclass

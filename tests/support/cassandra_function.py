@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import functions_framework
 import pytest
 
-from recognizer.cassandra_log import build_cluster
+from recognizer.cassandra_store import build_cluster
 from tests.conftest import ROOT
 from tests.support.cassandra import LiveCassandra
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from recognizer.records import Feedback, Upload
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 from tests.function.records_factory import make_record
 from training import corrections
 
@@ -21,7 +21,7 @@ def record_of(pixels: np.ndarray, sha256: str, predicted: int):
 
 
 def test_only_corrected_records_are_read_with_the_input_the_model_saw(tmp_path, mnist):
-    log = SqliteLog(tmp_path / "log.sqlite3")
+    log = SqliteStore(tmp_path / "log.sqlite3")
     seven, two, blank = mnist.x_test[0], mnist.x_test[1], np.zeros((28, 28), np.uint8)
     records = [
         record_of(seven, "a" * 64, 1),

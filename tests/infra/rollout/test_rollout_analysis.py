@@ -18,7 +18,7 @@ from infra.rollout.analysis import (
     Thresholds,
     decide,
 )
-from infra.rollout.logstats import VersionFigures
+from infra.rollout.figures import VersionFigures
 from infra.rollout.stats import per_group
 
 DEFAULTS = Thresholds()

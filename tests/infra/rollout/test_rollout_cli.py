@@ -9,9 +9,9 @@ import pytest
 
 from infra.rollout import cli, plan
 from infra.rollout.served import Served, parse, served_of
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 from tests.conftest import free_port
-from tests.infra.rollout.corrected_log import traffic, write
+from tests.infra.rollout.corrected_store import traffic, write
 
 
 def args(deployment, *words: str):
@@ -66,7 +66,7 @@ def test_status_reports_what_it_cannot_reach_instead_of_failing(deployment, tmp_
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "is unreachable" in out and "no prediction log at" in out
+    assert "is unreachable" in out and "no prediction store at" in out
     assert "  3        yes      ok         no" in out
 
 
@@ -75,9 +75,9 @@ def canary_at_3(deployment) -> None:
     deployment.apply(plan.canary(current, 3, "canary"))
 
 
-def corrected_log(path: Path, canary_right: int, corrected: int = 200) -> Path:
+def corrected_store(path: Path, canary_right: int, corrected: int = 200) -> Path:
     """Stable 2 right on 97% of `corrected` corrections, the canary 3 on `canary_right`."""
-    log = SqliteLog(path)
+    log = SqliteStore(path)
     try:
         write(
             log,
@@ -99,7 +99,7 @@ def analyze(deployment, log: Path, *words: str) -> int:
 
 def test_analyze_apply_promotes_through_the_promote_plan(deployment, tmp_path, capsys):
     canary_at_3(deployment)
-    log = corrected_log(tmp_path / "log.sqlite3", canary_right=194)
+    log = corrected_store(tmp_path / "log.sqlite3", canary_right=194)
     assert analyze(deployment, log, "--apply") == 0
     out = capsys.readouterr().out
     assert "decision: promote (every check is ok)" in out
@@ -108,7 +108,7 @@ def test_analyze_apply_promotes_through_the_promote_plan(deployment, tmp_path, c
 
 def test_analyze_apply_rolls_the_canary_back_and_unloads_it(deployment, tmp_path, capsys):
     canary_at_3(deployment)
-    log = corrected_log(tmp_path / "log.sqlite3", canary_right=150)  # 75% against 97%
+    log = corrected_store(tmp_path / "log.sqlite3", canary_right=150)  # 75% against 97%
     assert analyze(deployment, log, "--apply") == 4
     assert "decision: rollback (worse: accuracy)" in capsys.readouterr().out
     assert deployment.server.seen[-2:] == [
@@ -122,7 +122,7 @@ def test_analyze_without_apply_changes_nothing_and_waits_on_thin_evidence(
 ):
     canary_at_3(deployment)
     before = deployment.config_file.read_text()
-    log = corrected_log(tmp_path / "log.sqlite3", canary_right=19, corrected=20)
+    log = corrected_store(tmp_path / "log.sqlite3", canary_right=19, corrected=20)
     assert analyze(deployment, log, "--apply", "--json") == 3
     out, err = capsys.readouterr()
     document = json.loads(out)  # stdout is the JSON alone
@@ -135,7 +135,7 @@ def test_analyze_without_apply_changes_nothing_and_waits_on_thin_evidence(
     assert "nothing to do while the decision is to wait" in err
     assert deployment.config_file.read_text() == before
     # A promote decision without --apply is a recommendation only.
-    promote = corrected_log(tmp_path / "promote.sqlite3", canary_right=194)
+    promote = corrected_store(tmp_path / "promote.sqlite3", canary_right=194)
     assert analyze(deployment, promote) == 0
     assert deployment.config_file.read_text() == before
 
@@ -167,7 +167,7 @@ def test_analyze_help_documents_the_exit_statuses_and_the_threshold_defaults(cap
 
 def test_status_json_prints_the_figures_and_needs_no_model_server(deployment, tmp_path, capsys):
     canary_at_3(deployment)
-    log = corrected_log(tmp_path / "log.sqlite3", canary_right=150)
+    log = corrected_store(tmp_path / "log.sqlite3", canary_right=150)
     code = cli.main(
         ["status", "--json", "--config", str(deployment.config_file), "--models-dir",
          str(deployment.models_dir), "--server", f"http://127.0.0.1:{free_port()}",
@@ -190,7 +190,7 @@ def test_status_json_on_an_unreadable_log_is_an_error(deployment, tmp_path, caps
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
-    assert err.startswith("rollout: no prediction log at")
+    assert err.startswith("rollout: no prediction store at")
 
 
 @pytest.mark.parametrize("flag", ["--alpha", "--power", "--accuracy-margin", "--verdict-margin"])

@@ -1,4 +1,4 @@
-"""What only the embedded SQLite prediction log does: one file in WAL mode, one transaction
+"""What only the embedded SQLite prediction store does: one file in WAL mode, one transaction
 per batch, the first of two writes of an id kept, and a file deleted or moved away noticed.
 
 What it shares with the Cassandra log (round trips, history, claims, concurrency) is in
@@ -16,13 +16,13 @@ from dataclasses import replace
 import pytest
 
 from recognizer.records import IdempotencyClaim, StoreUnavailable, Upload, new_record_id
-from recognizer.sqlite_log import SqliteLog
+from recognizer.sqlite_store import SqliteStore
 from tests.function.records_factory import make_record
 
 
 @pytest.fixture
 def log(tmp_path):
-    store = SqliteLog(tmp_path / "log" / "predictions.sqlite3")
+    store = SqliteStore(tmp_path / "log" / "predictions.sqlite3")
     yield store
     store.close()
 
@@ -30,7 +30,7 @@ def log(tmp_path):
 def test_reading_never_waits_for_a_writer(tmp_path):
     """WAL mode: even a writer holding the file's exclusive lock leaves readers be."""
     path = tmp_path / "predictions.sqlite3"
-    log = SqliteLog(path, timeout_seconds=0.5)
+    log = SqliteStore(path, timeout_seconds=0.5)
     record = make_record()
     log.save([record])
     writer = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -77,7 +77,7 @@ def test_setting_up_waits_for_another_process_writing_the_new_file(tmp_path):
     other.execute("CREATE TABLE other_process_setup (x)")
     other.execute("BEGIN IMMEDIATE")
     threading.Timer(0.3, other.execute, args=("COMMIT",)).start()
-    log = SqliteLog(path)
+    log = SqliteStore(path)
     record = make_record()
     log.save([record])
     assert log.get(record.id) == record
@@ -88,7 +88,7 @@ def test_setting_up_waits_for_another_process_writing_the_new_file(tmp_path):
 def test_a_deleted_file_fails_the_write_then_a_new_file_takes_over(tmp_path):
     """SQLite would go on writing to the deleted file: a record nobody could ever read."""
     folder = tmp_path / "log"
-    log = SqliteLog(folder / "predictions.sqlite3")
+    log = SqliteStore(folder / "predictions.sqlite3")
     log.save([make_record()])
     shutil.rmtree(folder)
     lost = make_record()
@@ -97,13 +97,13 @@ def test_a_deleted_file_fails_the_write_then_a_new_file_takes_over(tmp_path):
     recorded = make_record()
     log.save([recorded])  # a new, empty file at the same path
     assert [r.id for r in log.recent(10)] == [recorded.id]
-    assert [r.id for r in SqliteLog(folder / "predictions.sqlite3").recent(10)] == [recorded.id]
+    assert [r.id for r in SqliteStore(folder / "predictions.sqlite3").recent(10)] == [recorded.id]
     log.close()
 
 
 def test_a_moved_file_fails_ping_and_claims(tmp_path):
     path = tmp_path / "predictions.sqlite3"
-    log = SqliteLog(path)
+    log = SqliteStore(path)
     log.ping()
     path.rename(tmp_path / "moved-away.sqlite3")
     with pytest.raises(StoreUnavailable):
@@ -115,7 +115,7 @@ def test_a_moved_file_fails_ping_and_claims(tmp_path):
     log.close()
 
 
-# The file the release before verdicts made (sqlite_log.py at 7c8a5ba): no verdict columns.
+# The file the release before verdicts made (sqlite_store.py at 7c8a5ba): no verdict columns.
 PREVIOUS_RELEASE_SCHEMA = """
 CREATE TABLE predictions (
     id TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, digit INTEGER NOT NULL,
@@ -141,10 +141,10 @@ def test_a_file_from_before_verdicts_gains_their_columns_and_keeps_its_records(t
              old.latency_ms),
         )  # fmt: skip
     db.close()
-    log = SqliteLog(path)
+    log = SqliteStore(path)
     assert log.get(old.id) == old  # read with no verdict: none was given then
     new = make_record()
     log.save([new])
     assert log.get(new.id).verdict == new.verdict
     log.close()
-    assert SqliteLog(path).get(new.id) == new  # opening it again adds nothing twice
+    assert SqliteStore(path).get(new.id) == new  # opening it again adds nothing twice

@@ -1,4 +1,4 @@
-"""The production prediction log: one partition per UTC day, and the idempotency keys.
+"""The production prediction store: one partition per UTC day, and the idempotency keys.
 
 functions-framework imports this module in gunicorn's master and then forks, and a
 driver `Cluster` made before the fork is broken in the worker. So nothing touches the
@@ -219,7 +219,7 @@ def _timed_out(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    """The error's kind and message with node addresses taken out (the log has them)."""
+    """The error's kind and message, node addresses taken out (the driver logs them)."""
     return _ADDRESS.sub("<node>", f"{type(exc).__name__}: {exc}")
 
 
@@ -248,8 +248,8 @@ def _prepared_lwt(conn: _Connection, query: str) -> PreparedStatement:
     return statement
 
 
-class CassandraLog:
-    """PredictionLog on Cassandra. Every driver failure surfaces as StoreUnavailable."""
+class CassandraStore:
+    """PredictionStore on Cassandra. Every driver failure surfaces as StoreUnavailable."""
 
     def __init__(
         self,
@@ -270,13 +270,13 @@ class CassandraLog:
         self._write_failure: str | None = None  # why the last write failed, until one works
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> CassandraLog:
-        """For tools that only read the log: CASSANDRA_* (default: os.environ), checked by
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CassandraStore:
+        """For tools that only read the store: CASSANDRA_* (default: os.environ), checked by
         CassandraSettings.from_env; connects on first use."""
         return cls(CassandraSettings.from_env(env))
 
     def __repr__(self) -> str:
-        return f"CassandraLog({self.settings!r})"
+        return f"CassandraStore({self.settings!r})"
 
     # -- connection -------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class CassandraLog:
             return conn
         with self._lock:
             if self._closed:
-                raise StoreUnavailable("the Cassandra prediction log is closed")
+                raise StoreUnavailable("the Cassandra prediction store is closed")
             # A connection inherited through fork() is unusable: make this process its own.
             if self._conn is None or self._conn.pid != os.getpid():
                 failed = self._connect_failure
@@ -368,7 +368,7 @@ class CassandraLog:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    # -- PredictionLog ----------------------------------------------------------------
+    # -- PredictionStore ----------------------------------------------------------------
 
     def save(self, records: Sequence[Record]) -> None:
         """Write the records a few at a time (no multi-partition batch: blobs, size limits)."""
@@ -486,7 +486,7 @@ class CassandraLog:
 
     def ping(self) -> None:
         """Connects (preparing the statements checks the table exists) and asks the node.
-        While writes fail, it also tries a write of its own (as SqliteLog does): a node
+        While writes fail, it also tries a write of its own (as SqliteStore does): a node
         can answer system.local when no write reaches enough replicas."""
         conn = self._connection()
         try:

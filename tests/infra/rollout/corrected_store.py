@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
-from recognizer.records import Feedback, PredictionLog, Record, Upload, new_record_id, time_of
+from recognizer.records import Feedback, PredictionStore, Record, Upload, new_record_id, time_of
 from recognizer.verdict import Verdict
 
 Traffic = list[tuple[Record, Feedback | None]]
@@ -59,7 +59,7 @@ def traffic(
     ]
 
 
-def write(log: PredictionLog, *batches: Traffic) -> None:
+def write(log: PredictionStore, *batches: Traffic) -> None:
     """Record the predictions, then the corrections, as the function does."""
     for batch in batches:
         log.save([prediction for prediction, _ in batch])

@@ -1,4 +1,4 @@
-"""The embedded prediction log: zero setup, for local runs and tests.
+"""The embedded prediction store: zero setup, for local runs and tests.
 
 One SQLite file in WAL mode (readers never block the writer) with `synchronous=FULL`,
 so a committed record survives a power cut: a 200 means recorded. Connections are
@@ -88,8 +88,8 @@ _COLUMNS = (
 _READ_COLUMNS = f"{_COLUMNS}, feedback_digit, feedback_at_ms"
 
 
-class SqliteLog:
-    """PredictionLog on a local SQLite file."""
+class SqliteStore:
+    """PredictionStore on a local SQLite file."""
 
     def __init__(
         self,

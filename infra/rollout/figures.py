@@ -1,4 +1,4 @@
-"""Per-version figures from the prediction log: how the canary compares with stable.
+"""Per-version figures from the prediction store: how the canary compares with stable.
 
 Every record names the version that answered (and the label that routed it), so the
 log alone is enough to compare versions. Figures are per record, i.e. per image: a
@@ -12,7 +12,7 @@ version's accuracy over all its answers: it compares versions that are corrected
 same way (same page, traffic split at random), it does not measure either one alone.
 
 Reading: SQLite directly (read-only). Cassandra through the function's own
-`CassandraLog.recent`, which reads day partitions newest first, at most
+`CassandraStore.recent`, which reads day partitions newest first, at most
 `CASSANDRA_RECENT_LOOKBACK_DAYS` of them and 10,000 records. For longer windows or
 bigger volumes run the equivalent query per day in the window, e.g. in cqlsh:
 
@@ -144,7 +144,7 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 def sqlite_rows(path: Path, since: datetime) -> list[Row]:
     """Records at or after `since` in the function's SQLite log, opened read-only."""
     if not path.is_file():
-        raise RolloutError(f"no prediction log at {path} (set SQLITE_PATH or --sqlite)")
+        raise RolloutError(f"no prediction store at {path} (set SQLITE_PATH or --sqlite)")
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
         try:
@@ -163,7 +163,7 @@ def sqlite_rows(path: Path, since: datetime) -> list[Row]:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        raise RolloutError(f"cannot read the prediction log {path}: {error}") from None
+        raise RolloutError(f"cannot read the prediction store {path}: {error}") from None
     return [
         Row(version, label, confidence, latency, verdict, digit, at_ms is not None, feedback)
         for version, label, confidence, latency, digit, verdict, at_ms, feedback in result
@@ -171,17 +171,17 @@ def sqlite_rows(path: Path, since: datetime) -> list[Row]:
 
 
 def cassandra_rows(since: datetime) -> list[Row]:
-    """Records at or after `since` through the function's CassandraLog (CASSANDRA_* settings)."""
-    from recognizer.cassandra_log import MAX_RECENT, CassandraLog
+    """Records at or after `since` through the function's CassandraStore (CASSANDRA_* settings)."""
+    from recognizer.cassandra_store import MAX_RECENT, CassandraStore
     from recognizer.records import StoreUnavailable
 
-    log = CassandraLog.from_env()
+    store = CassandraStore.from_env()
     try:
-        records = log.recent(MAX_RECENT)
+        records = store.recent(MAX_RECENT)
     except StoreUnavailable as error:
         raise RolloutError(str(error)) from None
     finally:
-        log.close()
+        store.close()
     return [
         Row(
             r.model_version,

@@ -1,4 +1,4 @@
-"""Per-version figures from the prediction log, and the status report that shows them."""
+"""Per-version figures from the prediction store, and the status report that shows them."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.rollout.errors import RolloutError
-from infra.rollout.logstats import Row, is_right, percentile, sqlite_rows, summarize
+from infra.rollout.figures import Row, is_right, percentile, sqlite_rows, summarize
 from infra.rollout.report import StatusFacts, render_status, status_json
 from infra.rollout.served import Served
 from infra.rollout.stats import wilson
 from recognizer.model_client import VersionState
 from recognizer.records import Feedback, new_record_id, time_of
-from recognizer.sqlite_log import SqliteLog
-from tests.infra.rollout.corrected_log import record
+from recognizer.sqlite_store import SqliteStore
+from tests.infra.rollout.corrected_store import record
 
 
 def test_figures_per_version():
@@ -78,9 +78,9 @@ def test_percentiles_interpolate_like_numpy():
     assert math.isnan(percentile([], 50))
 
 
-def test_the_sqlite_log_is_read_over_the_window(tmp_path):
+def test_the_sqlite_store_is_read_over_the_window(tmp_path):
     path = tmp_path / "predictions.sqlite3"
-    log = SqliteLog(path)
+    log = SqliteStore(path)
     now = time_of(new_record_id())
     log.save(
         [
@@ -97,9 +97,9 @@ def test_the_sqlite_log_is_read_over_the_window(tmp_path):
     ]
 
 
-def test_corrections_are_read_from_the_sqlite_log_as_the_function_keeps_them(tmp_path):
+def test_corrections_are_read_from_the_sqlite_store_as_the_function_keeps_them(tmp_path):
     path = tmp_path / "predictions.sqlite3"
-    log = SqliteLog(path)
+    log = SqliteStore(path)
     now = time_of(new_record_id())
     seven, dot, nine = (
         record(2, "stable", 0.99, now, digit=7),
@@ -138,7 +138,7 @@ def test_a_log_written_before_verdicts_and_corrections_is_read_without_them(tmp_
 
 
 def test_a_missing_log_is_a_clear_error(tmp_path):
-    with pytest.raises(RolloutError, match="no prediction log at"):
+    with pytest.raises(RolloutError, match="no prediction store at"):
         sqlite_rows(tmp_path / "missing.sqlite3", since=datetime.now(UTC))
 
 

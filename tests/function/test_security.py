@@ -158,7 +158,7 @@ def test_the_settings_are_read_from_the_environment():
 
 
 def test_the_function_refuses_to_start_when_predict_needs_a_token_that_is_not_set(make_client):
-    with pytest.raises(ValueError, match="API_TOKEN"):
+    with pytest.raises(SystemExit, match="PREDICT_REQUIRES_TOKEN is true but API_TOKEN is unset"):
         make_client(PREDICT_REQUIRES_TOKEN="true")
 
 

@@ -165,7 +165,11 @@ def test_compose_schema_command_runs_with_only_the_function_dependencies(
     assert service["working_dir"] == "/app"
     command = [*service["command"], "--dry-run"]
     assert command[0] == "python"
-    env = image_env(function_only_venv, tmp_path, **service["environment"])
+    environment = dict(service["environment"])
+    # The image's /app is image_root here: the package path the service names must be in it.
+    assert environment["PYTHONPATH"] == "/app/function"
+    environment["PYTHONPATH"] = str(image_root / "function")
+    env = image_env(function_only_venv, tmp_path, **environment)
     result = subprocess.run(
         command, cwd=image_root, env=env, timeout=60, capture_output=True, text=True
     )

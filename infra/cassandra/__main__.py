@@ -17,9 +17,17 @@ from pathlib import Path
 from types import FrameType
 
 from recognizer.cassandra_store import DRIVER_ERRORS, CassandraSettings
+from recognizer.env import Reader, SettingsError
 
 from .apply_schema import SCHEMA, apply, render, split_statements
-from .local import DATACENTER, LauncherError, LocalCluster, cassandra_lib, java_executable
+from .local import (
+    DATACENTER,
+    HEAP_SIZE,
+    LauncherError,
+    LocalCluster,
+    cassandra_lib,
+    java_executable,
+)
 
 
 class _Stop(Exception):
@@ -42,20 +50,26 @@ def apply_local_schema(cluster: LocalCluster, keyspace: str = "mnist") -> None:
     apply(schema_statements(keyspace, cluster.nodes), settings, wait=30.0, report=lambda _: None)
 
 
-def _env_port(env: Mapping[str, str]) -> int:
-    raw = env.get("CASSANDRA_NATIVE_PORT", "").strip() or "9042"
-    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535):
-        raise LauncherError(f"CASSANDRA_NATIVE_PORT={raw!r}: use a port number from 1 to 65535")
-    return int(raw)
+def launcher_settings(env: Mapping[str, str]) -> tuple[int, str]:
+    """CASSANDRA_NATIVE_PORT and CASSANDRA_MAX_HEAP_SIZE, read with the project's one reader."""
+    read = Reader(env)
+    port = read.whole("CASSANDRA_NATIVE_PORT", 9042, 1, 65535)
+    heap = read.text("CASSANDRA_MAX_HEAP_SIZE", "512M", HEAP_SIZE, "a heap size such as 512M or 1G")
+    try:
+        read.check()
+    except SettingsError as error:
+        raise LauncherError(str(error)) from None
+    return port, heap
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    native_port, heap = launcher_settings(env)
     cluster = LocalCluster(
         root=args.dir,
         nodes=args.nodes,
-        native_port=args.native_port or _env_port(env),
+        native_port=args.native_port or native_port,
         durable=not args.test,
-        heap=env.get("CASSANDRA_MAX_HEAP_SIZE", "").strip() or "512M",
+        heap=heap,
         env=env,
         report=lambda line: print(line, flush=True),
     )

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 TEMPLATES = HERE / "templates"
 CLUSTER_NAME = "digit-recognizer"
+HEAP_SIZE = re.compile(r"[0-9]+[MG]")  # a JVM -Xmx value: 512M, 1G
 DATACENTER = "datacenter1"  # what SimpleSnitch reports
 READY_TIMEOUT_SECONDS = 180.0
 STOP_GRACE_SECONDS = 30.0
@@ -288,7 +289,7 @@ class LocalCluster:
     def __post_init__(self) -> None:
         if self.nodes not in (1, 2, 3):
             raise LauncherError(f"{self.nodes} nodes: this launcher starts 1, 2 or 3")
-        if not re.fullmatch(r"\d+[MG]", self.heap):
+        if not HEAP_SIZE.fullmatch(self.heap):
             raise LauncherError(f"CASSANDRA_MAX_HEAP_SIZE={self.heap!r}: use e.g. 512M or 1G")
         self.root = Path(self.root).resolve()
         self.members = [

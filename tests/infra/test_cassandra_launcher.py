@@ -143,8 +143,17 @@ def test_tokens_are_balanced_over_the_ring() -> None:
 def test_the_cli_reports_a_bad_port_in_one_line(capsys) -> None:
     assert main(["run"], env={**os.environ, "CASSANDRA_NATIVE_PORT": "nine"}) == 1
     assert capsys.readouterr().err == (
-        "infra.cassandra: CASSANDRA_NATIVE_PORT='nine': use a port number from 1 to 65535\n"
+        "infra.cassandra: CASSANDRA_NATIVE_PORT must be a whole number from 1 to 65535, "
+        "not 'nine'\n"
     )
+
+
+def test_the_cli_names_every_malformed_setting_at_once(capsys) -> None:
+    env = {**os.environ, "CASSANDRA_NATIVE_PORT": "0", "CASSANDRA_MAX_HEAP_SIZE": "lots"}
+    assert main(["run"], env=env) == 1
+    err = capsys.readouterr().err
+    assert "CASSANDRA_NATIVE_PORT must be between 1 and 65535, not '0'" in err
+    assert "CASSANDRA_MAX_HEAP_SIZE must be a heap size such as 512M or 1G, not 'lots'" in err
 
 
 LAUNCHER = """

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from recognizer import api
+from recognizer import api, errors
 from tests.conftest import ROOT
 from tests.support.function_server import running_function
 
@@ -150,11 +150,11 @@ def documented_codes() -> dict[int, set[str]]:
 
 
 def test_every_error_code_of_the_function_is_documented_with_its_status() -> None:
-    """api.ERRORS against the description: a new code or status must be described too."""
+    """errors.ERRORS against the description: a new code or status must be described too."""
     codes = documented_codes()
     missing = [
         (status, code)
-        for status, code in api.ERRORS.values()
+        for status, code in errors.ERRORS.values()
         if code not in codes.get(status, set())
     ]
     assert missing == []

@@ -34,8 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-SIGNATURE = "serving_default"
-SIDE, CLASSES = 28, 10
+from recognizer.contract import CLASSES, SIDE, SIGNATURE
+
 AVAILABLE = "AVAILABLE"
 # serving/rest.py's routes (TF Serving's http_rest_api_handler.cc).
 _PREDICT = re.compile(

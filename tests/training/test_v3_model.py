@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from imagesets import nondigits
 from infra.rollout.signature import check_version
-from recognizer.preprocess import BlankImage, to_mnist
 from tests.conftest import ROOT
 from training.saved_model import served
 
 COMMITTED = ROOT / "models" / "mnist"
-
-
-@pytest.fixture(scope="module")
-def nondigit_fields(mnist) -> np.ndarray:
-    """A few held-out ("eval") nondigits of every kind, through the function's preprocessing."""
-    fields = []
-    for _, data in nondigits.make_set(8, seed=11, split="eval", mnist=mnist):
-        try:
-            fields.append(to_mnist(data))
-        except BlankImage:
-            continue
-    return np.stack(fields)
 
 
 def test_v3_meets_the_signature_contract():

@@ -46,6 +46,7 @@ TOP_LEVEL = {path.split("/", 1)[0] for path in TRACKED if "/" in path}
 # any tracked text: `function/recognizer/api.py`, docs/verdicts.md, infra/cassandra/schema.cql.
 _TOP = "|".join(sorted(map(re.escape, TOP_LEVEL)))
 REPO_PATH = re.compile(rf"(?<![\w/.-])((?:{_TOP})/(?:[\w.-]+/)*[\w-]+\.[a-z]{{2,6}})\b")
+FILE_NAMES = {path.rsplit("/", 1)[-1] for path in TRACKED}
 MODULE_NAME = re.compile(r"`([\w-]+\.py)`")  # a bare module name in a document: `config.py`
 TEXTS = [
     path
@@ -59,7 +60,6 @@ TEXTS = [
 def test_every_path_a_file_names_is_in_the_repo(text: str) -> None:
     """Renaming or moving a module must take its mentions along (docs, docstrings, comments)."""
     content = (ROOT / text).read_text(encoding="utf-8", errors="ignore")
-    names = {path.rsplit("/", 1)[-1] for path in TRACKED}
     here = (ROOT / text).parent  # a document may name a path relative to itself
     missing = [
         path
@@ -67,7 +67,7 @@ def test_every_path_a_file_names_is_in_the_repo(text: str) -> None:
         if not (ROOT / path).exists() and not (here / path).exists()
     ]
     if text.endswith(".md"):
-        missing += [name for name in set(MODULE_NAME.findall(content)) if name not in names]
+        missing += [name for name in set(MODULE_NAME.findall(content)) if name not in FILE_NAMES]
     assert sorted(missing) == []
 
 

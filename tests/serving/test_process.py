@@ -22,7 +22,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from serving import ModelServer
 from serving.__main__ import build_parser
-from tests.support.signals import signal_other_thread
+from tests.support.signals import hammered, signal_other_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"Exporting HTTP/REST API at (http://\S+)")
@@ -206,6 +206,56 @@ def test_cli_stops_when_the_signal_reaches_another_thread(
         signal_other_thread(server.process.pid, signum)
         assert server.process.wait(timeout=15) == 0, server.log()
         assert "Model server stopped" in server.log()
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_stop_signals_survive_a_second_signal_inside_the_handler():
+    """`make demo`'s Ctrl-C is SIGINT to the group, then bash's SIGTERM to each child. A
+    handler that took a lock (threading.Event.set) hung when the second one landed inside
+    it; hammering makes that land on every run instead of 1 in 10."""
+    program = (
+        "import signal\n"
+        "from serving.__main__ import StopSignals\n"
+        "stopping = StopSignals()\n"
+        "print('ready', flush=True)\n"
+        "received = stopping.wait()\n"
+        "for signum in (signal.SIGINT, signal.SIGTERM):\n"
+        "    signal.signal(signum, signal.SIG_IGN)  # the hammering goes on until it exits\n"
+        "print(received)\n"
+    )
+    for _ in range(10):
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", program], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+        )
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline() == "ready\n"
+        hammered(waiter, 0.3)
+        try:
+            assert waiter.wait(timeout=5) == 0
+        finally:
+            waiter.kill()
+            waiter.wait()
+        assert int(waiter.stdout.read()) in (signal.SIGINT, signal.SIGTERM)
+
+
+def test_cli_stops_on_sigint_then_sigterm_as_the_demo_sends_them(tmp_path: Path, model_store):
+    deployment = Deployment(tmp_path, model_store)
+    deployment.add_version(1, "bucket")
+    deployment.write_config()
+    server = ServerProcess(
+        "--rest_api_port=0",
+        "--port=0",
+        f"--model_config_file={deployment.config_file}",
+        f"--models_dir={deployment.models_dir}",
+    )
+    try:
+        server.wait_ready()
+        hammered(server.process, 0.3)
+        assert server.process.wait(timeout=30) == 0, server.log()
+        assert "Model server stopped" in server.log()
+        assert "Traceback" not in server.log()
     finally:
         server.process.kill()
         server.process.wait()

@@ -3,7 +3,8 @@
 `kill` lets the kernel pick any thread that does not block the signal. Python runs its
 handlers only in the main thread, when that thread next wakes, so a process whose main
 thread sleeps without a timeout never handles a signal that reached another thread.
-tgkill(2) makes that case happen on purpose instead of by chance.
+tgkill(2) makes that case happen on purpose instead of by chance. `hammered` makes the
+other chance certain: a second signal landing while the first one's handler runs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -36,3 +38,14 @@ def exits_within(pid: int, seconds: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def hammered(process: subprocess.Popen, seconds: float) -> None:
+    """SIGINT and SIGTERM, alternately and as fast as possible, until it exits or time is up."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                os.kill(process.pid, signum)
+            except ProcessLookupError:
+                return

@@ -74,10 +74,17 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         report=lambda line: print(line, flush=True),
     )
 
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        # Ignore the rest first: `make demo`'s Ctrl-C is SIGINT to the group and then bash's
+        # SIGTERM, and a second _Stop raised outside the try would skip the drain. One that
+        # lands before these lines raises inside this handler, still within the try.
+        for other in signums:
+            signal.signal(other, signal.SIG_IGN)
         raise _Stop
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in signums:
         signal.signal(signum, stop)
     try:
         cluster.start()
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except _Stop:
         pass
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in signums:
             signal.signal(signum, signal.SIG_IGN)  # let the drain finish
         print("Stopping Cassandra (draining) ...", flush=True)
         cluster.stop()

@@ -50,8 +50,17 @@ def ctrl_c(demo: subprocess.Popen) -> float:
         os.killpg(demo.pid, signal.SIGINT)
     except ProcessLookupError:
         return 0.0
-    demo.wait(timeout=90)
+    try:
+        demo.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the demo did not stop in 90 s:\n{_still_running(demo)}") from None
     while subprocess.run(["pgrep", "-g", str(demo.pid)], capture_output=True).returncode == 0:
-        assert time.monotonic() - start < 90, "a process of the demo is still running"
+        assert time.monotonic() - start < 90, f"still running:\n{_still_running(demo)}"
         time.sleep(0.2)
     return time.monotonic() - start
+
+
+def _still_running(demo: subprocess.Popen) -> str:
+    """The demo's processes, with what each waits on in the kernel: what hung, for the log."""
+    listing = ["ps", "-o", "pid,ppid,stat,wchan:24,etime,args", "-g", str(demo.pid)]
+    return subprocess.run(listing, capture_output=True, text=True).stdout

@@ -194,8 +194,10 @@ def open_image(
         _check_size(image, max_pixels)
         cost = decode_cost(image)
         if image.format in JPEG_FORMATS:
-            # Decode at a reduced scale: much faster, and we need far fewer pixels.
-            image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
+            # Decode at a reduced scale: much faster, and we need far fewer pixels. A colour
+            # JPEG is decoded to its luma alone, the same lightness convert("L") would give,
+            # in half the time of decoding the colour (the ink is told by lightness alone).
+            image.draft("L" if image.mode == "RGB" else image.mode, (WORKING_SIDE, WORKING_SIDE))
         if max_decode_bytes is not None and cost > max_decode_bytes:
             raise ImageTooLarge(
                 f"the image is {image.width}x{image.height} pixels in mode {image.mode}: "
@@ -472,7 +474,7 @@ def ink_map(image: Image.Image) -> np.ndarray:
         raise BlankImage("no digit found: the image is blank")
     # Faint ink (pencil, a dim photo) is stretched to full strength; ink that is already
     # strong, as in MNIST, is left as it is.
-    level = float(np.percentile(ink[ink > 0], 99.5))
+    level = _percentile(ink[ink > 0], 99.5)
     return np.clip(ink / (level if level < FULL_INK else 1.0), 0.0, 1.0).astype(np.float32)
 
 
@@ -769,6 +771,20 @@ def _median(values: np.ndarray) -> float:
         return float(np.partition(flat, middle)[middle])
     low, high = np.partition(flat, (middle - 1, middle))[middle - 1 : middle + 1]
     return float((low + high) / 2)
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    """np.percentile's exact result (linear interpolation), by partition: a quarter the time."""
+    flat = values.ravel()
+    at = q / 100 * (flat.size - 1)
+    low = int(at)
+    high = min(low + 1, flat.size - 1)
+    below, above = np.partition(flat, (low, high))[[low, high]]
+    share = at - low
+    # Interpolated from the nearer end, as numpy does, so the two agree to the last bit.
+    if share >= 0.5:
+        return float(above - (above - below) * (1 - share))
+    return float(below + (above - below) * share)
 
 
 def _otsu_threshold(values: np.ndarray) -> float:

@@ -352,3 +352,13 @@ def test_the_header_gives_format_size_and_type_without_decoding():
         read_header(header_only, max_pixels=59_999)
     with pytest.raises(NotAnImage):
         to_mnist(header_only)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_ink_level_percentile_is_numpys_to_the_last_bit(dtype) -> None:
+    """The stretch of faint ink divides by this level: a faster percentile must not move it."""
+    rng = np.random.default_rng(5)
+    for size in [*range(1, 40), 784, 76_800]:
+        values = rng.random(size).astype(dtype)
+        for q in (0, 1, 50, 99.5, 100):
+            assert preprocess._percentile(values, q) == float(np.percentile(values, q))

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 
 from recognizer import contract
 from recognizer.env import Reader
@@ -161,14 +162,45 @@ class Settings:
 
 def _verdict_policy(read: Reader) -> VerdictPolicy:
     """VERDICT_<FIELD> for each threshold: shares in [0, 1], except the aspect ratio."""
-    values = {}
+    values: dict[str, object] = {}
     for threshold in fields(VerdictPolicy):
         name = f"VERDICT_{threshold.name.upper()}"
-        if threshold.name == "max_aspect":
+        if threshold.name == "min_confidence_by_version":
+            values[threshold.name] = _per_version(read, name, threshold.default_factory())
+        elif threshold.name == "max_aspect":
             values[threshold.name] = read.number(name, threshold.default, above=0)
         else:
             values[threshold.name] = read.number(name, threshold.default, 0, 1)
     return VerdictPolicy(**values)
+
+
+def _per_version(read: Reader, name: str, default: Mapping[int, float]) -> Mapping[int, float]:
+    """`VERSION=SHARE,...`, e.g. `3=0.6,5=0.5`; a blank value keeps the default."""
+    raw = read.raw(name)
+    if raw is None:
+        return default
+    shares: dict[int, float] = {}
+    for item in raw.split(","):
+        version, equals, share = (part.strip() for part in item.partition("="))
+        number = _share(share)
+        if not (equals and version.isdigit() and int(version) >= 1 and number is not None):
+            read.problem(
+                f"{name} must be VERSION=SHARE pairs separated by commas, each version a whole "
+                f"number of at least 1 and each share from 0 to 1 (e.g. 3=0.6), not {raw!r}"
+            )
+            return default
+        if int(version) in shares:
+            read.problem(f"{name} names version {int(version)} twice")
+        shares[int(version)] = number
+    return MappingProxyType(shares)
+
+
+def _share(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if 0 <= number <= 1 else None
 
 
 def _access(read: Reader) -> dict[str, object]:

@@ -262,7 +262,7 @@ class Recognizer:
         latency_ms: float,
     ) -> Record:
         probabilities = tuple(float(p) for p in answer.probabilities[n])
-        verdict = judge(answer.probabilities[n], shape, self._policy)
+        verdict = judge(answer.probabilities[n], shape, self._policy, answer.version)
         return Record(
             id=record_id,
             created_at=time_of(record_id),

@@ -10,7 +10,9 @@ their defaults were chosen on the project's validation sets (docs/verdicts.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -36,12 +38,22 @@ MAX_CANDIDATES = 3
 class VerdictPolicy:
     """The thresholds, each a setting (VERDICT_* in the README)."""
 
-    min_confidence: float = 0.6  # the top probability the service stands by
+    # The top probability the service stands by: the stable version's (v4), and each version
+    # calibrated otherwise its own (VERDICT_MIN_CONFIDENCE_BY_VERSION), so that a canary and
+    # a rollback are judged as they were chosen (docs/verdicts.md).
+    min_confidence: float = 0.45
+    min_confidence_by_version: Mapping[int, float] = field(
+        default_factory=lambda: MappingProxyType({3: 0.6})
+    )
     min_candidate: float = 0.1  # a digit this probable is a candidate
     min_unsure_mass: float = 0.8  # unsure (not "not a digit") if the candidates hold this much
     min_ink_extent: float = 0.08  # the ink's longer side over the picture's: below it, a dot
     max_aspect: float = 1.6  # width over height of the ink: above it, not one digit
     edge_margin: float = 0.01  # the border band, as a share of the picture's longer side
+
+    def min_confidence_of(self, version: int | None) -> float:
+        """The top probability stood by for answers of model `version`."""
+        return self.min_confidence_by_version.get(version, self.min_confidence)
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,10 @@ def measure(ink: np.ndarray, policy: VerdictPolicy) -> Shape:
     )
 
 
-def judge(probabilities: np.ndarray, shape: Shape, policy: VerdictPolicy) -> Verdict:
-    """The verdict on one image from its shape and the model's ten probabilities."""
+def judge(
+    probabilities: np.ndarray, shape: Shape, policy: VerdictPolicy, version: int | None = None
+) -> Verdict:
+    """The verdict on one image from its shape and model `version`'s ten probabilities."""
     order = np.argsort(-probabilities, kind="stable")
     candidates = tuple(
         int(d) for d in order[:MAX_CANDIDATES] if probabilities[d] >= policy.min_candidate
@@ -92,7 +106,7 @@ def judge(probabilities: np.ndarray, shape: Shape, policy: VerdictPolicy) -> Ver
     if reasons:
         return Verdict(NOT_A_DIGIT, candidates, reasons)
     top = int(order[0])
-    if probabilities[top] >= policy.min_confidence:
+    if probabilities[top] >= policy.min_confidence_of(version):
         return Verdict(DIGIT, (top,), ())
     mass = float(sum(probabilities[d] for d in candidates))
     if len(candidates) >= 2 and mass >= policy.min_unsure_mass:

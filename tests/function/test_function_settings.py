@@ -48,6 +48,7 @@ MALFORMED = {
     "VERDICT_MIN_INK_EXTENT": "some",
     "VERDICT_MAX_ASPECT": "0",
     "VERDICT_EDGE_MARGIN": "2",
+    "VERDICT_MIN_CONFIDENCE_BY_VERSION": "3=high",
     "API_TOKEN": " padded-token",
     "PREDICT_REQUIRES_TOKEN": "maybe",
     "CORS_ALLOWED_ORIGINS": "example.org",

@@ -112,8 +112,8 @@ def test_one_clear_digit_is_a_digit_verdict():
 
 
 def test_two_plausible_digits_are_unsure_most_likely_first():
-    probabilities = np.full(10, 0.01, dtype=np.float32)
-    probabilities[[6, 0]] = 0.38, 0.54
+    probabilities = np.full(10, 0.02, dtype=np.float32)
+    probabilities[[6, 0]] = 0.40, 0.44
     assert judge(probabilities, ONE_MARK, POLICY) == Verdict(UNSURE, (0, 6), (AMBIGUOUS,))
 
 
@@ -125,8 +125,23 @@ def test_probability_spread_over_many_digits_is_not_a_digit():
 
 
 def test_one_digit_somewhat_likely_and_the_rest_spread_is_not_a_digit():
-    verdict = judge(one_hot(3, 0.45), ONE_MARK, POLICY)
+    verdict = judge(one_hot(3, 0.4), ONE_MARK, POLICY)
     assert verdict == Verdict(NOT_A_DIGIT, (3,), (LOW_CONFIDENCE,))
+
+
+def test_each_version_is_stood_by_at_its_own_confidence():
+    """v4 is stood by from 0.45 and v3 from 0.6, each as chosen on the validation split, so
+    a canary of one beside the other is judged as it was chosen; others take the default."""
+    answer = one_hot(5, 0.5)
+    assert judge(answer, ONE_MARK, POLICY, version=4).kind == DIGIT
+    assert judge(answer, ONE_MARK, POLICY, version=3).kind == NOT_A_DIGIT
+    assert judge(answer, ONE_MARK, POLICY, version=7).kind == DIGIT
+    chosen = Settings.from_env(
+        {"VERDICT_MIN_CONFIDENCE": "0.55", "VERDICT_MIN_CONFIDENCE_BY_VERSION": "4=0.3, 7=0.9"}
+    ).verdict_policy
+    assert judge(answer, ONE_MARK, chosen, version=3).kind == NOT_A_DIGIT  # the default is gone
+    assert judge(answer, ONE_MARK, chosen, version=4).kind == DIGIT
+    assert judge(answer, ONE_MARK, chosen, version=7).kind == NOT_A_DIGIT
 
 
 def test_the_shape_outranks_a_confident_model():
@@ -145,6 +160,10 @@ def test_the_thresholds_are_settings_checked_at_start_up():
         ("VERDICT_MIN_UNSURE_MASS", "-0.1"),
         ("VERDICT_MAX_ASPECT", "0"),
         ("VERDICT_EDGE_MARGIN", "wide"),
+        ("VERDICT_MIN_CONFIDENCE_BY_VERSION", "3"),
+        ("VERDICT_MIN_CONFIDENCE_BY_VERSION", "0=0.5"),
+        ("VERDICT_MIN_CONFIDENCE_BY_VERSION", "3=1.5"),
+        ("VERDICT_MIN_CONFIDENCE_BY_VERSION", "3=0.5,3=0.6"),
     ]:
         with pytest.raises(ValueError, match=name):
             Settings.from_env({name: bad})

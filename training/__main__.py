@@ -54,6 +54,8 @@ def main() -> None:
     store.add_argument("--config", type=Path, default=ROOT / "serving" / "models.config")
     store.add_argument("--mnist-images", type=int, help="train on this many MNIST digits only")
     store.add_argument("--outliers-per-kind", type=int, help="nondigit uploads of each kind")
+    store.add_argument("--digit-uploads-per-kind", type=int,
+                       help="a rejecting start's digits as uploads, per kind")  # fmt: skip
     store.add_argument("--max-drop", type=float, default=0.0,
                        help="how much worse than the start it may be")  # fmt: skip
     args = parser.parse_args()
@@ -92,6 +94,7 @@ def from_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         epochs=args.epochs or 1,
         mnist_images=args.mnist_images,
         outliers_per_kind=args.outliers_per_kind,
+        digit_uploads_per_kind=args.digit_uploads_per_kind,
         max_drop=args.max_drop,
         seed=args.seed,
     )

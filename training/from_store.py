@@ -4,10 +4,12 @@
    upload SHA-256 (its latest correction).
 2. Hold out a share of them, chosen by each upload's SHA-256, so the same uploads are
    held out however the store grows.
-3. Fine-tune the version that serves `stable` (or `--from-version`) as v3 was made
-   (training/outlier_exposure.py): MNIST's training digits plus the corrected digits,
-   with the nondigit uploads and the uploads people marked "not a digit" as outliers,
-   then a temperature fitted on MNIST's held-out validation digits.
+3. Fine-tune the version that serves `stable` (or `--from-version`) as it was made. One
+   like v3 (training/outlier_exposure.py): on MNIST's training digits plus the corrected
+   digits, with the nondigit uploads and the uploads people marked "not a digit" as
+   outliers, then a temperature fitted on MNIST's held-out validation digits. One with a
+   rejector, like v4 (training/rejection.py): its digit head kept, its rejector trained on
+   with the corrected digits as digits and the "not a digit" marks as non-digits.
 4. Evaluate the new model beside the one it started from on MNIST's test set and on the
    held-out corrections, and export it only if it is no worse on either (by more than
    `--max-drop`); otherwise print the report and export nothing.
@@ -20,9 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 
-from training import corrections, outlier_exposure, uploads
+from training import corrections, outlier_exposure, rejection, uploads
 from training.corrections import Correction
 from training.data import Mnist, load_mnist
 from training.export import export_version
@@ -40,6 +43,8 @@ class Options:
     epochs: int = 1
     mnist_images: int | None = None  # a subset of MNIST's training digits, for a quick run
     outliers_per_kind: int | None = None  # nondigit uploads per kind (default: v3's)
+    # A rejecting start's digits as uploads, per kind of upload and of photo (default: v4's).
+    digit_uploads_per_kind: int | None = None
     held_out_share: float = HELD_OUT_SHARE
     max_drop: float = 0.0  # how much worse than the start the new version may be
     seed: int = 42
@@ -83,20 +88,27 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
     started = time.monotonic()
     print(f"fine-tuning v{options.start_from} on {len(x_fit)} digits, {len(negatives)} outliers")
     x_val, y_val = data.x_train[-VALIDATION_IMAGES:], data.y_train[-VALIDATION_IMAGES:]
-    fitted = outlier_exposure.fit(
-        x_fit,
-        y_fit,
-        x_val,
-        y_val,
-        negatives,
-        start_from=start_dir,
-        epochs=options.epochs,
-        batch_size=RECIPES["cnn_oe"].batch_size,
-        learning_rate=RECIPES["cnn_oe"].learning_rate,
-        seed=options.seed,
-    )
-    mix = outlier_exposure.mixed(fitted.start, fitted.tuned, outlier_exposure.MIX)
-    model, temperature = outlier_exposure.calibrated(mix, x_val, y_val)
+    rejecting = rejection.is_rejecting(start_dir)
+    if rejecting:
+        corrected = np.stack([c.image for c in digits]) if digits else None
+        model, temperature = _refit_rejector(
+            start_dir, x_fit, corrected, negatives, x_val, y_val, options, data
+        )
+    else:
+        fitted = outlier_exposure.fit(
+            x_fit,
+            y_fit,
+            x_val,
+            y_val,
+            negatives,
+            start_from=start_dir,
+            epochs=options.epochs,
+            batch_size=RECIPES["cnn_oe"].batch_size,
+            learning_rate=RECIPES["cnn_oe"].learning_rate,
+            seed=options.seed,
+        )
+        mix = outlier_exposure.mixed(fitted.start, fitted.tuned, outlier_exposure.MIX)
+        model, temperature = outlier_exposure.calibrated(mix, x_val, y_val)
     seconds = time.monotonic() - started
 
     def new(images: np.ndarray) -> np.ndarray:
@@ -116,6 +128,7 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
     report = {
         "version": options.version,
         "fine_tuned_from": options.start_from,
+        "recipe": "cnn_reject (its rejector)" if rejecting else "cnn_oe",
         "corrections_read": len(found),
         "uploads": len(unique),
         "trained_on": len(kept),
@@ -136,6 +149,41 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
         report["path"] = str(path)
     print(json.dumps(report, indent=2))
     return report
+
+
+def _refit_rejector(
+    start_dir: Path,
+    x_fit: np.ndarray,
+    corrected: np.ndarray | None,
+    negatives: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    options: Options,
+    data: Mnist,
+) -> tuple[keras.Model, float]:
+    """A version with a rejector (v4), fine-tuned again as it was made: its digit head kept,
+    its rejector trained on, with the corrected digits among the digits that came through
+    the upload path and the uploads marked "not a digit" among the non-digits. The head
+    is unchanged, so what the corrections teach is where to doubt, not how to read."""
+    per_kind = options.digit_uploads_per_kind
+    sizes = () if per_kind is None else (per_kind, per_kind)
+    digit_uploads = rejection.digit_upload_fields(data, options.seed, *sizes)["fields"]
+    if corrected is not None:
+        digit_uploads = np.concatenate([digit_uploads, corrected])
+    recipe = RECIPES["cnn_reject"]
+    fitted = rejection.fit(
+        x_fit,
+        digit_uploads,
+        negatives,
+        x_val,
+        y_val,
+        start=rejection.saved_start(start_dir, x_val, y_val),
+        epochs=options.epochs,
+        batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        seed=options.seed,
+    )
+    return fitted.model, fitted.temperature
 
 
 def _scores(digits_of, data: Mnist, held: list[Correction]) -> Scores:

@@ -29,10 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from imagesets import photos, renderings
+from recognizer import contract
 from training import models, uploads
 from training.calibration import fit_temperature
 from training.data import Mnist
-from training.outlier_exposure import saved_weights
 
 RENDERED_DIGITS = 1_000  # fit digits rendered in every renderings kind (5,000 uploads)
 PHOTOS_PER_KIND = 100  # fit digits as phone photos, in every photos kind (1,100 uploads)
@@ -43,6 +43,16 @@ MIX = {"mnist": 0.4, "uploads": 0.2, "nondigits": 0.4}
 # shift (a prior correction) was chosen with VERDICT_MIN_CONFIDENCE on the validation split.
 DOUBT_SHIFT = -4.0
 MAX_DOUBT = 1 - 1e-4  # q below 1, so (1 - q) * softmax keeps its argmax in float32
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a fit starts from: a digit head's weights (small_cnn's, with logits), and a
+    rejector's when a rejecting version is fine-tuned again (`--from-store`); without one,
+    the rejector starts from the head's own trunk, as v4 did."""
+
+    head: list[np.ndarray]
+    doubt: list[np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,26 +80,61 @@ def combined(
     return keras.Model(pixels, probabilities, name="small_cnn_with_rejector")
 
 
-def digit_upload_fields(mnist: Mnist, seed: int) -> dict[str, np.ndarray]:
-    """Fit digits (the first MNIST training images) as uploads and phone photos, through
-    the function's preprocessing, cached: the positives that look as non-digits do."""
-    count = max(RENDERED_DIGITS, PHOTOS_PER_KIND)
+def is_rejecting(version_dir: Path) -> bool:
+    """Whether the exported version holds a rejector beside its digit head (as v4 does)."""
+    loaded = tf.saved_model.load(str(version_dir))
+    return any(v.name.startswith("rejector/") for v in loaded.variables)
+
+
+def saved_start(version_dir: Path, x_val: np.ndarray, y_val: np.ndarray) -> Start:
+    """A rejecting version's two networks, to fine-tune again.
+
+    The export keeps the combined model's variables in its weights' order (rejector first,
+    as `combined` calls it first). The split is checked: the rebuilt model, with T fitted
+    on the validation digits as the version's own fit did, must answer as the SavedModel.
+    """
+    loaded = tf.saved_model.load(str(version_dir))
+    values = [v.numpy() for v in loaded.variables if not v.name.startswith("seed_generator")]
+    head, doubt = models.small_cnn(logits=True), rejector()
+    split = len(doubt.weights)
+    if [v.shape for v in values] != [tuple(w.shape) for w in doubt.weights + head.weights]:
+        raise ValueError(f"{version_dir} does not hold a digit head and a rejector")
+    doubt.set_weights(values[:split])
+    head.set_weights(values[split:])
+    temperature = fit_temperature(head.predict(x_val.astype(np.float32), verbose=0), y_val)
+    probe = x_val[:64]
+    signature = loaded.signatures[contract.SIGNATURE]
+    expected = signature(**{contract.IMAGE: tf.constant(probe)})[contract.PROBABILITIES]
+    rebuilt = combined(head, doubt, temperature).predict(probe.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(rebuilt, expected.numpy(), atol=1e-4)
+    return Start(values[split:], values[:split])
+
+
+def digit_upload_fields(
+    mnist: Mnist, seed: int, rendered: int = RENDERED_DIGITS, per_photo_kind: int = PHOTOS_PER_KIND
+) -> dict[str, np.ndarray]:
+    """Fit digits (the first MNIST training images) as uploads (`rendered` in each kind) and
+    phone photos, through the function's preprocessing, cached: the positives that look
+    as non-digits do."""
+    count = max(rendered, per_photo_kind)
     digits, labels = mnist.x_train[:count], mnist.y_train[:count]
 
     def make() -> dict[str, np.ndarray]:
-        rendered = [
-            (kind, data)
-            for kind, _, data in renderings.render_all(digits[:RENDERED_DIGITS], seed=seed)
+        drawn = [
+            (kind, data) for kind, _, data in renderings.render_all(digits[:rendered], seed=seed)
         ]
         shot = [
             (kind, data)
             for kind, _, data in photos.render_photos(
-                digits, labels, seed=seed + 1, per_kind=PHOTOS_PER_KIND
+                digits, labels, seed=seed + 1, per_kind=per_photo_kind
             )
         ]
-        return uploads.to_fields(rendered + shot)
+        return uploads.to_fields(drawn + shot)
 
-    return uploads.cached(f"digit-uploads-{count}-{seed}", make, (digits, labels))
+    name = f"digit-uploads-{count}-{seed}"
+    if (rendered, per_photo_kind) != (RENDERED_DIGITS, PHOTOS_PER_KIND):
+        name = f"digit-uploads-{rendered}-{per_photo_kind}-{seed}"
+    return uploads.cached(name, make, (digits, labels))
 
 
 def fit(
@@ -99,23 +144,22 @@ def fit(
     x_val: np.ndarray,
     y_val: np.ndarray,
     *,
-    start_from: Path,
+    start: Start,
     epochs: int,
     batch_size: int,
     learning_rate: float,
     seed: int,
 ) -> Fitted:
-    """The digit head (the SavedModel at `start_from`, T on the validation digits) and a
-    rejector fine-tuned from the same weights, folded into one model. An epoch is as many
-    batches as see each of `digits` once (they are MIX["mnist"] of every batch)."""
+    """The digit head (`start.head`, T on the validation digits) and a rejector fine-tuned
+    from `start.doubt` or else the head's weights, folded into one model. An epoch is as
+    many batches as see each of `digits` once (they are MIX["mnist"] of every batch)."""
     head = models.small_cnn(logits=True)
-    start = saved_weights(start_from, head)
-    head.set_weights(start)
+    head.set_weights(start.head)
     head.trainable = False
     temperature = fit_temperature(head.predict(x_val.astype(np.float32), verbose=0), y_val)
 
     doubt = rejector()
-    doubt.set_weights(start[:-2] + doubt.layers[-1].get_weights())
+    doubt.set_weights(start.doubt or start.head[:-2] + doubt.layers[-1].get_weights())
     steps_per_epoch = math.ceil(len(digits) / (batch_size * MIX["mnist"]))
     doubt.compile(
         optimizer=keras.optimizers.Adam(

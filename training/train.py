@@ -210,7 +210,11 @@ def _fit_with_rejector(
         negatives["fields"],
         x_val,
         y_val,
-        start_from=models_dir / "mnist" / str(recipe.rejector_from),
+        start=rejection.Start(
+            outlier_exposure.saved_weights(
+                models_dir / "mnist" / str(recipe.rejector_from), models.small_cnn(logits=True)
+            )
+        ),
         epochs=epochs,
         batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate,

@@ -185,12 +185,14 @@ def test_cli_grpc_port_flag():
     assert build_parser().parse_args(["--port=8600"]).port == 8600
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_cli_stops_when_the_signal_reaches_another_thread(
-    tmp_path: Path, model_store, signum: signal.Signals
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGINT and SIGTERM, hammered"])
+def test_cli_stops_when_the_signal_reaches_another_thread_or_comes_twice(
+    tmp_path: Path, model_store, how: str
 ):
     """A terminal's Ctrl-C or a platform's SIGTERM may reach any thread (gRPC's, TF's);
-    with gRPC serving, the server once never stopped and `make demo` hung on Ctrl-C."""
+    with gRPC serving, the server once never stopped and `make demo` hung on Ctrl-C. And
+    the demo's Ctrl-C is SIGINT to the group, then bash's SIGTERM: a stop handler that
+    took a lock hung when the second landed inside the first (1 stop in 10 under load)."""
     deployment = Deployment(tmp_path, model_store)
     deployment.add_version(1, "bucket")
     deployment.write_config()
@@ -203,9 +205,13 @@ def test_cli_stops_when_the_signal_reaches_another_thread(
     try:
         server.wait_ready()
         assert GRPC_READY.search(server.log()), server.log()
-        signal_other_thread(server.process.pid, signum)
-        assert server.process.wait(timeout=15) == 0, server.log()
+        if how in ("SIGTERM", "SIGINT"):
+            signal_other_thread(server.process.pid, getattr(signal, how))
+        else:
+            hammered(server.process, 0.3)
+        assert server.process.wait(timeout=30) == 0, server.log()
         assert "Model server stopped" in server.log()
+        assert "Traceback" not in server.log()
     finally:
         server.process.kill()
         server.process.wait()
@@ -238,24 +244,3 @@ def test_stop_signals_survive_a_second_signal_inside_the_handler():
             waiter.kill()
             waiter.wait()
         assert int(waiter.stdout.read()) in (signal.SIGINT, signal.SIGTERM)
-
-
-def test_cli_stops_on_sigint_then_sigterm_as_the_demo_sends_them(tmp_path: Path, model_store):
-    deployment = Deployment(tmp_path, model_store)
-    deployment.add_version(1, "bucket")
-    deployment.write_config()
-    server = ServerProcess(
-        "--rest_api_port=0",
-        "--port=0",
-        f"--model_config_file={deployment.config_file}",
-        f"--models_dir={deployment.models_dir}",
-    )
-    try:
-        server.wait_ready()
-        hammered(server.process, 0.3)
-        assert server.process.wait(timeout=30) == 0, server.log()
-        assert "Model server stopped" in server.log()
-        assert "Traceback" not in server.log()
-    finally:
-        server.process.kill()
-        server.process.wait()

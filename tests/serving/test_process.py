@@ -205,11 +205,14 @@ def test_cli_stops_when_the_signal_reaches_another_thread_or_comes_twice(
     try:
         server.wait_ready()
         assert GRPC_READY.search(server.log()), server.log()
+        clean = {0}
         if how in ("SIGTERM", "SIGINT"):
             signal_other_thread(server.process.pid, getattr(signal, how))
         else:
             hammered(server.process, 0.3)
-        assert server.process.wait(timeout=30) == 0, server.log()
+            # A signal that lands after the stop, while Python exits, ends it by that signal.
+            clean |= {-signal.SIGINT, -signal.SIGTERM}
+        assert server.process.wait(timeout=30) in clean, server.log()
         assert "Model server stopped" in server.log()
         assert "Traceback" not in server.log()
     finally:

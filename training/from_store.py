@@ -30,7 +30,7 @@ from training.corrections import Correction
 from training.data import Mnist, load_mnist
 from training.export import export_version
 from training.saved_model import served
-from training.train import OUTLIER_KINDS, RECIPES, VALIDATION_IMAGES
+from training.train import OUTLIER_KINDS, RECIPES, VALIDATION_IMAGES, WIDE_KINDS
 
 HELD_OUT_SHARE = 0.2
 
@@ -74,21 +74,20 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
     if digits:
         x_fit = np.concatenate([x_fit, np.stack([c.image for c in digits])])
         y_fit = np.concatenate([y_fit, np.array([c.digit for c in digits], dtype=y_fit.dtype)])
-    kinds = (
-        OUTLIER_KINDS
-        if options.outliers_per_kind is None
-        else dict.fromkeys(OUTLIER_KINDS, options.outliers_per_kind)
-    )
+    start_dir = options.models_dir / "mnist" / str(options.start_from)
+    rejecting = rejection.is_rejecting(start_dir)
+    # A rejecting start is trained on with the newest rejector's negatives (v5's), v3 with its own.
+    kinds = WIDE_KINDS if rejecting else OUTLIER_KINDS
+    if options.outliers_per_kind is not None:
+        kinds = dict.fromkeys(kinds, options.outliers_per_kind)
     print(f"outliers: {sum(kinds.values())} nondigit uploads (made once, then cached)")
     negatives = uploads.nondigit_fields("train", kinds, options.seed, data)["fields"]
     marked = [c.image for c in kept if c.digit is None]
     if marked:
         negatives = np.concatenate([negatives, np.stack(marked)])
-    start_dir = options.models_dir / "mnist" / str(options.start_from)
     started = time.monotonic()
     print(f"fine-tuning v{options.start_from} on {len(x_fit)} digits, {len(negatives)} outliers")
     x_val, y_val = data.x_train[-VALIDATION_IMAGES:], data.y_train[-VALIDATION_IMAGES:]
-    rejecting = rejection.is_rejecting(start_dir)
     if rejecting:
         corrected = np.stack([c.image for c in digits]) if digits else None
         model, temperature = _refit_rejector(
@@ -161,7 +160,7 @@ def _refit_rejector(
     options: Options,
     data: Mnist,
 ) -> tuple[keras.Model, float]:
-    """A version with a rejector (v4), fine-tuned again as it was made: its digit head kept,
+    """A version with a rejector (v4, v5), fine-tuned again as it was made: its digit head kept,
     its rejector trained on, with the corrected digits among the digits that came through
     the upload path and the uploads marked "not a digit" among the non-digits. The head
     is unchanged, so what the corrections teach is where to doubt, not how to read."""
@@ -170,7 +169,7 @@ def _refit_rejector(
     digit_uploads = rejection.digit_upload_fields(data, options.seed, *sizes)["fields"]
     if corrected is not None:
         digit_uploads = np.concatenate([digit_uploads, corrected])
-    recipe = RECIPES["cnn_reject"]
+    recipe = RECIPES["cnn_reject_wide"]
     fitted = rejection.fit(
         x_fit,
         digit_uploads,

@@ -38,9 +38,9 @@ MAX_CANDIDATES = 3
 class VerdictPolicy:
     """The thresholds, each a setting (VERDICT_* in the README)."""
 
-    # The top probability the service stands by: the stable version's (v4), and each version
-    # calibrated otherwise its own (VERDICT_MIN_CONFIDENCE_BY_VERSION), so that a canary and
-    # a rollback are judged as they were chosen (docs/verdicts.md).
+    # The top probability the service stands by: the stable version's (v5, chosen for v4), and
+    # each version calibrated otherwise its own (VERDICT_MIN_CONFIDENCE_BY_VERSION), so that a
+    # canary and a rollback are judged as they were chosen (docs/verdicts.md).
     min_confidence: float = 0.45
     min_confidence_by_version: Mapping[int, float] = field(
         default_factory=lambda: MappingProxyType({3: 0.6})

@@ -29,13 +29,13 @@ def test_shipped_models_config(tmp_path: Path):
         "/models/mnist",
         "tensorflow",
     )
-    assert list(model.model_version_policy.specific.versions) == [1, 2, 3, 4]
-    assert dict(model.version_labels) == {"stable": 4, "canary": 4}
+    assert list(model.model_version_policy.specific.versions) == [1, 2, 3, 4, 5]
+    assert dict(model.version_labels) == {"stable": 5, "canary": 5}
 
     (resolved,) = load_model_config_file(SERVING_DIR / "models.config", models_dir=tmp_path)
     assert resolved.base_path == tmp_path / "mnist"
-    assert resolved.policy == VersionPolicy("specific", versions=frozenset({1, 2, 3, 4}))
-    assert resolved.labels == {"stable": 4, "canary": 4}
+    assert resolved.policy == VersionPolicy("specific", versions=frozenset({1, 2, 3, 4, 5}))
+    assert resolved.labels == {"stable": 5, "canary": 5}
 
 
 def test_shipped_monitoring_config():

@@ -12,7 +12,7 @@ from recognizer.preprocess import BlankImage, to_mnist
 @pytest.fixture(scope="session")
 def nondigit_fields(mnist) -> np.ndarray:
     """A few held-out ("eval") nondigits of every kind, through the function's preprocessing
-    (made once for the v3 and v4 tests)."""
+    (made once for the v3, v4 and v5 tests)."""
     fields = []
     for _, data in nondigits.make_set(8, seed=11, split="eval", mnist=mnist):
         try:

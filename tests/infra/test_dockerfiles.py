@@ -174,5 +174,9 @@ def test_build_context_holds_what_the_dockerfiles_copy_and_nothing_else() -> Non
     extra = {p for p in context - needed if p != ".dockerignore"}
     assert not {p for p in extra if not p.startswith(("function/", "models/"))}, sorted(extra)
     assert not [p for p in context if "__pycache__" in p or p.endswith(".pyc")]
-    size = sum((ROOT / p).stat().st_size for p in context)
-    assert size < 5 * 1024 * 1024, f"build context is {size} bytes"
+    # The served SavedModels are most of it (each version a few hundred KB to 1.6 MB); the
+    # rest, the function's code and the configs, stays small.
+    sizes = {p: (ROOT / p).stat().st_size for p in context}
+    models = sum(size for p, size in sizes.items() if p.startswith("models/"))
+    assert sum(sizes.values()) - models < 1024 * 1024, f"{sum(sizes.values()) - models} bytes"
+    assert models < 8 * 1024 * 1024, f"the models are {models} bytes"

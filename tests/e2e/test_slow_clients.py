@@ -272,7 +272,7 @@ def answers(url: str, seconds: float) -> bool:
 
 def test_it_is_the_buffering_without_it_the_same_clients_stop_the_function(function_url) -> None:
     """The same proxy with `proxy_request_buffering off` passes each body on as it comes:
-    the stalled bodies then hold the function's threads, and nobody is answered."""
+    the stalled bodies then hold the function's threads, and (nearly) nobody is answered."""
     wait_until(lambda: requests.get(f"{function_url}/healthz", timeout=2).ok, "the function", 30)
     unbuffered = {"proxy_request_buffering on;": "proxy_request_buffering off;"}
     with running_proxy(function_url, **unbuffered) as url, ExitStack() as stack:
@@ -280,7 +280,9 @@ def test_it_is_the_buffering_without_it_the_same_clients_stop_the_function(funct
         # Not a fixed pause: on a loaded machine nginx takes longer to pass them all on.
         wait_until(lambda: not answers(function_url, 1.0), "the stalled bodies holding it", 20)
         results = normal_requests(url, 3, timeout=3)
-    assert [status for _, status, _ in results if status == 200] == []
+    # A stalled body that the function's read timeout ends frees one thread for a moment
+    # (CI once saw 1 of the 3 answered); with buffering all 3 are, within 3 s each.
+    assert len([status for _, status, _ in results if status == 200]) <= 1, results
     wait_until(lambda: requests.get(f"{function_url}/healthz", timeout=2).ok, "the function", 30)
 
 

@@ -117,6 +117,15 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
         help="let a new label point at a version that is not loaded yet",
     )
     parser.add_argument(
+        "--allow_base_path_outside_models_dir",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="dev-only: load a base path outside --models_dir (refused by default, so a "
+        "config reload cannot load a SavedModel from anywhere on the disk)",
+    )
+    parser.add_argument(
         "--models_dir",
         type=Path,
         default=defaults.models_dir,
@@ -218,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        allow_base_path_outside_models_dir=args.allow_base_path_outside_models_dir,
         models_dir=args.models_dir,
         monitoring_config_file=args.monitoring_config_file,
         rest_api_enable_cors_support=args.rest_api_enable_cors_support,

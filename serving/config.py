@@ -73,6 +73,23 @@ def resolve_base_path(base_path: str, *, config_dir: Path, models_dir: Path) -> 
     return path if path.is_absolute() else config_dir / path
 
 
+def check_inside_models_dir(models: Iterable[ModelConfig], models_dir: Path) -> None:
+    """Refuse a base path that leaves the models directory once '..' and symlinks resolve.
+
+    Whoever can reach the admin API could otherwise load any SavedModel on the disk
+    (one whose signature reads files, say); TF Serving itself has no such check.
+    """
+    root = models_dir.resolve()
+    for model in models:
+        path = model.base_path.resolve()
+        if path != root and root not in path.parents:
+            raise ConfigError(
+                "INVALID_ARGUMENT",
+                f"Base path {model.base_path} of model {model.name} is outside the models "
+                f"directory {models_dir} (--allow_base_path_outside_models_dir allows it)",
+            )
+
+
 def _policy(proto: model_server_config_pb2.ModelConfig) -> VersionPolicy:
     policy = proto.model_version_policy
     choice = policy.WhichOneof("policy_choice")

@@ -121,6 +121,27 @@ class ModelRepository:
             self._labels = labels
         self.poll_filesystem()
 
+    def apply_models_first(self, models: Iterable[ModelConfig]) -> None:
+        """Apply the models' version policies now, and of their labels only those that
+        point at an AVAILABLE version (else a label keeps its current version while that
+        one is AVAILABLE): the first of two steps; apply_config, once the loads settle,
+        is the second."""
+        models = tuple(models)
+        with self._lock:
+            labels: dict[str, dict[str, int]] = {}
+            for model in models:
+                states = self._states.get(model.name, {})
+                current = self._labels.get(model.name, {})
+                for label, version in model.labels.items():
+                    for candidate in (version, current.get(label)):
+                        status = states.get(candidate) if candidate is not None else None
+                        if status is not None and status.state is State.AVAILABLE:
+                            labels.setdefault(model.name, {})[label] = candidate
+                            break
+            self._models = {model.name: model for model in models}
+            self._labels = labels
+        self.poll_filesystem()
+
     def _checked_labels(self, models: tuple[ModelConfig, ...]) -> dict[str, dict[str, int]]:
         # ServerCore::UpdateModelVersionLabelMap: a label may only point at an AVAILABLE
         # version; the flag relaxes that for new labels (or labels that do not move).

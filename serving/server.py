@@ -20,6 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.batching import Batcher, BatchingOptions
 from serving.config import (
     ModelConfig,
+    check_inside_models_dir,
     load_monitoring_config,
     parse_model_server_config,
     resolve_models,
@@ -52,6 +53,7 @@ class ServerOptions:
     model_config_file_poll_wait_seconds: float = 2.0  # 0 disables polling
     file_system_poll_wait_seconds: float = 1.0  # 0 disables polling
     allow_version_labels_for_unavailable_models: bool = False
+    allow_base_path_outside_models_dir: bool = False  # dev-only: see check_inside_models_dir
     models_dir: Path = DEFAULT_MODELS_DIR
     monitoring_config_file: Path | None = None  # None: no Prometheus page, as in TF Serving
     rest_api_enable_cors_support: bool = False
@@ -118,6 +120,7 @@ class ModelServer:
         self._config_lock = threading.Lock()
         self._config_text: str | None = None
         self._config_failed = False
+        self._file_applied: str | None = None  # the file's text last applied in full
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> ModelServer:
@@ -288,6 +291,7 @@ class ModelServer:
                 raise
             if config_text is None:
                 self._config_text, self._config_failed = text, False
+                self._file_applied = text
 
     def reload_config_proto(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """ModelService.HandleReloadConfigRequest: replace the whole config with `config`.
@@ -299,11 +303,7 @@ class ModelServer:
         """
         with self._config_lock:
             before = set(self.repository.models)
-            models = resolve_models(
-                config,
-                config_dir=self.options.model_config_file.resolve().parent,
-                models_dir=self.options.models_dir,
-            )
+            models = self._resolve_proto(config)
             self.repository.apply_config(models)
             self._config_text = None  # the next poll re-applies the file
         new = [model.name for model in models if model.name not in before]
@@ -335,11 +335,31 @@ class ModelServer:
             raise ConfigError("NOT_FOUND", f"Cannot read model config file {path}: {exc}") from exc
 
     def _resolve(self, text: str) -> tuple[ModelConfig, ...]:
-        return resolve_models(
-            parse_model_server_config(text),
+        return self._resolve_proto(parse_model_server_config(text))
+
+    def _resolve_proto(
+        self, config: model_server_config_pb2.ModelServerConfig
+    ) -> tuple[ModelConfig, ...]:
+        models = resolve_models(
+            config,
             config_dir=self.options.model_config_file.resolve().parent,
             models_dir=self.options.models_dir,
         )
+        if not self.options.allow_base_path_outside_models_dir:
+            check_inside_models_dir(models, self.options.models_dir)
+        return models
+
+    def _restore(self, models: tuple[ModelConfig, ...]) -> None:
+        """Bring back the file's config after another one replaced it, in two steps.
+
+        A reload (over gRPC, say) may have unloaded the versions the file's labels name,
+        and a label may only point at an AVAILABLE version: applied whole, the file would
+        be refused on every poll until a restart. So its versions load first, under the
+        labels that can stay, and then the file applies whole.
+        """
+        self.repository.apply_models_first(models)
+        self.repository.wait_until_settled(self.options.initial_load_timeout_seconds)
+        self.repository.apply_config(models)
 
     def _poll_config(self) -> None:
         # Like TF Serving, a rejected config is retried on every poll; it is logged once.
@@ -355,7 +375,13 @@ class ModelServer:
             if not changed and not self._config_failed:
                 return
             try:
-                self.repository.apply_config(self._resolve(text))
+                models = self._resolve(text)
+                try:
+                    self.repository.apply_config(models)
+                except ConfigError:
+                    if text != self._file_applied:
+                        raise
+                    self._restore(models)
             except ConfigError as exc:
                 if changed or not self._config_failed:
                     log.error(
@@ -367,4 +393,5 @@ class ModelServer:
             else:
                 log.info("Reloaded model config %s", self.options.model_config_file)
                 self._config_failed = False
+                self._file_applied = text
             self._config_text = text

@@ -421,6 +421,114 @@ def test_the_rollout_tool_pushes_to_the_dev_server(deployment: Deployment, start
     wait_for(lambda: version_states(server.url).get(1) == "END", what="v1 unloaded")
 
 
+# ------------------------------------------------- a hostile or failed reload (#23)
+def test_reload_with_a_base_path_outside_the_models_dir_is_refused(
+    deployment: Deployment, start_server, tmp_path
+):
+    """A reload naming "/models/../../x" (or any path off the models directory) could load
+    a SavedModel from anywhere; the dev server refuses it whole unless its flag allows it."""
+    deployment.add_version(1, "bucket")
+    deployment.write_config(policy="specific { versions: 1 }")
+    outside = tmp_path / "outside"
+    shutil.copytree(deployment.store["bucket"], outside / "evil" / "1")
+    server = start_server(deployment, port=0, model_config_file_poll_wait_seconds=0)
+    traversal = "/models/" + "../" * 8 + str(outside / "evil").lstrip("/")
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for base_path in (traversal, str(outside / "evil")):
+            config = config_proto(policy="specific { versions: 1 }")
+            evil = config.model_config_list.config.add()
+            evil.CopyFrom(config.model_config_list.config[0])
+            evil.name, evil.base_path = "evil", base_path
+            error = rpc_error(
+                lambda r, timeout: stub.HandleReloadConfigRequest(r, timeout=timeout),
+                model_management_pb2.ReloadConfigRequest(config=config),
+            )
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "is outside the models directory" in error.details()
+    assert set(server.repository.models) == {"mnist"}
+    assert "evil" not in server.repository.all_states()
+
+    allowed = start_server(
+        deployment,
+        port=0,
+        model_config_file_poll_wait_seconds=0,
+        allow_base_path_outside_models_dir=True,
+    )
+    config = config_proto(policy="specific { versions: 1 }")
+    evil = config.model_config_list.config.add()
+    evil.CopyFrom(config.model_config_list.config[0])
+    evil.name, evil.base_path = "evil", traversal
+    with grpc.insecure_channel(allowed.grpc_address) as channel:
+        response = reload(model_service_pb2_grpc.ModelServiceStub(channel), config)
+    assert response.status.error_code == 0
+    assert version_states(allowed.url, "evil") == {1: "AVAILABLE"}
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        [  # load v1, then move stable to it and drop v2: every answer from v1
+            {"policy": "specific { versions: 1 versions: 2 }", "labels": {"stable": 2}},
+            {"policy": "specific { versions: 1 }", "labels": {"stable": 1}},
+        ],
+        [None],  # an empty model list: nothing served
+    ],
+    ids=["stable-to-v1", "empty-list"],
+)
+def test_the_config_poller_restores_the_file_after_a_hostile_reload(
+    deployment: Deployment, start_server, hostile
+):
+    """A reload that unloads the version the file's label names used to leave the poller
+    refusing the file ("label to version 2 ... not currently available") until a restart;
+    it now loads the file's versions first and then applies the file whole. The poller
+    is called by hand so that it cannot undo the hostile steps before they are done."""
+    deployment.add_version(1, "bucket")
+    deployment.add_version(2, "flipped")
+    deployment.write_config(policy="specific { versions: 2 }", labels={"stable": 2})
+    server = start_server(
+        deployment,
+        port=0,
+        model_config_file_poll_wait_seconds=0,
+        allow_version_labels_for_unavailable_models=True,
+    )
+    empty = model_server_config_pb2.ModelServerConfig(
+        model_config_list=model_server_config_pb2.ModelConfigList()
+    )
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for step in hostile:
+            config = empty if step is None else config_proto(**step)
+            assert reload(stub, config).status.error_code == 0
+            server.repository.wait_until_settled(timeout=30)
+    server._poll_config()  # what the poller does on its next tick
+    assert server.repository.labels == {"mnist": {"stable": 2}}
+    server.repository.wait_until_settled(timeout=30)
+    assert version_states(server.url)[2] == "AVAILABLE"
+    assert version_states(server.url).get(1, "END") == "END"
+    assert not server._config_failed
+    request = predict_request(255, label="stable")
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert stub.Predict(request, timeout=10).model_spec.version.value == 2
+
+
+def test_the_poller_still_refuses_a_new_file_breaking_the_label_rule(
+    deployment: Deployment, start_server
+):
+    """The two-step restore is only for a file that was once applied whole: an edited file
+    moving a label to a version not yet loaded is refused whole, as TF Serving does."""
+    deployment.add_version(1, "bucket")
+    deployment.add_version(2, "flipped")
+    deployment.write_config(policy="specific { versions: 1 }", labels={"stable": 1})
+    server = start_server(deployment, allow_version_labels_for_unavailable_models=True)
+    deployment.write_config(policy="specific { versions: 2 }", labels={"stable": 2})
+    wait_for(lambda: server._config_failed, what="the rejection")
+    server.repository.poll_filesystem()
+    assert version_states(server.url) == {1: "AVAILABLE"}
+    assert server.repository.labels == {"mnist": {"stable": 1}}
+
+
 def test_grpc_tensor_round_trip_of_other_dtypes():
     """tensorflow Tensor::AsProtoField / FromProto for the fields TF Serving answers in."""
     from serving.grpcserver import tensor_from_proto, tensor_proto

@@ -228,6 +228,46 @@ def test_tf_serving_flags(compose_all) -> None:
     assert services(compose_all)["tf-serving"]["entrypoint"] == ["tensorflow_model_server"]
 
 
+def test_the_model_servers_grpc_admin_api_is_on_no_network(compose_all) -> None:
+    """gRPC's ModelService reloads what is served for anyone who reaches the port (#23), and
+    a network cannot split it from Predict: TCP gRPC is off (TF Serving's --port=0), and
+    gRPC listens on a socket inside the container only. The function uses REST."""
+    service = services(compose_all)["tf-serving"]
+    flags = dict(word.removeprefix("--").split("=", 1) for word in service["command"])
+    assert flags["port"] == "0"
+    assert PurePosixPath(flags["grpc_socket_path"]).parent == PurePosixPath("/tmp")
+    published = {str(port.get("target")) for port in service.get("ports", [])}
+    assert published == {"8501"} and not service.get("expose")
+
+
+def networks_of(model: dict[str, Any]) -> dict[str, set[str]]:
+    return {name: set(service.get("networks") or {}) for name, service in services(model).items()}
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "talk"),
+    [
+        ("proxy", "function", True),
+        ("function", "tf-serving", True),
+        ("function", "cassandra", True),
+        ("schema", "cassandra", True),
+        ("proxy", "tf-serving", False),
+        ("proxy", "cassandra", False),
+        ("tf-serving", "cassandra", False),
+        ("schema", "tf-serving", False),
+    ],
+)
+def test_networks_join_only_the_services_that_talk(compose_all, one, other, talk) -> None:
+    networks = networks_of(compose_all)
+    assert bool(networks[one] & networks[other]) is talk, (one, other, networks)
+
+
+def test_every_cassandra_node_and_job_is_on_the_store_network_only(compose_all) -> None:
+    networks = networks_of(compose_all)
+    for name in ("cassandra", "cassandra-2", "cassandra-3", "schema", "schema-cluster"):
+        assert networks[name] == {"store"}, name
+
+
 def test_cassandra_nodes_set_the_heap_and_share_cluster_and_dc(compose_all) -> None:
     nodes = {n: s for n, s in services(compose_all).items() if s["image"].startswith("cassandra")}
     nodes = {n: s for n, s in nodes.items() if "healthcheck" in s}

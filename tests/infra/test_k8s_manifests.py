@@ -320,3 +320,84 @@ def test_schema_job_applies_the_repository_schema_with_three_replicas() -> None:
     assert {"name": "schema", "configMap": {"name": "cassandra-schema"}} in volumes
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert "-f /schema/schema.cql" in container["command"][-1]
+
+
+# --- network policies (#23) -------------------------------------------------------------
+
+
+def pod_labels(workload: str) -> dict[str, str]:
+    """The labels of the pods a workload (Deployment, StatefulSet, Job, Knative Service) makes."""
+    (doc,) = [
+        d
+        for d in DOCUMENTS
+        if d["metadata"]["name"] == workload and "template" in d.get("spec", {})
+    ]
+    return doc["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels is evaluated here"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def allowed(source: dict[str, str], target: dict[str, str], port: int) -> bool:
+    """NetworkPolicy semantics for pods of one namespace: a pod no policy selects takes
+    everything; a selected pod takes what some rule of a selecting policy allows."""
+    policies = [
+        d
+        for d in DOCUMENTS
+        if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], target)
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            peers = [p["podSelector"] for p in rule.get("from", []) if "podSelector" in p]
+            if port in ports and any(selects(peer, source) for peer in peers):
+                return True
+    return False
+
+
+ROLLOUT_POD = {"app.kubernetes.io/name": "digit-recognizer-rollout"}
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "port", "expected"),
+    [
+        ("digit-recognizer", "tf-serving", 8501, True),  # the function's predictions (REST)
+        ("digit-recognizer", "tf-serving", 8500, False),  # gRPC carries ModelService reloads
+        ("cassandra", "tf-serving", 8500, False),
+        ("cassandra-schema", "tf-serving", 8501, False),
+        (ROLLOUT_POD, "tf-serving", 8500, True),
+        (ROLLOUT_POD, "tf-serving", 8501, True),
+        ({}, "tf-serving", 8500, False),  # any other pod in the namespace
+        ("digit-recognizer", "cassandra", 9042, True),
+        ("cassandra-schema", "cassandra", 9042, True),
+        ("cassandra", "cassandra", 7000, True),
+        ("tf-serving", "cassandra", 9042, False),
+        ("digit-recognizer", "cassandra", 7000, False),
+    ],
+)
+def test_network_policies_let_only_the_talking_pods_in(source, target, port, expected) -> None:
+    source_labels = source if isinstance(source, dict) else pod_labels(source)
+    assert allowed(source_labels, pod_labels(target), port) is expected
+
+
+def test_network_policy_ports_are_the_containers_ports() -> None:
+    """A policy names the pod's port (8500/8501, not the Service's): they must exist."""
+    for policy in (d for d in DOCUMENTS if d["kind"] == "NetworkPolicy"):
+        (workload,) = [
+            d
+            for d in DOCUMENTS
+            if d["kind"] in ("Deployment", "StatefulSet")
+            and selects(policy["spec"]["podSelector"], d["spec"]["template"]["metadata"]["labels"])
+        ]
+        container_ports = {
+            p["containerPort"]
+            for c in workload["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        for rule in policy["spec"]["ingress"]:
+            assert {p["port"] for p in rule["ports"]} <= container_ports, label(policy)

@@ -12,10 +12,12 @@ with --apply), 3 wait (not enough evidence yet; nothing changed), 4 roll back
 (recommended, or done with --apply); 1 is an error (no canary, an unreadable store, a
 refused change) and 2 a usage error. Its rules are in infra/rollout/analysis.py.
 
-Each step re-reads models.config, checks nobody else changed it, validates the new
-state (disk, signature, TF Serving's label rule, the server's own config rules), writes
-it atomically, optionally pushes it over gRPC, and waits until the model server reports
-it before the next step. Defaults come from the same variables as the function.
+Each step re-reads models.config where every replica polls it (a file, a ConfigMap or a
+Cloud Storage object: infra/rollout/shared.py), checks nobody else changed it, validates
+the new state (disk, signature, TF Serving's label rule on every replica, the server's
+own config rules), writes it atomically, optionally pushes it over gRPC, and waits until
+every replica reports it before the next step (infra/rollout/fleet.py). Defaults come
+from the same variables as the function.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from infra.rollout import analysis, figures, plan, report
 from infra.rollout.errors import RolloutError
+from infra.rollout.fleet import Fleet, replica_status, replicas_setting
 from infra.rollout.plan import Facts, Step
 from infra.rollout.push import push_config
 from infra.rollout.served import (
@@ -42,9 +45,9 @@ from infra.rollout.served import (
     render,
     served_of,
     with_served,
-    write_atomically,
 )
-from infra.rollout.server import ServerView, wait_for
+from infra.rollout.server import ServerView
+from infra.rollout.shared import LocalFile, SharedConfig, shared_config
 from infra.rollout.signature import check_version, versions_on_disk
 from recognizer.config import Settings
 from recognizer.env import SettingsError
@@ -77,16 +80,28 @@ class Deployment:
     poll_seconds: float
     drain_seconds: float
     say: Callable[[str], None] = print
+    # Where the replicas read the config; the local file `config_file` when not given.
+    shared: SharedConfig | None = None
+    # Every replica; only `server` when not given.
+    fleet: Fleet | None = None
+    # The replicas' --model_config_file_poll_wait_seconds: one lagging longer is named.
+    config_poll_seconds: float = 0.0
+    convergence: list[tuple[str, float, list]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.shared is None:
+            self.shared = LocalFile(self.config_file)
+        if self.fleet is None:
+            self.fleet = Fleet("", self.server.url, self.model, {self.server.url: self.server})
 
     def read(self) -> tuple[str, ModelServerConfig]:
-        try:
-            text = self.config_file.read_text(encoding="utf-8")
-        except OSError as error:
-            raise RolloutError(f"cannot read {self.config_file}: {error.strerror}") from None
+        assert self.shared is not None
+        text = self.shared.read()
         return text, parse(text)
 
     def facts(self, config: ModelServerConfig) -> Facts:
-        return Facts(self.on_disk(config), self.server.available())
+        assert self.fleet is not None
+        return Facts(self.on_disk(config), self.fleet.available_everywhere())
 
     def on_disk(self, config: ModelServerConfig) -> dict[int, list[str]]:
         base_path = model_entry(config, self.model).base_path
@@ -110,27 +125,39 @@ class Deployment:
             current = served_of(config, self.model)
             if current != expected:
                 raise RolloutError(
-                    f"{self.config_file} changed during the rollout (now {current.describe()}); "
+                    f"{self.shared} changed during the rollout (now {current.describe()}); "
                     "check it and run the command again"
                 )
             updated = self.validated(config, current, step.target)
-            write_atomically(self.config_file, render(updated, text))
+            self.shared.write(render(updated, text))
             if self.grpc:
                 try:
                     push_config(self.grpc, updated, self.timeout)
                 except RolloutError as error:
-                    write_atomically(self.config_file, text)  # the file and server agree again
-                    raise RolloutError(f"{error} ({self.config_file} restored)") from None
+                    self.shared.write(text)  # the file and server agree again
+                    raise RolloutError(f"{error} ({self.shared} restored)") from None
             try:
-                took = wait_for(
-                    converged(self.server, current, step.target), self.timeout, self.poll_seconds
+                took, replicas = self.fleet.wait(
+                    on_every_replica(current, step.target),
+                    self.timeout,
+                    self.poll_seconds,
+                    self.config_poll_seconds,
+                    self.say,
                 )
             except RolloutError as error:
                 raise RolloutError(
                     f"{error}. The config is written; a model server that rejects a config "
                     "keeps the previous one and says why in its log"
                 ) from None
-            self.say(f"  done in {took:.1f} s: {step.target.describe()}")
+            self.convergence.append((step.why, took, replicas))
+            slowest = ", ".join(
+                f"{r.url} {r.converged_after:.1f} s" for r in replicas if r.converged_after
+            )
+            self.say(
+                f"  converged on {len(replicas)} replica(s) in {took:.1f} s"
+                + (f" ({slowest})" if slowest else "")
+                + f": {step.target.describe()}"
+            )
             expected = step.target
 
     def validated(
@@ -150,8 +177,20 @@ class Deployment:
         return updated
 
 
+def on_every_replica(current: Served, target: Served) -> Callable[[ServerView], str | None]:
+    """A fleet check: `converged` per replica, each remembering its own load attempts."""
+    checks: dict[str, Callable[[], str | None]] = {}
+
+    def check(view: ServerView) -> str | None:
+        if view.url not in checks:
+            checks[view.url] = converged(view, current, target)
+        return checks[view.url]()
+
+    return check
+
+
 def converged(server: ServerView, current: Served, target: Served) -> Callable[[], str | None]:
-    """A check for wait_for: None once the server serves `target`, else what is missing."""
+    """A check for one replica: None once it serves `target`, else what is missing."""
     attempted: set[int] = set()
 
     def check() -> str | None:
@@ -178,13 +217,39 @@ def converged(server: ServerView, current: Served, target: Served) -> Callable[[
     return check
 
 
+def replicas(deployment: Deployment, served: Served, labels: Sequence[str]) -> list[dict]:
+    """Each replica's state against the config; a discovery failure is one entry saying so."""
+    assert deployment.fleet is not None
+    try:
+        members = deployment.fleet.members()
+    except RolloutError as error:
+        return [{"url": deployment.fleet.replicas, "reachable": False, "error": str(error),
+                 "agrees": False}]  # fmt: skip
+    return [replica_status(member, served, labels) for member in members]
+
+
+def _replica_lines(found: list[dict]) -> str:
+    lines = [f"replicas: {sum(r['agrees'] for r in found)} of {len(found)} serve the config"]
+    for replica in found:
+        if not replica["reachable"]:
+            lines.append(f"  {replica['url']}: {replica['error']}")
+        elif replica["agrees"]:
+            lines.append(f"  {replica['url']}: agrees")
+        else:
+            lines.append(f"  {replica['url']}: " + "; ".join(replica["disagreements"]))
+    return "\n".join(lines)
+
+
 def status(deployment: Deployment, args: argparse.Namespace) -> str:
     _, config = deployment.read()
     served = served_of(config, deployment.model)
-    if args.json:  # the store's figures only; an unreadable store is an error, not a line
-        _, figures = _window_figures(args)
-        return json.dumps(report.status_json(figures, served))
     labels = sorted(set(served.labels) | {args.stable_label, args.canary_label})
+    if args.json:  # the store's figures; an unreadable store is an error, not a line
+        _, figures = _window_figures(args)
+        document = report.status_json(figures, served)
+        if args.replicas_state:
+            document["replicas"] = replicas(deployment, served, labels)
+        return json.dumps(document)
     try:
         server_versions: dict | str = deployment.server.versions()
         server_labels = {label: deployment.server.label_version(label) for label in labels}
@@ -194,10 +259,10 @@ def status(deployment: Deployment, args: argparse.Namespace) -> str:
         source, figures = _window_figures(args)
     except RolloutError as error:
         source, figures = _log_reader(args)[0], str(error)
-    return report.render_status(
+    text = report.render_status(
         report.StatusFacts(
             model=deployment.model,
-            config_file=str(deployment.config_file),
+            config_file=str(deployment.shared),
             served=served,
             on_disk=deployment.on_disk(config),
             server_url=deployment.server.url,
@@ -209,6 +274,7 @@ def status(deployment: Deployment, args: argparse.Namespace) -> str:
             low_confidence=args.low_confidence,
         )
     )
+    return text + "\n" + _replica_lines(replicas(deployment, served, labels))
 
 
 def analyze(deployment: Deployment, args: argparse.Namespace) -> int:
@@ -255,7 +321,7 @@ def analyze(deployment: Deployment, args: argparse.Namespace) -> int:
         deployment.say("--apply: nothing to do while the decision is to wait")
     if applied:
         if served_of(deployment.read()[1], deployment.model) != served:
-            raise RolloutError(f"{deployment.config_file} changed during the analysis; run again")
+            raise RolloutError(f"{deployment.shared} changed during the analysis; run again")
         deployment.say(f"applying the decision: {decision.action}")
         deployment.apply(plan_for(deployment, args, decision.action))  # as the command does
     if args.json:
@@ -281,12 +347,13 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     as they read it; SettingsError names a malformed variable."""
     function = Settings.from_env(env)
     serving = EnvDefaults.from_env(env)
+    fleet = replicas_setting(env)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
-        type=Path,
-        default=REPO_ROOT / "serving" / "models.config",
-        help="the ModelServerConfig file the model server reads (default: serving/models.config)",
+        default=str(REPO_ROOT / "serving" / "models.config"),
+        help="the ModelServerConfig every replica polls: a path, configmap:NAMESPACE/NAME[/KEY] "
+        "(kubectl) or gs://BUCKET/OBJECT (gcloud storage) (default: serving/models.config)",
     )
     common.add_argument(
         "--models-dir",
@@ -299,6 +366,19 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
         "--server",
         default=function.model_server_url,
         help="model server REST URL ($MODEL_SERVER_URL)",
+    )
+    common.add_argument(
+        "--replicas",
+        default=fleet,
+        help="every replica's REST URL, commas between, or dns://HOST:PORT for a headless "
+        "Service ($MODEL_SERVER_REPLICAS; default: --server alone)",
+    )
+    common.add_argument(
+        "--config-poll-seconds",
+        type=float,
+        default=30.0,
+        help="the replicas' --model_config_file_poll_wait_seconds: a replica disagreeing "
+        "longer is named (%(default)g)",
     )
     common.add_argument("--stable-label", default=function.model_label)
     common.add_argument("--canary-label", default=function.canary_label)
@@ -338,6 +418,7 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     )
     reading.add_argument("--sqlite", type=Path, default=function.sqlite_path)
     reading.add_argument("--json", action="store_true", help="print JSON (see the README)")
+    reading.set_defaults(replicas_state=False)
 
     parser = argparse.ArgumentParser(
         prog="python -m infra.rollout",
@@ -345,7 +426,10 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", parents=[common, reading], help="what is served and how it does")
+    shown = commands.add_parser(
+        "status", parents=[common, reading], help="what is served and how it does"
+    )
+    shown.set_defaults(replicas_state=True)  # analyze's JSON stays the decision alone
     start = commands.add_parser("canary", parents=[changing], help="start a canary")
     start.add_argument("version", type=int)
     commands.add_parser("promote", parents=[changing], help="make the canary stable")
@@ -434,15 +518,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"python -m infra.rollout: error: {problem}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    try:
+        shared = shared_config(args.config)
+    except RolloutError as error:
+        parser.error(str(error))
+    server = ServerView(args.server, args.model)
     deployment = Deployment(
-        config_file=args.config,
+        # A remote config's relative base paths would be the replicas' own: none here.
+        config_file=shared.path if isinstance(shared, LocalFile) else Path.cwd() / "models.config",
         models_dir=args.models_dir,
         model=args.model,
-        server=ServerView(args.server, args.model),
+        server=server,
         grpc=getattr(args, "grpc", None),  # status takes no change options
         timeout=getattr(args, "timeout", 0.0),
         poll_seconds=getattr(args, "poll_seconds", 0.0),
         drain_seconds=getattr(args, "drain_seconds", 0.0),
+        shared=shared,
+        fleet=Fleet(args.replicas, server.url, args.model, {server.url: server}),
+        config_poll_seconds=args.config_poll_seconds,
     )
     try:
         if args.command == "status":

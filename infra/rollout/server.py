@@ -7,9 +7,6 @@ only when the version behind it is AVAILABLE -- exactly "this label serves now".
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from infra.rollout.errors import RolloutError
 from recognizer.model_client import (
     ModelClient,
@@ -65,18 +62,3 @@ class ServerView:
             text = error.body.decode("utf-8", "replace")[:200]
             return RolloutError(f"the model server answered {error.status}: {text}")
         return RolloutError(f"the model server at {self.url}: {error}")
-
-
-def wait_for(condition: Callable[[], str | None], timeout: float, poll_seconds: float) -> float:
-    """Poll `condition` (None when met, else what is still missing) until met; seconds taken.
-
-    Raises RolloutError naming what was still missing at the deadline.
-    """
-    started = time.monotonic()
-    while True:
-        missing = condition()
-        if missing is None:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise RolloutError(f"after {timeout:g} s {missing}")
-        time.sleep(poll_seconds)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from recognizer.budget import DecodeBudget
 from recognizer.config import Settings
+from recognizer.identity import IdentityTokens
 from recognizer.model_client import ModelClient
 from recognizer.records import PredictionStore
 from recognizer.service import Recognizer
@@ -35,6 +36,11 @@ def connect(settings: Settings) -> Clients:
         settings.label_cache_seconds,
         retries=settings.model_retries,
         retry_backoff_seconds=settings.model_retry_backoff_seconds,
+        auth_headers=(
+            IdentityTokens(settings.model_server_url).headers
+            if settings.model_server_id_token
+            else None
+        ),
     )
     store = open_store(settings)
     recognizer = Recognizer(

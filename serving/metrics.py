@@ -1,9 +1,19 @@
 """Prometheus text exposition of request counts, latencies and version states.
 
-Families are named after TF Serving's (:tensorflow:serving:request_count and
-request_latency, microseconds) so dashboards built on the real server keep
-working; they carry model_version and API labels on top. The version-state
-gauge exists only in the development server, hence its dev_ prefix.
+As TF Serving's own page (tensorflow_serving/util/prometheus_exporter.cc, the metrics of
+servables/tensorflow/util.cc, recorded by model_servers/http_server.cc), so dashboards and
+alerts built on the real server work on this one:
+
+- :tensorflow:serving:request_count{model_name, status}: every REST API call, status the
+  canonical code name (OK, NOT_FOUND, INVALID_ARGUMENT, ...);
+- :tensorflow:serving:request_latency{model_name, API, entrypoint="REST"}: microseconds,
+  successful calls only; API is the POST verb (predict, classify, regress), empty for GET
+  (metadata, status), as http_rest_api_handler.cc leaves it; buckets
+  Buckets::Exponential(10, 1.8, 33) with TF's "below the limit" rule;
+- dev_model_server_model_version_state: the development server's alone.
+
+One addition: a # HELP line per family, which TF's exporter leaves out and
+`promtool check metrics` asks for.
 """
 
 from __future__ import annotations
@@ -18,18 +28,22 @@ from serving.repository import State, VersionStatus
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 VERSION_STATE = "dev_model_server_model_version_state"
-# Microseconds, like TF Serving's request_latency.
-LATENCY_BUCKETS_US = (
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
-    250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
-)  # fmt: skip
+# monitoring::Buckets::Exponential(10, 1.8, 33): 10 * 1.8**i microseconds, i < 33 (about
+# 20 minutes), then DBL_MAX, exposed as +Inf.
+LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))  # as TF: each limit 1.8 times the last
+# The API label of a GET: TF Serving's handler names only the POST verbs.
+API_OF = {"predict": "predict", "classify": "classify", "regress": "regress"}
 
 
 @dataclass
 class _Histogram:
-    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_US))
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_US) + 1))
     total: float = 0.0
-    count: int = 0
+
+
+def _number(value: float) -> str:
+    """absl::StrCat of a double: six significant digits ("10", "104.976", "1.44209e+09")."""
+    return f"{value:.6g}"
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
@@ -44,54 +58,51 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str, str, str], int] = {}
-        self._latency: dict[tuple[str, str, str, str], _Histogram] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+        self._latency: dict[tuple[str, str], _Histogram] = {}
 
-    def observe(self, model: str, version: str, api: str, status: str, seconds: float) -> None:
-        """Record one API call; version is '' when none was resolved."""
-        key = (model, version, api, status)
-        micros = seconds * 1e6
+    def observe(self, model: str, api: str, status: str, seconds: float) -> None:
+        """Record one REST API call (model '' when the path named none), as
+        http_server.cc does: counted always, its latency only when it succeeded."""
         with self._lock:
+            key = (model, status)
             self._counts[key] = self._counts.get(key, 0) + 1
-            histogram = self._latency.setdefault(key, _Histogram())
-            index = bisect.bisect_left(LATENCY_BUCKETS_US, micros)
-            if index < len(LATENCY_BUCKETS_US):
-                histogram.buckets[index] += 1
-            histogram.total += micros
-            histogram.count += 1
+            if status != "OK":
+                return
+            histogram = self._latency.setdefault((model, API_OF.get(api, "")), _Histogram())
+            # tensorflow::histogram::Histogram::Add: the first bucket whose limit is above.
+            histogram.buckets[bisect.bisect_right(LATENCY_BUCKETS_US, seconds * 1e6)] += 1
+            histogram.total += seconds * 1e6
 
     def render(self, states: Mapping[str, Iterable[VersionStatus]]) -> str:
         """The Prometheus text page (format 0.0.4)."""
         with self._lock:
             counts = dict(self._counts)
-            latency = {
-                key: _Histogram(list(h.buckets), h.total, h.count)
-                for key, h in self._latency.items()
-            }
+            latency = {k: _Histogram(list(h.buckets), h.total) for k, h in self._latency.items()}
         lines = [
             f"# HELP {REQUEST_COUNT} The total number of requests.",
             f"# TYPE {REQUEST_COUNT} counter",
         ]
-        names = ("model_name", "model_version", "API", "status")
-        for key, value in sorted(counts.items()):
-            lines.append(f"{REQUEST_COUNT}{_labels(zip(names, key, strict=True))} {value}")
+        for (model, status), value in sorted(counts.items()):
+            lines.append(
+                f"{REQUEST_COUNT}{_labels([('model_name', model), ('status', status)])} {value}"
+            )
         lines += [
-            f"# HELP {REQUEST_LATENCY} Distribution of request latency in microseconds.",
+            f"# HELP {REQUEST_LATENCY} Distribution of wall time (in microseconds) for "
+            "Tensorflow Serving request.",
             f"# TYPE {REQUEST_LATENCY} histogram",
         ]
-        for key, histogram in sorted(latency.items()):
-            base = [*zip(names, key, strict=True), ("entrypoint", "REST")]
+        for (model, api), histogram in sorted(latency.items()):
+            base = [("model_name", model), ("API", api), ("entrypoint", "REST")]
             cumulative = 0
-            for bound, count in zip(LATENCY_BUCKETS_US, histogram.buckets, strict=True):
+            bounds = [_number(b) for b in LATENCY_BUCKETS_US] + ["+Inf"]
+            for bound, count in zip(bounds, histogram.buckets, strict=True):
                 cumulative += count
                 lines.append(
-                    f"{REQUEST_LATENCY}_bucket{_labels([*base, ('le', str(bound))])} {cumulative}"
+                    f"{REQUEST_LATENCY}_bucket{_labels([*base, ('le', bound)])} {cumulative}"
                 )
-            lines.append(
-                f"{REQUEST_LATENCY}_bucket{_labels([*base, ('le', '+Inf')])} {histogram.count}"
-            )
-            lines.append(f"{REQUEST_LATENCY}_sum{_labels(base)} {histogram.total:.1f}")
-            lines.append(f"{REQUEST_LATENCY}_count{_labels(base)} {histogram.count}")
+            lines.append(f"{REQUEST_LATENCY}_sum{_labels(base)} {_number(histogram.total)}")
+            lines.append(f"{REQUEST_LATENCY}_count{_labels(base)} {cumulative}")
         lines += [
             f"# HELP {VERSION_STATE} 1 for the current state of each model version.",
             f"# TYPE {VERSION_STATE} gauge",

@@ -199,10 +199,7 @@ class RestApi:
                 500, error_body("Internal error; see the model server log"), headers=extra
             )
             status = "INTERNAL"
-        if call.api:
-            self.metrics.observe(
-                call.model, call.version, call.api, status, time.perf_counter() - started
-            )
+        self.metrics.observe(call.model, call.api, status, time.perf_counter() - started)
         return response
 
     def _prometheus(self, path: str, uri_path: str) -> Response:

@@ -106,7 +106,7 @@ class Api:
             response = error_response(error, status, outcome)
         access.allow_origin(request, response, self._settings, _allowed_methods)
         total_ms = (time.perf_counter() - started) * 1000
-        self._count(facts, response.status_code, total_ms)
+        self._count(facts, response.status_code, outcome, total_ms)
         request_id = request_log.request_id(request.headers.get("X-Request-Id"))
         response.headers["X-Request-Id"] = request_id
         request_log.emit(
@@ -229,25 +229,18 @@ class Api:
     def _metrics_text(self, request: flask.Request) -> flask.Response:
         return flask.Response(self._metrics.render(), content_type=metrics.CONTENT_TYPE)
 
-    def _count(self, facts: request_log.Facts, status: int, total_ms: float) -> None:
+    def _count(self, facts: request_log.Facts, status: int, outcome: str, total_ms: float) -> None:
         """The request's figures for GET /metrics (a replayed answer predicted nothing)."""
-        self._metrics.count(
-            "digit_http_requests_total", endpoint=facts.endpoint, status=str(status)
-        )
-        self._metrics.observe(
-            "digit_request_duration_seconds", total_ms / 1000, endpoint=facts.endpoint
-        )
+        self._metrics.request(facts.endpoint, status, outcome, total_ms / 1000)
         for stage, ms in facts.timings_ms.items():
-            self._metrics.observe("digit_stage_duration_seconds", ms / 1000, stage=stage)
+            self._metrics.stage_seconds.labels(stage=stage).observe(ms / 1000)
         if status == 200 and facts.model is not None and not facts.replayed:
-            model = {
-                "model_version": str(facts.model["version"]),
-                "model_label": str(facts.model["label"] or "(pinned)"),
-            }
+            version = str(facts.model["version"])
+            label = str(facts.model["label"] or "(pinned)")
             for verdict in facts.verdicts:
-                self._metrics.count("digit_predictions_total", verdict=verdict, **model)
+                self._metrics.predictions.labels(version, label, verdict).inc()
         if status == 200 and facts.endpoint == "feedback":
-            self._metrics.count("digit_feedback_total")
+            self._metrics.feedback.inc()
 
     def _openapi(self, request: flask.Request) -> flask.Response:
         return flask.Response(OPENAPI.read_bytes(), mimetype="application/json")

@@ -1,102 +1,198 @@
-"""GET /metrics: the function's counters in Prometheus' text format, with no dependency.
+"""GET /metrics: the function's counters, histograms and process figures (prometheus_client).
 
 What an operator watches: requests by endpoint and status, predictions by the model
 version and label that answered and by verdict, latency histograms per request and per
-stage, corrections received. Counts live in the process: each worker process (WORKERS)
-keeps its own and answers a scrape with them, labelled with its `worker` (the pid), so
-every series only ever grows; sum over `worker` for the instance. A restart starts
-from zero, which Prometheus' rate() expects.
+stage, corrections received, and the processes' memory, CPU and open files.
+
+gunicorn runs WORKERS processes and a scrape reaches one of them, so every figure must be
+the instance's, not a worker's. prometheus_client's multiprocess mode does that: with
+PROMETHEUS_MULTIPROC_DIR set (serve.py prepares it before the workers fork), each
+worker writes its values to memory-mapped files there and a scrape sums every worker's
+files, with no pid label. Counters of a worker that died stay counted (its requests
+happened); its process gauges leave with it, because serve.py's child_exit hook marks it
+dead. Without the directory (tests in one process, a platform running one worker) the
+values stay in the process, which is the instance.
 """
 
 from __future__ import annotations
 
-import bisect
 import os
+import resource
 import threading
-from collections import defaultdict
-from collections.abc import Iterable
+import time
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = ["BUCKETS", "CONTENT_TYPE", "Metrics", "mark_process_dead"]
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds; the stages of a one-image request take from about 0.1 ms to the model's timeout.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-HELP = {
-    "digit_http_requests_total": ("counter", "HTTP requests answered, by endpoint and status."),
-    "digit_predictions_total": (
-        "counter",
-        "Images predicted and recorded, by answering model version and label, and verdict.",
-    ),
-    "digit_feedback_total": ("counter", "Corrections recorded (PUT .../feedback)."),
-    "digit_request_duration_seconds": ("histogram", "Time to answer a request, by endpoint."),
-    "digit_stage_duration_seconds": (
-        "histogram",
-        "Time in each stage of POST /predict: decode, preprocess, claim, model, store.",
-    ),
-}
+# A worker refreshes its process figures this often, and whenever it answers a scrape.
+PROCESS_SAMPLE_SECONDS = 5.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+# The *_created series exist in one process only (multiprocess mode has none): the same
+# families either way.
+disable_created_metrics()
 
-Labels = tuple[tuple[str, str], ...]
+
+def multiprocess_dir() -> str | None:
+    """The shared directory when the workers share their metrics, else None."""
+    return os.environ.get(MULTIPROC_DIR) or None
+
+
+def mark_process_dead(pid: int) -> None:
+    """gunicorn's child_exit: drop a dead worker's live gauges (its counters stay)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)
 
 
 class Metrics:
-    """Thread-safe counters and histograms; `render` is the exposition text."""
+    """The function's metric families and its exposition; `count`/`observe` from any thread."""
 
     def __init__(self) -> None:
+        # A registry of its own: each Api (tests make many in one process) counts apart.
+        self._registry = CollectorRegistry(auto_describe=True)
+        registry = self._registry
+        self.requests = Counter(
+            "digit_http_requests",
+            "HTTP requests answered, by endpoint, status and outcome (ok, or errors.py's name "
+            "for what failed: store_unavailable, model_unavailable, ...).",
+            ["endpoint", "status", "outcome"],
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "digit_predictions",
+            "Images predicted and recorded, by answering model version and label, and verdict.",
+            ["model_version", "model_label", "verdict"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "digit_feedback", "Corrections recorded (PUT .../feedback).", registry=registry
+        )
+        self.request_seconds = Histogram(
+            "digit_request_duration_seconds",
+            "Time to answer a request, by endpoint.",
+            ["endpoint"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "digit_stage_duration_seconds",
+            "Time in each stage of POST /predict: decode, preprocess, claim, model, store.",
+            ["stage"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self._process = _ProcessFigures(registry)
+
+    def request(self, endpoint: str, status: int, outcome: str, seconds: float) -> None:
+        """One answered request (and, on a worker's first, its process figures start)."""
+        self._process.ensure()
+        self.requests.labels(endpoint=endpoint, status=str(status), outcome=outcome).inc()
+        self.request_seconds.labels(endpoint=endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition: every worker's values summed when they share a directory."""
+        self._process.sample()
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self._registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=directory)
+        return generate_latest(merged)
+
+
+class _ProcessFigures:
+    """process_* figures of the whole instance: each worker samples its own /proc entry,
+    summed over the live workers. Made at the first scrape in a worker, after gunicorn's
+    fork: made in the master (which imports main.py), its zeros would count as a worker."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
         self._lock = threading.Lock()
-        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self._histograms: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+        self._pid: int | None = None
+        self._cpu_seen = 0.0
+        self._gauges: dict[str, Gauge] = {}
+        self._cpu: Counter | None = None
 
-    def count(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+    def _make(self) -> None:
+        def gauge(name: str, text: str, mode: str) -> Gauge:
+            return Gauge(name, text, registry=self._registry, multiprocess_mode=mode)
+
+        self._gauges = {
+            "memory": gauge(
+                "process_resident_memory_bytes",
+                "Resident memory of the live worker processes, summed.",
+                "livesum",
+            ),
+            "fds": gauge(
+                "process_open_fds",
+                "Open file descriptors of the live worker processes, summed.",
+                "livesum",
+            ),
+            "workers": gauge("process_workers", "Live worker processes.", "livesum"),
+            "start": gauge(
+                "process_start_time_seconds",
+                "Start time of the oldest live worker, seconds since the epoch.",
+                "livemin",
+            ),
+        }
+        self._cpu = Counter(
+            "process_cpu_seconds",
+            "User and system CPU time of the worker processes, dead ones included.",
+            registry=self._registry,
+        )
+
+    def ensure(self) -> None:
+        """Start sampling in this process unless it has (cheap once started)."""
+        if self._pid != os.getpid():
+            self.sample()
+
+    def sample(self) -> None:
+        """Refresh this worker's figures; the first call in a process starts its sampler."""
         with self._lock:
-            self._counters[name][key] += amount
+            if self._cpu is None:
+                self._make()
+            if self._pid != os.getpid():  # a new process (after fork): start over
+                self._pid, self._cpu_seen = os.getpid(), 0.0
+                self._gauges["workers"].set(1)
+                self._gauges["start"].set(_start_time())
+                threading.Thread(target=self._loop, name="metrics-sampler", daemon=True).start()
+            assert self._cpu is not None
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = usage.ru_utime + usage.ru_stime
+            self._cpu.inc(max(0.0, cpu - self._cpu_seen))
+            self._cpu_seen = cpu
+            self._gauges["memory"].set(_resident_bytes())
+            self._gauges["fds"].set(len(os.listdir("/proc/self/fd")))
 
-    def observe(self, name: str, seconds: float, **labels: str) -> None:
-        """One observation: per-bucket counts (not cumulative here), then sum and count."""
-        key = tuple(sorted(labels.items()))
-        slot = bisect.bisect_left(BUCKETS, seconds)
-        with self._lock:
-            values = self._histograms[name].setdefault(key, [0.0] * (len(BUCKETS) + 3))
-            values[slot] += 1
-            values[-2] += seconds
-            values[-1] += 1
-
-    def render(self) -> str:
-        worker = (("worker", str(os.getpid())),)
-        with self._lock:
-            counters = {n: dict(series) for n, series in self._counters.items()}
-            histograms = {
-                n: {k: list(v) for k, v in s.items()} for n, s in self._histograms.items()
-            }
-        lines: list[str] = []
-        for name, (kind, text) in HELP.items():
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            if kind == "counter":
-                for key, value in sorted(counters.get(name, {}).items()):
-                    lines.append(f"{name}{_labels(key + worker)} {_number(value)}")
-                continue
-            for key, values in sorted(histograms.get(name, {}).items()):
-                lines += _histogram_lines(name, key + worker, values)
-        return "\n".join(lines) + "\n"
+    def _loop(self) -> None:
+        pid = os.getpid()
+        while os.getpid() == pid:
+            time.sleep(PROCESS_SAMPLE_SECONDS)
+            self.sample()
 
 
-def _histogram_lines(name: str, key: Labels, values: list[float]) -> list[str]:
-    lines, running = [], 0.0
-    for bound, count in zip((*BUCKETS, float("inf")), values[:-2], strict=True):
-        running += count
-        le = "+Inf" if bound == float("inf") else repr(bound)
-        lines.append(f"{name}_bucket{_labels((*key, ('le', le)))} {_number(running)}")
-    lines.append(f"{name}_sum{_labels(key)} {values[-2]!r}")
-    lines.append(f"{name}_count{_labels(key)} {_number(values[-1])}")
-    return lines
+def _resident_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * _PAGE_BYTES
 
 
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
-    return "{" + inner + "}" if inner else ""
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if value == int(value) else repr(value)
+def _start_time() -> float:
+    """Seconds since the epoch at which this process started (/proc/self/stat field 22)."""
+    with open("/proc/self/stat", encoding="ascii") as stat:
+        started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat", encoding="ascii") as stat:
+        boot = next(int(x.split()[1]) for x in stat if x.startswith("btime "))
+    return boot + started_ticks / _CLOCK_TICKS

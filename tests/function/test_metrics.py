@@ -37,7 +37,7 @@ def parse(text: str) -> dict[tuple[str, frozenset], float]:
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
-    wanted = set(labels.items()) | {("worker", str(os.getpid()))}
+    wanted = set(labels.items())
     found = [v for (n, ls), v in samples.items() if n == name and wanted <= set(ls)]
     return sum(found)
 
@@ -76,10 +76,11 @@ def test_requests_predictions_stages_and_corrections_are_counted(client, mnist):
 
     response = client.get("/metrics")
     assert response.status_code == 200
-    assert response.content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert response.content_type == "text/plain; version=1.0.0; charset=utf-8"
     samples = parse(response.get_data(as_text=True))
     assert value(samples, "digit_http_requests_total", endpoint="predict", status="200") == 3
     assert value(samples, "digit_http_requests_total", endpoint="prediction", status="404") == 1
+    assert value(samples, "digit_http_requests_total", outcome="unknown_prediction") == 1
     stable = {"model_version": str(STABLE_VERSION), "model_label": "stable"}
     assert value(samples, "digit_predictions_total", verdict="digit", **stable) == 2
     assert value(samples, "digit_predictions_total", verdict="not_a_digit", **stable) == 1
@@ -91,8 +92,8 @@ def test_requests_predictions_stages_and_corrections_are_counted(client, mnist):
 def test_histograms_are_cumulative_and_end_in_their_count():
     metrics = Metrics()
     for seconds in (0.0004, 0.003, 0.003, 0.2, 30.0):
-        metrics.observe("digit_stage_duration_seconds", seconds, stage="model")
-    samples = parse(metrics.render())
+        metrics.stage_seconds.labels(stage="model").observe(seconds)
+    samples = parse(metrics.render().decode())
     buckets = [
         value(samples, "digit_stage_duration_seconds_bucket", stage="model", le=repr(bound))
         for bound in BUCKETS
@@ -107,9 +108,31 @@ def test_histograms_are_cumulative_and_end_in_their_count():
 
 def test_label_values_are_escaped():
     metrics = Metrics()
-    metrics.count("digit_http_requests_total", endpoint='a"b\\c\nd', status="200")
-    (line,) = [x for x in metrics.render().splitlines() if x.startswith("digit_http_requests")]
+    metrics.request('a"b\\c\nd', 200, "ok", 0.001)
+    (line,) = [x for x in metrics.render().decode().splitlines() if x.startswith("digit_http_")]
     assert 'endpoint="a\\"b\\\\c\\nd"' in line
+
+
+def test_process_figures_are_the_process_own():
+    metrics = Metrics()
+    metrics.request("health", 200, "ok", 0.001)
+    samples = parse(metrics.render().decode())
+    assert value(samples, "process_workers") == 1
+    assert value(samples, "process_resident_memory_bytes") > 10_000_000  # Python and numpy
+    assert value(samples, "process_open_fds") >= 3
+    assert abs(value(samples, "process_start_time_seconds") - psutil_free_start()) < 2
+    assert value(samples, "process_cpu_seconds_total") > 0
+
+
+def psutil_free_start() -> float:
+    """This process's start from ps, beside /proc's arithmetic in metrics.py."""
+    import subprocess
+    from datetime import datetime
+
+    text = subprocess.run(
+        ["ps", "-o", "lstart=", "-p", str(os.getpid())], capture_output=True, text=True
+    ).stdout
+    return datetime.strptime(text.strip(), "%a %b %d %H:%M:%S %Y").timestamp()
 
 
 def test_with_an_api_token_the_metrics_need_it(function_env, monkeypatch):

@@ -93,8 +93,8 @@ def test_function_image_starts_functions_framework_on_port() -> None:
     (cmd,) = only(instructions, "CMD")
     argv = cmd.exec_form()
     assert argv is not None and argv[:2] == ["sh", "-c"]
-    assert argv[2].startswith("exec functions-framework ")  # gunicorn becomes PID 1
-    assert "--target recognize" in argv[2] and '--port "$PORT"' in argv[2]
+    # serve.py: functions-framework's gunicorn with shared metrics; it becomes PID 1.
+    assert argv[2].startswith("exec python serve.py ") and '--port "$PORT"' in argv[2]
     (workdir,) = only(instructions, "WORKDIR")
     assert workdir.text == "/app/function", "the compose schema service relies on /app layout"
 

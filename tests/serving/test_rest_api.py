@@ -330,14 +330,17 @@ def test_prometheus_metrics(deployment: Deployment, start_server):
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     text = response.text
+    # TF Serving's families, labels and buckets (servables/tensorflow/util.cc).
     assert "# TYPE :tensorflow:serving:request_count counter" in text
-    assert (
-        ':tensorflow:serving:request_count{model_name="mnist",model_version="1",'
-        'API="predict",status="OK"}'
-    ) in text
-    assert 'model_version="",API="predict",status="NOT_FOUND"}' in text
+    assert ':tensorflow:serving:request_count{model_name="mnist",status="OK"} 1' in text
+    assert ':tensorflow:serving:request_count{model_name="mnist",status="NOT_FOUND"} 1' in text
     assert "# TYPE :tensorflow:serving:request_latency histogram" in text
-    assert ':tensorflow:serving:request_latency_count{model_name="mnist",model_version="1"' in text
+    latency = ':tensorflow:serving:request_latency_bucket{model_name="mnist",API="predict",'
+    bounds = [line.split('le="')[1].split('"')[0] for line in text.splitlines() if latency in line]
+    assert bounds[:4] == ["10", "18", "32.4", "58.32"] and bounds[-1] == "+Inf"
+    assert len(bounds) == 34  # Buckets::Exponential(10, 1.8, 33), then DBL_MAX
+    count = ':tensorflow:serving:request_latency_count{model_name="mnist",API="predict",'
+    assert f'{count}entrypoint="REST"}} 1' in text  # the failed call has no latency
     assert (
         'dev_model_server_model_version_state{model_name="mnist",model_version="2",'
         'state="AVAILABLE"} 1'

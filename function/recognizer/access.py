@@ -14,8 +14,9 @@ import flask
 
 from recognizer import feedback
 from recognizer.config import Settings
-from recognizer.errors import NotAuthorized
+from recognizer.errors import CrossSiteRequest, NotAuthorized
 from recognizer.params import bearer
+from recognizer.responses import API_POLICY
 
 # Endpoints anyone may call even when API_TOKEN is set; /predict is open unless
 # PREDICT_REQUIRES_TOKEN; a correction carries its own capability (may_correct); every
@@ -24,6 +25,20 @@ OPEN_ENDPOINTS = frozenset({"page", "health", "ready", "openapi"})
 CORS_ALLOWED_HEADERS = "Content-Type, Authorization, Idempotency-Key, X-Client-Id, X-Request-Id"
 CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"
 CORS_MAX_AGE_SECONDS = 600
+# What every answer carries unless it set its own (the page sets its CSP, images their
+# Cache-Control): no sniffing, no referrer to other sites, no framing, records not cached
+# (a correction changes them).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": API_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Requests a page of another site can send without a preflight, and read nothing back:
+# a form's submission and fetch(..., {mode: "no-cors"}).
+SIMPLE_MODES = frozenset({"no-cors", "navigate", "nested-navigate"})
 
 
 def authorize(request: flask.Request, endpoint: str, settings: Settings) -> None:
@@ -38,6 +53,39 @@ def authorize(request: flask.Request, endpoint: str, settings: Settings) -> None
         raise NotAuthorized("this needs the API token: send 'Authorization: Bearer <token>'")
     if not _same(presented, token):
         raise NotAuthorized("the API token sent is not the right one")
+
+
+def refuse_cross_site(request: flask.Request, settings: Settings) -> None:
+    """A page of another site may not make a record: a form post or a no-cors fetch needs
+    no preflight, so CORS alone would let it write (it only stops it reading the answer).
+
+    Browsers say where a request comes from (Sec-Fetch-Site, and Origin on every POST);
+    an API client without a browser (curl, a script) sends neither and is not concerned.
+    A site in CORS_ALLOWED_ORIGINS may write with a CORS request (fetch's default mode).
+    """
+    if request.method not in UNSAFE_METHODS:
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    same_site = site in ("same-origin", "none")  # typed in, or the page's own
+    no_browser_said = site is None and (origin is None or origin == request.host_url.rstrip("/"))
+    if same_site or no_browser_said:
+        return
+    allowed = settings.cors_allowed_origins
+    listed = origin is not None and ("*" in allowed or origin in allowed)
+    if listed and request.headers.get("Sec-Fetch-Mode") not in SIMPLE_MODES:
+        return
+    raise CrossSiteRequest(
+        f"a page of another site ({origin or 'unnamed'}) may not send this request: "
+        "only this service's own page and origins in CORS_ALLOWED_ORIGINS (with a CORS "
+        "request) may"
+    )
+
+
+def secure(response: flask.Response) -> None:
+    """The headers every answer carries (SECURITY_HEADERS), unless it set its own."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 def may_correct(

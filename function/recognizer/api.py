@@ -23,6 +23,7 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 from recognizer import (
     access,
     clients,
+    connection,
     feedback,
     metrics,
     model_client,
@@ -30,6 +31,7 @@ from recognizer import (
     request_log,
     uploads,
 )
+from recognizer.budget import Admission, DecodeBudget
 from recognizer.config import Settings
 from recognizer.errors import (
     InvalidParameter,
@@ -40,7 +42,14 @@ from recognizer.errors import (
     error_response,
 )
 from recognizer.records import Feedback, Record, StoreUnavailable
-from recognizer.responses import details_json, input_png, json_response, prediction_json
+from recognizer.responses import (
+    details_json,
+    image_headers,
+    input_png,
+    json_response,
+    page_headers,
+    prediction_json,
+)
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 OPENAPI = Path(__file__).with_name("openapi.json")  # the API's description, GET /openapi.json
@@ -82,6 +91,10 @@ class Api:
         self._lock = threading.Lock()
         self._clients: clients.Clients | None = None
         self._metrics = metrics.Metrics()
+        # Per process: request bodies and decoded images share the memory budget; the
+        # admission queue bounds the images in progress (budget.py).
+        self._budget = DecodeBudget(settings.decode_budget_bytes)
+        self._admission = Admission(settings.admission_images, settings.admission_wait_seconds)
         self._endpoints: dict[str, Callable[..., flask.Response]] = {
             "page": self._page,
             "history": self._history,
@@ -105,6 +118,7 @@ class Api:
             status, outcome = classify(error)
             response = error_response(error, status, outcome)
         access.allow_origin(request, response, self._settings, _allowed_methods)
+        access.secure(response)
         total_ms = (time.perf_counter() - started) * 1000
         self._count(facts, response.status_code, outcome, total_ms)
         request_id = request_log.request_id(request.headers.get("X-Request-Id"))
@@ -127,6 +141,11 @@ class Api:
     def _dispatch(
         self, request: flask.Request, facts: request_log.Facts, client: str
     ) -> flask.Response:
+        connection.guard(
+            request.environ,
+            self._settings.client_timeout_seconds,
+            self._settings.client_max_unread_bytes,
+        )
         # Every body is capped, not only /predict's: functions-framework reads the whole body
         # of a request after answering it, and would otherwise buffer any size it is sent.
         request.max_content_length = self._settings.max_request_bytes
@@ -145,6 +164,7 @@ class Api:
             methods = ", ".join(sorted(adapter.allowed_methods(request.path)))
             return flask.Response(status=204, headers={"Allow": methods})
         access.authorize(request, endpoint, self._settings)
+        access.refuse_cross_site(request, self._settings)
         if endpoint == "predict":  # the one endpoint with model facts for the request log
             return self._predict(request, facts, client)
         return self._endpoints[endpoint](request, **arguments)
@@ -158,23 +178,28 @@ class Api:
     def _connect(self) -> clients.Clients:
         with self._lock:
             if self._clients is None:
-                self._clients = clients.connect(self._settings)
+                self._clients = clients.connect(self._settings, self._budget)
                 atexit.register(self.close)
             return self._clients
 
     def _page(self, request: flask.Request) -> flask.Response:
-        return flask.Response(PAGE.read_bytes(), mimetype="text/html")
+        page = PAGE.read_bytes()
+        return flask.Response(page, mimetype="text/html", headers=page_headers(page))
 
     def _predict(
         self, request: flask.Request, facts: request_log.Facts, client: str
     ) -> flask.Response:
         route = params.route(request.args, self._settings, client)
         with_input = "input" in params.include_parameter(request.args)
-        images = uploads.read_images(request, self._settings.max_batch_images)
-        facts.images = len(images)
-        recognition = self._connect().recognizer.recognize(
-            images, route, request.headers.get("Idempotency-Key")
-        )
+        # The body counts in the memory budget before its first byte is read; the images
+        # in it wait for the admission queue's room before any is decoded.
+        with self._budget.hold(uploads.body_cost(request, self._settings.max_request_bytes)):
+            images = uploads.read_images(request, self._settings.max_batch_images)
+            facts.images = len(images)
+            with self._admission.admit(len(images)):
+                recognition = self._connect().recognizer.recognize(
+                    images, route, request.headers.get("Idempotency-Key")
+                )
         records = recognition.records
         facts.model = {"version": records[0].model_version, "label": records[0].model_label}
         facts.timings_ms = recognition.timings_ms
@@ -211,13 +236,16 @@ class Api:
                 f"the upload of {record.id} was {record.upload.size:,} bytes, "
                 "over the storage cap, so only its digest was kept"
             )
-        response = flask.Response(record.upload.content, mimetype=record.upload.content_type)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+        content_type = record.upload.content_type
+        return flask.Response(
+            record.upload.content,
+            mimetype=content_type,
+            headers=image_headers(content_type, str(record.id)),
+        )
 
     def _feedback(self, request: flask.Request, prediction_id: str) -> flask.Response:
         """Record a person's correction; the last one wins. 200 means it is stored."""
-        digit, token = feedback.parse(request.get_data())
+        digit, token = feedback.parse(uploads.read_small_body(request, feedback.MAX_BODY_BYTES))
         record_id = params.record_id(prediction_id)
         access.may_correct(request, record_id, token, self._settings)
         now = datetime.now(UTC)

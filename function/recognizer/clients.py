@@ -28,7 +28,8 @@ class Clients:
         self.store.close()
 
 
-def connect(settings: Settings) -> Clients:
+def connect(settings: Settings, decode_budget: DecodeBudget) -> Clients:
+    """The clients; `decode_budget` is the process's, which request bodies count in too."""
     model = ModelClient(
         settings.model_server_url,
         settings.model_name,
@@ -50,7 +51,7 @@ def connect(settings: Settings) -> Clients:
         settings.max_image_pixels,
         settings.max_request_pixels,
         settings.upload_store_max_bytes,
-        decode_budget=DecodeBudget(settings.decode_budget_bytes),
+        decode_budget=decode_budget,
         decode_cpu_seconds=settings.decode_cpu_seconds,
         verdict_policy=settings.verdict_policy,
     )

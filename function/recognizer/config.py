@@ -90,6 +90,13 @@ class Settings:
     memory_limit_mib: int = 512
     workers: int = 1  # functions-framework's WORKERS: the processes that share the memory
     decode_cpu_seconds: float = 1.0  # CPU time for one request's decoding and preprocessing
+    # Hostile clients (connection.py, budget.Admission): a socket read or a whole answer's
+    # write may take this long; a client with this much of its answers unread is cut off;
+    # a worker works on this many images at once, a request waits this long for room.
+    client_timeout_seconds: float = 10.0
+    client_max_unread_bytes: int = 512 * 1024
+    admission_images: int = 96
+    admission_wait_seconds: float = 0.25
     # repr=False: a Settings printed in a log or a traceback must not carry the secret.
     api_token: str | None = field(default=None, repr=False)
     predict_requires_token: bool = False
@@ -153,6 +160,16 @@ class Settings:
             workers=read.whole("WORKERS", default.workers, 1),
             decode_cpu_seconds=read.number(
                 "DECODE_CPU_SECONDS", default.decode_cpu_seconds, above=0
+            ),
+            client_timeout_seconds=read.number(
+                "CLIENT_TIMEOUT_SECONDS", default.client_timeout_seconds, above=0
+            ),
+            client_max_unread_bytes=read.whole(
+                "CLIENT_MAX_UNREAD_BYTES", default.client_max_unread_bytes, 1
+            ),
+            admission_images=read.whole("ADMISSION_IMAGES", default.admission_images, 1),
+            admission_wait_seconds=read.number(
+                "ADMISSION_WAIT_SECONDS", default.admission_wait_seconds
             ),
             verdict_policy=_verdict_policy(read),
             cassandra=read_cassandra(read) if store == "cassandra" else None,

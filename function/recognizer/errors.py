@@ -13,7 +13,7 @@ import logging
 import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from recognizer import budget, feedback, model_client, preprocess, uploads
+from recognizer import budget, connection, feedback, model_client, preprocess, uploads
 from recognizer.records import StoreUnavailable
 from recognizer.responses import json_response
 from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey
@@ -41,6 +41,14 @@ class NotAuthorized(PermissionError):
     """API_TOKEN is set and the request does not carry it."""
 
 
+class CrossSiteRequest(PermissionError):
+    """A page of another site sent a request that writes (access.refuse_cross_site)."""
+
+
+class MalformedBody(ValueError):
+    """The body's framing is broken: a chunk size that is not hex, a missing terminator."""
+
+
 class NotReady(RuntimeError):
     """A dependency of the function cannot be reached; `checks` says which."""
 
@@ -56,6 +64,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     uploads.InvalidBase64: (400, "invalid_base64"),
     uploads.InvalidJson: (400, "invalid_json"),
     uploads.UnsupportedMediaType: (415, "unsupported_media_type"),
+    feedback.FeedbackTooLarge: (413, "request_too_large"),
+    MalformedBody: (400, "malformed_body"),
     uploads.TooManyImages: (413, "too_many_images"),
     uploads.TooManyFormParts: (413, "too_many_form_parts"),
     uploads.FormFieldTooLarge: (413, "form_field_too_large"),
@@ -65,6 +75,9 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     preprocess.ImageTooLarge: (413, "image_too_large"),
     preprocess.ImageTooComplex: (413, "image_too_complex"),
     budget.DecodeBusy: (503, "decode_busy"),
+    budget.Busy: (503, "busy"),
+    connection.ClientNotReading: (503, "client_not_reading"),
+    CrossSiteRequest: (403, "cross_site_request"),
     InvalidParameter: (400, "invalid_parameter"),
     InvalidIdempotencyKey: (400, "invalid_idempotency_key"),
     IdempotencyKeyReused: (422, "idempotency_key_reused"),
@@ -87,6 +100,8 @@ def classify(error: Exception) -> tuple[int, str]:
     for kind in type(error).__mro__:
         if kind in ERRORS:
             return ERRORS[kind]
+    if is_framing_error(error):
+        return ERRORS[MalformedBody]
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return 503, "insufficient_storage"
     if isinstance(error, HTTPException) and error.code:  # 404 and 405 from routing
@@ -94,6 +109,19 @@ def classify(error: Exception) -> tuple[int, str]:
             error.code, "http_error"
         )
     return 500, "internal"
+
+
+def is_framing_error(error: Exception) -> bool:
+    """An error the HTTP server raised while the body was read, for a client's bad framing.
+
+    gunicorn raises its parser's exceptions (InvalidChunkSize, ChunkMissingTerminator...)
+    out of the body stream; Werkzeug's server an OSError naming the chunk. Matched by name:
+    the function runs under either server, and imports neither.
+    """
+    names = {(kind.__module__, kind.__name__) for kind in type(error).__mro__}
+    if ("gunicorn.http.errors", "ParseException") in names:
+        return True
+    return isinstance(error, OSError) and error.errno is None and "chunk" in str(error).lower()
 
 
 def error_response(error: Exception, status: int, code: str) -> flask.Response:

@@ -15,17 +15,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import uuid
 from typing import Any
+
+from recognizer import bounded_json
 
 MIN_SECRET_BYTES = 32  # as long as the HMAC's key needs to be for its 256-bit output
 TOKEN_PURPOSE = b"digit-recognizer feedback v1\x00"  # a token is good for nothing else
 MAX_TOKEN_CHARS = 128
+# A correction is {"digit": 7, "token": "<43 characters>"}: about 70 bytes. Whatever else a
+# client sends is refused before it is read (Content-Length) or once this much has been.
+MAX_BODY_BYTES = 1024
+MAX_BODY_VALUES = 16  # structural characters (bounded_json): a correction has four
 
 
 class InvalidFeedback(ValueError):
     """The correction's body is not {"digit": 0-9 or null, "token": "..."}."""
+
+
+class FeedbackTooLarge(ValueError):
+    """The correction's body is over MAX_BODY_BYTES."""
 
 
 class MissingFeedbackToken(PermissionError):
@@ -50,8 +59,10 @@ def token_matches(secret: bytes, record_id: uuid.UUID, token: str) -> bool:
 def parse(body: bytes) -> tuple[int | None, str | None]:
     """The corrected digit (None: "not a digit") and the token (None if absent)."""
     try:
-        document: Any = json.loads(body)
-    except (ValueError, RecursionError):
+        document: Any = bounded_json.loads(body, MAX_BODY_BYTES, MAX_BODY_VALUES)
+    except bounded_json.JsonTooLarge as error:
+        raise FeedbackTooLarge(str(error)) from None
+    except (bounded_json.InvalidJson, bounded_json.JsonTooComplex):
         raise InvalidFeedback(
             'the body must be JSON: {"digit": 0-9 or null, "token": "..."}'
         ) from None

@@ -56,6 +56,10 @@ MAX_PNG_CHUNKS = 4_096  # encoders write IDAT in 8 KB or larger chunks: 10 MiB i
 MAX_JPEG_MARKERS = 512  # a camera JPEG has about 20, a progressive one about 40
 MAX_JPEG_SCANS = 64  # progressive encoders write 6 to 20; each one is a pass over the image
 MAX_GIF_BLOCKS = 1_024  # extension blocks before the first frame: a real GIF has 1 to 5
+# Run-length BMP data (RLE8, RLE4): Pillow's decoder walks it in Python, about 4 MB a
+# second; a 28x28 digit is under 2 KB of it, a 640x480 scan with much ink under 300 KB.
+MAX_BMP_RLE_BYTES = 256 * 1024
+BMP_RLE = frozenset({1, 2})  # BI_RLE8, BI_RLE4
 MAX_JPEG_REFINEMENT_BIT = 13  # the largest successive-approximation bit position (T.81)
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")  # a marker, not stuffing or RSTn
 _JPEG_STANDALONE = frozenset({0x01, 0xD8})  # TEM and SOI carry no length
@@ -320,6 +324,22 @@ def _check_structure(data: bytes) -> None:
         _check_jpeg_markers(data)
     elif data[:6] in (b"GIF87a", b"GIF89a"):
         _check_gif_blocks(data)
+    elif data.startswith(b"BM"):
+        _check_bmp_rle(data)
+
+
+def _check_bmp_rle(data: bytes) -> None:
+    """Pillow decodes RLE-compressed BMPs in Python, a run at a time: 4.5 MB of one-pixel
+    runs took a second of CPU. The runs are bounded by the compressed data's size."""
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return  # truncated, or an OS/2 header (no compression field): the decoder reports it
+    compression = int.from_bytes(data[30:34], "little")
+    offset = int.from_bytes(data[10:14], "little")
+    if compression in BMP_RLE and len(data) - offset > MAX_BMP_RLE_BYTES:
+        raise ImageTooComplex(
+            f"the BMP's run-length data is over {MAX_BMP_RLE_BYTES:,} bytes: decoding it costs "
+            "a step per run; save it uncompressed or as PNG"
+        )
 
 
 def _check_gif_blocks(data: bytes) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import io
 import json
+import re
 
 import flask
 import numpy as np
@@ -12,6 +15,58 @@ from PIL import Image
 
 from recognizer.records import Record
 from recognizer.verdict import Verdict
+
+# The page's inline <script> and <style> blocks, to be allowed by their hashes: the policy
+# follows the page as it changes, and nothing injected into it could run.
+_INLINE_BLOCK = re.compile(rb"<(script|style)(\s[^>]*)?>(.*?)</\1\s*>", re.DOTALL | re.IGNORECASE)
+# Every answer but the page: nothing in it may load, run or be framed.
+API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# What a browser shows inline; any other stored upload (TIFF) is served as a download.
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"})
+
+
+@functools.lru_cache(maxsize=4)
+def page_policy(page: bytes) -> str:
+    """The page's Content-Security-Policy: its own inline blocks by hash, its API and the
+    images it shows (the upload as a blob:, the model's input as a data: URL), no framing.
+
+    Style attributes stay allowed (style-src-attr): they cannot run code, and the page
+    sets a few.
+    """
+    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for match in _INLINE_BLOCK.finditer(page):
+        kind, attributes, body = match.group(1).lower(), match.group(2) or b"", match.group(3)
+        if b"src=" in attributes.lower():  # a script file of our own: 'self' covers it
+            continue
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+        hashes[kind].append(f"'sha256-{digest}'")
+    return "; ".join(
+        [
+            "default-src 'none'",
+            " ".join(["script-src 'self'", *hashes[b"script"]]),
+            " ".join(["style-src 'self'", *hashes[b"style"]]),
+            "style-src-attr 'unsafe-inline'",
+            "img-src 'self' data: blob:",
+            "connect-src 'self'",
+            "form-action 'self'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def page_headers(page: bytes) -> dict[str, str]:
+    return {"Content-Security-Policy": page_policy(page), "Cache-Control": "no-cache"}
+
+
+def image_headers(content_type: str, record_id: str) -> dict[str, str]:
+    """A stored upload never changes; a type browsers do not show is a download."""
+    if content_type in INLINE_IMAGE_TYPES:
+        disposition = "inline"
+    else:
+        extension = content_type.rpartition("/")[2] or "bin"
+        disposition = f'attachment; filename="{record_id}.{extension}"'
+    return {"Content-Disposition": disposition, "Cache-Control": "private, max-age=86400"}
 
 
 def json_response(

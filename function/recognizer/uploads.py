@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import TypeVar
 
 import flask
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.wsgi import LimitedStream
+
+from recognizer import bounded_json
 
 FIELD = "image"
 T = TypeVar("T")
@@ -27,6 +28,11 @@ MAX_FORM_PARTS = 1_000  # parts of any kind; the images among them are MAX_BATCH
 MAX_FORM_FIELD_BYTES = 64 * 1024  # one text (non-file) part; we read none of them
 READ_CHUNK_BYTES = 64 * 1024
 ECHO_CHARS = 40  # a value from the request quoted in a message is cut to this
+BODY_COPIES = 2  # body_cost: a raw or multipart body, and the image bytes out of it
+JSON_BODY_COPIES = 5  # the body, its str, the ASCII copy, the compacted copy, the image
+# Base64's whitespace, deleted in C: split() and join() on a value with a space every two
+# characters made five million strings (+285 MiB for a 10 MiB body).
+BASE64_WHITESPACE = b" \t\n\r\v\f"
 
 
 def echo(value: object, limit: int = ECHO_CHARS) -> str:
@@ -61,6 +67,10 @@ class UnsupportedMediaType(RequestError):
     """The Content-Type is missing or not one we read."""
 
 
+class JsonTooComplex(InvalidJson):
+    """A JSON body with more structure than any body of ours has (bounded_json)."""
+
+
 class TooManyImages(RequestError):
     """More images in one request than allowed."""
 
@@ -85,7 +95,7 @@ def read_images(request: flask.Request, max_images: int) -> list[bytes]:
     elif mimetype == "multipart/form-data":
         images = _from_multipart(request, max_images)
     elif mimetype == "application/json" or mimetype.endswith("+json"):
-        encoded = _check_count(_from_json(_body(request)), max_images)
+        encoded = _check_count(_from_json(_body(request), max_images), max_images)
         images = [_decode_base64(value, position) for position, value in enumerate(encoded)]
     elif not mimetype:
         raise UnsupportedMediaType(
@@ -101,6 +111,36 @@ def read_images(request: flask.Request, max_images: int) -> list[bytes]:
             where = f"image {position + 1}" if len(images) > 1 else "the image"
             raise EmptyBody(f"{where} is empty")
     return images
+
+
+def body_cost(request: flask.Request, max_bytes: int) -> int:
+    """The memory reading and parsing this request's body takes at its peak, from its
+    declared length (the limit, for a chunked body): reserved before the first byte.
+
+    Raw and multipart bodies are held twice (the stream's buffer and the image); a JSON
+    body about five times: the bytes, the parsed string, its ASCII copy without whitespace
+    and the decoded image.
+    """
+    declared = request.content_length
+    size = max_bytes if declared is None else min(declared, max_bytes)
+    is_json = request.mimetype == "application/json" or request.mimetype.endswith("+json")
+    return size * (JSON_BODY_COPIES if is_json else BODY_COPIES)
+
+
+def read_small_body(request: flask.Request, limit: int) -> bytes:
+    """A body that is small by contract (a correction): refused from its Content-Length
+    before a byte is read, or once more than `limit` bytes of a chunked one have been."""
+    if (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge(
+            f"the request body is {request.content_length:,} bytes; the limit is {limit:,}"
+        )
+    data = b""
+    while len(data) <= limit:
+        chunk = request.stream.read(limit + 1 - len(data))
+        if not chunk:
+            return data
+        data += chunk
+    raise RequestEntityTooLarge(f"the request body is over the limit of {limit:,} bytes")
 
 
 def _check_count(items: list[T], max_images: int) -> list[T]:
@@ -186,16 +226,22 @@ def _from_multipart(request: flask.Request, max_images: int) -> list[bytes]:
     return [bytes(image) for image in images]
 
 
-def _from_json(body: bytes) -> list[object]:
+def json_values_budget(max_images: int) -> int:
+    """Structural characters a JSON body of `max_images` images may have: per image a comma,
+    a data: URL's comma and colon, and an object's braces; some slack for other members."""
+    return 4 * max_images + 32
+
+
+def _from_json(body: bytes, max_images: int) -> list[object]:
     """The JSON body's images, still base64-encoded."""
     if not body:
         raise EmptyBody("the request body is empty")
     try:
-        document = json.loads(body)
-    except ValueError:  # UnicodeDecodeError included: the body is not UTF-8
+        document = bounded_json.loads(body, len(body), json_values_budget(max_images))
+    except bounded_json.JsonTooComplex as error:
+        raise JsonTooComplex(str(error)) from None
+    except bounded_json.InvalidJson:
         raise InvalidJson("the request body is not valid JSON") from None
-    except RecursionError:  # thousands of nested arrays or objects
-        raise InvalidJson("the JSON body is nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidJson('the JSON body must be an object: {"image": "<base64>"}')
     if FIELD in document:
@@ -217,7 +263,9 @@ def _decode_base64(value: object, position: int) -> bytes:
     if value.startswith("data:"):
         _, _, value = value.partition(",")
     try:
-        # Line breaks are common (the `base64` tool wraps lines) and harmless.
-        return base64.b64decode("".join(value.split()), validate=True)
-    except (binascii.Error, ValueError):
+        # Line breaks are common (the `base64` tool wraps lines) and harmless. Anything
+        # else that is not ASCII fails the encode, as it would fail base64.
+        compact = value.encode("ascii").translate(None, BASE64_WHITESPACE)
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):  # UnicodeEncodeError included
         raise InvalidBase64(f"image {position + 1} is not valid base64") from None

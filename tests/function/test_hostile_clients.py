@@ -7,9 +7,13 @@ server's URL pointing at a closed port.
 
 from __future__ import annotations
 
+import base64
 import errno
 import io
+import struct
 import tempfile
+import time
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -192,3 +196,41 @@ def test_a_full_disk_anywhere_is_a_503(offline, monkeypatch):
     error = error_of(response, 503, "insufficient_storage")
     assert response.headers["Retry-After"]
     assert "/var" not in error["message"]
+
+
+# --- issue 24: JSON padding, spaced-out base64, run-length BMPs ------------------------------
+
+
+def test_a_predict_json_padded_with_empty_objects_is_refused_unparsed(offline):
+    body = b'{"image":"AAAA","pad":[' + b"{}," * 1_000_000 + b"{}]}"
+    response = offline.post("/predict", data=body, content_type="application/json")
+    assert "objects, lists or members" in error_of(response, 400, "invalid_json")["message"]
+
+
+def test_base64_with_a_space_every_two_characters_decodes_without_a_string_each():
+    """split() and join() made five million strings of it: +285 MiB per 10 MiB body."""
+    image = png()
+    encoded = base64.b64encode(image * 2000).decode()
+    spaced = " ".join(encoded[i : i + 2] for i in range(0, len(encoded), 2))
+    tracemalloc.start()
+    try:
+        decoded = uploads._decode_base64(spaced, 0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded == image * 2000
+    assert peak < 4 * len(spaced)  # the ASCII copy, its compacted copy and the image
+
+
+def test_a_run_length_bmp_is_refused_from_its_size_before_decoding(offline):
+    width = height = 1500
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    row = b"".join(bytes([1, (x * 37) & 255]) for x in range(width)) + b"\x00\x00"
+    runs = row * height + b"\x00\x01"  # one-pixel runs, end of line, end of bitmap
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(runs), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    bmp = b"BM" + struct.pack("<IHHI", offset + len(runs), 0, 0, offset) + info + palette + runs
+    started = time.thread_time()
+    response = offline.post("/predict", data=bmp, content_type="image/bmp")
+    assert "run-length" in error_of(response, 413, "image_too_complex")["message"]
+    assert time.thread_time() - started < 0.2  # decoding it took a second of CPU

@@ -7,7 +7,9 @@ read from the environment as in production.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import re
 import uuid
 
 import functions_framework
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recognizer import responses
 from recognizer.config import Settings
 from tests.conftest import ROOT
 
@@ -256,7 +259,8 @@ def test_cors_is_off_by_default(make_client):
     answer = client.post(
         "/predict", data=png(), content_type="image/png", headers={"Origin": ORIGIN}
     )
-    assert answer.status_code == 200 and cors_headers(answer) == {}
+    assert_error(answer, 403, "cross_site_request")  # another site's page may not write
+    assert cors_headers(answer) == {}
     ask = preflight(client, "/predict")
     assert ask.status_code == 204 and cors_headers(ask) == {}
 
@@ -388,3 +392,163 @@ def test_max_request_pixels_bounds_a_whole_batch_before_any_image_is_decoded(mak
         "image_too_large",
     )
     assert "2,352 pixels" in error["message"] and "1,568" in error["message"]
+
+
+# --- a page of another site may not write (issue 24) --------------------------------------
+
+
+def history_size(client) -> int:
+    return len(client.get("/predictions", query_string={"limit": 100}).get_json()["predictions"])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {
+            "Origin": "https://evil.example",
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "no-cors",
+        },
+        {
+            "Origin": "https://evil.example",
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "cors",
+        },
+        {
+            "Origin": "http://localhost.evil:1",
+            "Sec-Fetch-Site": "same-site",
+            "Sec-Fetch-Mode": "navigate",
+        },
+        {"Origin": "https://evil.example"},  # a browser that sends no Sec-Fetch-* headers
+        {"Origin": "null"},  # a sandboxed frame or a data: page
+    ],
+)
+def test_a_cross_site_post_creates_no_record(make_client, headers):
+    client = make_client()
+    fields = {"image": (io.BytesIO(png()), "digit.png", "image/png")}
+    answer = client.post(
+        "/predict", data=fields, content_type="multipart/form-data", headers=headers
+    )
+    assert_error(answer, 403, "cross_site_request")
+    assert history_size(client) == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # curl, a script: no browser, no Origin
+        {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+        {"Origin": "http://localhost"},  # the page's own origin, from an older browser
+        {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"},  # typed in
+    ],
+)
+def test_the_page_and_clients_without_a_browser_still_write(make_client, headers):
+    client = make_client()
+    answer = client.post("/predict", data=png(), content_type="image/png", headers=headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert history_size(client) == 1
+
+
+def test_a_listed_origin_writes_with_a_cors_request_only(make_client):
+    client = make_client(CORS_ALLOWED_ORIGINS=ORIGIN)
+    cors = {"Origin": ORIGIN, "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}
+    assert (
+        client.post("/predict", data=png(), content_type="image/png", headers=cors).status_code
+        == 200
+    )
+    no_cors = {**cors, "Sec-Fetch-Mode": "no-cors"}
+    answer = client.post("/predict", data=png(), content_type="image/png", headers=no_cors)
+    assert_error(answer, 403, "cross_site_request")
+    assert history_size(client) == 1
+
+
+def test_a_cross_site_correction_is_refused_before_its_token_is_looked_at(make_client):
+    client = make_client()
+    answer = client.put(
+        f"/predictions/{uuid.uuid1()}/feedback",
+        json={"digit": 1, "token": "x"},
+        headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+    )
+    assert_error(answer, 403, "cross_site_request")
+
+
+# --- headers: no framing, no sniffing, no referrer, no caching of records ------------------
+
+
+def test_every_answer_carries_the_security_headers(make_client):
+    client = make_client()
+    for response in (
+        client.get("/healthz"),
+        client.get("/predictions"),
+        client.get("/no/such/path"),
+        client.post("/predict", data=b"junk", content_type="image/png"),
+    ):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        policy = response.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_the_page_policy_allows_exactly_its_own_inline_blocks(make_client):
+    page = make_client().get("/")
+    policy = dict(
+        directive.strip().split(" ", 1)
+        for directive in page.headers["Content-Security-Policy"].split(";")
+    )
+    html = page.get_data()
+    blocks = re.findall(rb"<(script|style)>(.*?)</\1>", html, re.DOTALL)
+    assert {kind for kind, _ in blocks} == {b"script", b"style"}
+    for kind, body in blocks:
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        assert f"'sha256-{digest}'" in policy[f"{kind.decode()}-src"].split()
+    assert (
+        "'unsafe-inline'" not in policy["script-src"]
+        and "'unsafe-eval'" not in policy["script-src"]
+    )
+    assert policy["frame-ancestors"] == "'none'"
+    assert page.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_changed_page_gets_its_own_hashes():
+    first = responses.page_policy(b"<script>one()</script>")
+    second = responses.page_policy(b"<script>two()</script>")
+    assert first != second
+    assert responses.page_policy(b'<script src="app.js"></script>') == responses.page_policy(b"")
+
+
+def test_an_upload_browsers_do_not_show_is_a_download():
+    assert responses.image_headers("image/png", "x")["Content-Disposition"] == "inline"
+    tiff = responses.image_headers("image/tiff", "abc")
+    assert tiff["Content-Disposition"] == 'attachment; filename="abc.tiff"'
+    assert "max-age" in tiff["Cache-Control"]
+
+
+def test_a_correction_body_over_its_size_is_not_read(make_client):
+    """A 10 MiB correction is refused from its Content-Length: parsed, it was a million
+    objects (issue 24: +1.4 GiB of peak memory for eight at a time, every answer a 401)."""
+    client = make_client(API_TOKEN=TOKEN, PREDICT_REQUIRES_TOKEN="true")
+    body = CountingStream(10 * 1024 * 1024)
+    response = client.put(
+        f"/predictions/{uuid.uuid1()}/feedback",
+        input_stream=body,
+        content_length=body.size,
+        content_type="application/json",
+    )
+    assert_error(response, 413, "request_too_large")
+    assert body.read_bytes == 0
+
+
+def test_a_chunked_correction_is_read_no_further_than_its_limit(make_client):
+    client = make_client()
+    body = CountingStream(10 * 1024 * 1024)
+    response = client.put(
+        f"/predictions/{uuid.uuid1()}/feedback",
+        input_stream=body,
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as a server says of a chunked body
+    )
+    assert_error(response, 413, "request_too_large")
+    assert body.read_bytes <= 64 * 1024  # the stream's own read-ahead, not the body

@@ -52,9 +52,11 @@ test-function: setup cassandra
 
 # Three real nodes on 127.0.0.1-3 at replication factor 3: a node stopped, one killed under
 # load, restarted; figures in test-artifacts/cluster-test.json (about 3 minutes on 2 cores).
-cluster-test: setup cassandra
+# Three model servers on one config behind nginx, canary -> promote -> rollback under load;
+# figures in test-artifacts/rollout-fleet.json (about 3 minutes).
+cluster-test: setup cassandra nginx
 	$(BIN)/python -m pytest tests/cluster
-	@cat test-artifacts/cluster-test.json
+	@cat test-artifacts/cluster-test.json test-artifacts/rollout-fleet.json
 
 # Cassandra's jars, resolved by Maven once into CASSANDRA_CACHE_DIR (python -m infra.cassandra
 # fetch). Without Java 17 or Maven this only warns, and the live Cassandra tests skip (not in CI).

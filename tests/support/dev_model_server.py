@@ -34,6 +34,7 @@ def dev_model_server(
     label: str = "stable",
     log: Path | None = None,
     flags: Sequence[str] = (),
+    config_poll_seconds: str = CONFIG_POLL_SECONDS,
 ) -> Iterator[str]:
     """Its URL once `label` is AVAILABLE; stopped on leaving. Without `config`, the shipped
     serving/models.config over models/; output to `log` if given, else inherited."""
@@ -46,7 +47,7 @@ def dev_model_server(
         command += ["--models_dir", str(models_dir)]
     if config is not None:
         command += ["--model_config_file", str(config),
-                    "--model_config_file_poll_wait_seconds", CONFIG_POLL_SECONDS]  # fmt: skip
+                    "--model_config_file_poll_wait_seconds", config_poll_seconds]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with ExitStack() as stack:
         output = None if log is None else stack.enter_context(log.open("w"))

@@ -11,14 +11,19 @@ import sys
 import flask
 import functions_framework
 
+from recognizer import logs
 from recognizer.api import Api
 from recognizer.config import Settings
 from recognizer.env import SettingsError
 
 try:
-    _api = Api(Settings.from_env())
+    _settings = Settings.from_env()
 except SettingsError as error:
     sys.exit(f"the function cannot start: {error}")
+# Every line the function's code and its libraries log (the Cassandra driver's included)
+# is one JSON entry on stdout, with the request's id and trace (recognizer/logs.py).
+logs.configure("function", _settings.log_level, project=_settings.trace_project)
+_api = Api(_settings)
 
 
 @functions_framework.errorhandler(404)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from recognizer import logs
 from recognizer.env import FALSE, TRUE, SettingsError
 from serving.settings import EnvDefaults
 
@@ -206,11 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"python -m serving: error: {problem}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # One JSON entry per line on stderr, with the calling request's id and trace
+    # (recognizer/logs.py): the function's format, so one query reads both.
+    logs.configure("model-server", args.log_level.upper(), sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
     stopping = StopSignals()

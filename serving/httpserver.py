@@ -21,6 +21,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from recognizer import logs, request_log
 from serving.rest import Response, RestApi, error_body, libevent_error
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.track(self.connection, add=False)
 
     def _dispatch(self) -> None:
+        # What the function forwards (its request id, the trace) rides on every line
+        # logged while this request is handled, as on the function's own (logs.py).
+        request_id = request_log.request_id(self.headers.get("X-Request-Id"))
+        with logs.request_context(request_id, logs.parse_trace(self.headers)):
+            self._answer()
+
+    def _answer(self) -> None:
         body = self._read_body()
         if body is None:
             return

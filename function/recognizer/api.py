@@ -25,6 +25,7 @@ from recognizer import (
     clients,
     connection,
     feedback,
+    logs,
     metrics,
     model_client,
     params,
@@ -108,7 +109,13 @@ class Api:
         }
 
     def handle(self, request: flask.Request) -> flask.Response:
-        """Answer one request and write its log line, whatever happened."""
+        """Answer one request and write its log line, whatever happened; every line logged
+        meanwhile carries its id and trace, and so do the model server's (logs.py)."""
+        request_id = request_log.request_id(request.headers.get("X-Request-Id"))
+        with logs.request_context(request_id, logs.parse_trace(request.headers)):
+            return self._handle(request, request_id)
+
+    def _handle(self, request: flask.Request, request_id: str) -> flask.Response:
         started = time.perf_counter()
         facts = request_log.Facts()
         client = params.client_key(request)
@@ -121,7 +128,6 @@ class Api:
         access.secure(response)
         total_ms = (time.perf_counter() - started) * 1000
         self._count(facts, response.status_code, outcome, total_ms)
-        request_id = request_log.request_id(request.headers.get("X-Request-Id"))
         response.headers["X-Request-Id"] = request_id
         request_log.emit(
             request_log.line(
@@ -134,6 +140,7 @@ class Api:
                 outcome=outcome,
                 total_ms=total_ms,
                 facts=facts,
+                correlation=logs.correlation(self._settings.trace_project),
             )
         )
         return response

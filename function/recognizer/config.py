@@ -28,6 +28,10 @@ URL_PATTERN = re.compile(r"https?://[^\s/]+(/\S*)?")
 ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")  # scheme://host[:port], no path
 DECODE_SHARE = 4  # a quarter of the memory for decoding: the rest is the runtime, bodies, slack
 STORES = ("sqlite", "cassandra")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# A Google Cloud project id: 6-30 lower-case letters, digits and hyphens.
+PROJECT_PATTERN = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+PROJECT_RULE = "a Google Cloud project id (6-30 lower-case letters, digits or '-')"
 
 CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "TWO", "THREE", "ALL")
 PROTOCOL_VERSIONS = (4, 5)  # v4+ so unset values leave no tombstones
@@ -90,6 +94,10 @@ class Settings:
     memory_limit_mib: int = 512
     workers: int = 1  # functions-framework's WORKERS: the processes that share the memory
     decode_cpu_seconds: float = 1.0  # CPU time for one request's decoding and preprocessing
+    # Logs (logs.py): the root logger's level, and the Google Cloud project that names a
+    # request's trace as Cloud Logging links it (None: the bare trace id).
+    log_level: str = "INFO"
+    trace_project: str | None = None
     # Hostile clients (connection.py, budget.Admission): a socket read or a whole answer's
     # write may take this long; a client with this much of its answers unread is cut off;
     # a worker works on this many images at once, a request waits this long for room.
@@ -171,6 +179,9 @@ class Settings:
             admission_wait_seconds=read.number(
                 "ADMISSION_WAIT_SECONDS", default.admission_wait_seconds
             ),
+            log_level=read.choice("LOG_LEVEL", default.log_level, LOG_LEVELS, upper=True),
+            trace_project=read.text("GOOGLE_CLOUD_PROJECT", "", PROJECT_PATTERN, PROJECT_RULE)
+            or None,
             verdict_policy=_verdict_policy(read),
             cassandra=read_cassandra(read) if store == "cassandra" else None,
             **_access(read),

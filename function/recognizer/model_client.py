@@ -35,7 +35,7 @@ import urllib3
 from urllib3 import exceptions as http
 from urllib3.util import Timeout, parse_url
 
-from recognizer import contract
+from recognizer import contract, logs
 
 RETRIED_STATUSES = frozenset({502, 503})  # a proxy without upstream; TF Serving UNAVAILABLE
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -277,6 +277,7 @@ class ModelClient:
         headers = dict(JSON_HEADERS) if payload is not None else {}
         if self._auth_headers is not None:
             headers.update(self._auth_headers())
+        headers.update(logs.outgoing_headers())  # the request's id and trace go along
         try:
             # `total`: connecting and reading share what is left, not the budget each.
             # retries=False: urllib3 raises the first failure itself, for _call to judge.

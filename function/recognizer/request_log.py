@@ -10,13 +10,14 @@ no raw address or client id, no query values (only the parameter names).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from recognizer import logs
 
 # A caller's X-Request-Id is kept only if it is a plain short token, so it cannot smuggle
 # a payload or a secret-sized blob into the log; anything else gets a fresh id.
@@ -75,8 +76,12 @@ def line(
     outcome: str,
     total_ms: float,
     facts: Facts,
+    correlation: Mapping[str, object] | None = None,
 ) -> str:
-    """The JSON log line (no newline) for one answered request; `client` is the raw key."""
+    """The JSON log line (no newline) for one answered request; `client` is the raw key,
+    `correlation` the request's trace fields (logs.correlation), grouping it with the
+    request's other lines. A path's control characters (%0A, %1b decoded) are escaped by
+    JSON, so a client cannot start a line of its own or colour a terminal."""
     method = method[:MAX_METHOD_CHARS]
     path = path[:MAX_PATH_CHARS]
     entry: dict[str, object] = {
@@ -88,6 +93,7 @@ def line(
         "path": path,
         "status": status,
         "outcome": outcome,
+        **(correlation or {}),
     }
     names = sorted({name for name in query_names if QUERY_NAME_PATTERN.fullmatch(name)})
     if names:
@@ -102,7 +108,7 @@ def line(
     }
     if facts.replayed is not None:
         entry["replayed"] = facts.replayed
-    return json.dumps(entry, separators=(",", ":"), ensure_ascii=True)
+    return logs.dumps(entry)
 
 
 def emit(log_line: str) -> None:

@@ -42,6 +42,8 @@ MALFORMED = {
     "MEMORY_LIMIT_MIB": "64",
     "WORKERS": "two",
     "DECODE_CPU_SECONDS": "inf",
+    "LOG_LEVEL": "loud",
+    "GOOGLE_CLOUD_PROJECT": "My Project",
     "CLIENT_TIMEOUT_SECONDS": "0",
     "CLIENT_MAX_UNREAD_BYTES": "0",
     "ADMISSION_IMAGES": "many",

@@ -41,7 +41,7 @@ def json_lines(text: str) -> list[dict]:
     for line in text.splitlines():
         if line.startswith("{"):
             entry = json.loads(line)
-            if "request_id" in entry:
+            if "status" in entry:  # other lines logged in a request carry its id too
                 entries.append(entry)
     return entries
 

@@ -29,6 +29,7 @@ from recognizer import (
     metrics,
     model_client,
     params,
+    ratelimit,
     request_log,
     uploads,
 )
@@ -92,6 +93,9 @@ class Api:
         self._lock = threading.Lock()
         self._clients: clients.Clients | None = None
         self._metrics = metrics.Metrics()
+        self._corrections = ratelimit.CorrectionLimits(
+            settings.corrections_per_client_per_hour, settings.corrections_per_record_per_hour
+        )
         # Per process: request bodies and decoded images share the memory budget; the
         # admission queue bounds the images in progress (budget.py).
         self._budget = DecodeBudget(settings.decode_budget_bytes)
@@ -196,7 +200,8 @@ class Api:
     def _predict(
         self, request: flask.Request, facts: request_log.Facts, client: str
     ) -> flask.Response:
-        route = params.route(request.args, self._settings, client)
+        caller = params.caller(request, self._settings, client)
+        route = params.route(request.args, self._settings, client, caller)
         with_input = "input" in params.include_parameter(request.args)
         # The body counts in the memory budget before its first byte is read; the images
         # in it wait for the admission queue's room before any is decoded.
@@ -205,7 +210,10 @@ class Api:
             facts.images = len(images)
             with self._admission.admit(len(images)):
                 recognition = self._connect().recognizer.recognize(
-                    images, route, request.headers.get("Idempotency-Key")
+                    images,
+                    route,
+                    request.headers.get("Idempotency-Key"),
+                    caller,
                 )
         records = recognition.records
         facts.model = {"version": records[0].model_version, "label": records[0].model_label}
@@ -255,6 +263,9 @@ class Api:
         digit, token = feedback.parse(uploads.read_small_body(request, feedback.MAX_BODY_BYTES))
         record_id = params.record_id(prediction_id)
         access.may_correct(request, record_id, token, self._settings)
+        client = params.client_key(request)
+        if params.caller(request, self._settings, client) != params.TOKEN_HOLDER:
+            self._corrections.admit(client, str(record_id))
         now = datetime.now(UTC)
         correction = Feedback(digit, now.replace(microsecond=now.microsecond // 1000 * 1000))
         if not self._connect().store.correct(record_id, correction):

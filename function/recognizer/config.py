@@ -108,6 +108,13 @@ class Settings:
     # repr=False: a Settings printed in a log or a traceback must not carry the secret.
     api_token: str | None = field(default=None, repr=False)
     predict_requires_token: bool = False
+    # Only the token's holder may pin ?version= or ?label= (params.route); on by default
+    # when API_TOKEN is set.
+    pin_requires_token: bool = False
+    # Corrections a client, and a prediction, may have in an hour, per process (ratelimit.py);
+    # 0: no limit. The API token is not limited.
+    corrections_per_client_per_hour: int = 60
+    corrections_per_record_per_hour: int = 5
     # The key of the feedback tokens (feedback.py); every instance must have the same one.
     feedback_secret: bytes | None = field(default=None, repr=False)
     cors_allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
@@ -238,13 +245,17 @@ def _share(text: str) -> float | None:
 
 
 def _access(read: Reader) -> dict[str, object]:
-    """API_TOKEN, PREDICT_REQUIRES_TOKEN, CORS_ALLOWED_ORIGINS and FEEDBACK_SECRET."""
+    """API_TOKEN, PREDICT_REQUIRES_TOKEN, PIN_REQUIRES_TOKEN, CORRECTIONS_PER_*,
+    CORS_ALLOWED_ORIGINS and FEEDBACK_SECRET."""
     token = read.secret("API_TOKEN")
     if token is not None and (token != token.strip() or not token.isprintable()):
         read.problem("API_TOKEN must not have spaces around it or control characters in it")
     predict_requires_token = read.flag("PREDICT_REQUIRES_TOKEN", default=False)
     if predict_requires_token and token is None:
         read.problem("PREDICT_REQUIRES_TOKEN is true but API_TOKEN is unset: set API_TOKEN")
+    pin_requires_token = read.flag("PIN_REQUIRES_TOKEN", default=token is not None)
+    if pin_requires_token and token is None:
+        read.problem("PIN_REQUIRES_TOKEN is true but API_TOKEN is unset: set API_TOKEN")
     origins = frozenset(
         origin.strip().rstrip("/")
         for origin in (read.raw("CORS_ALLOWED_ORIGINS") or "").split(",")
@@ -266,6 +277,13 @@ def _access(read: Reader) -> dict[str, object]:
         "api_token": token,
         "feedback_secret": None if secret is None else secret.encode(),
         "predict_requires_token": predict_requires_token,
+        "pin_requires_token": pin_requires_token,
+        "corrections_per_client_per_hour": read.whole(
+            "CORRECTIONS_PER_CLIENT_PER_HOUR", Settings.corrections_per_client_per_hour, 0
+        ),
+        "corrections_per_record_per_hour": read.whole(
+            "CORRECTIONS_PER_RECORD_PER_HOUR", Settings.corrections_per_record_per_hour, 0
+        ),
         "cors_allowed_origins": origins,
     }
 

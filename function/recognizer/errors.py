@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 
 import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from recognizer import budget, connection, feedback, model_client, preprocess, uploads
+from recognizer.ratelimit import RateLimited
 from recognizer.records import StoreUnavailable
 from recognizer.responses import json_response
 from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey
@@ -85,6 +87,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     feedback.InvalidFeedback: (400, "invalid_feedback"),
     feedback.MissingFeedbackToken: (401, "unauthorized"),
     feedback.WrongFeedbackToken: (403, "forbidden"),
+    RateLimited: (429, "too_many_corrections"),
     UnknownPrediction: (404, "unknown_prediction"),
     UploadNotStored: (404, "upload_not_stored"),
     model_client.UnknownModel: (404, "unknown_model_version"),
@@ -139,6 +142,8 @@ def error_response(error: Exception, status: int, code: str) -> flask.Response:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(error.valid_methods)
     body: dict[str, object] = {"error": {"code": code, "message": message}}

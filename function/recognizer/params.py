@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 import uuid
 from collections.abc import Mapping
@@ -11,12 +12,13 @@ import flask
 from recognizer import canary, uploads
 from recognizer.canary import Route
 from recognizer.config import LABEL_PATTERN, Settings
-from recognizer.errors import InvalidParameter, UnknownPrediction
+from recognizer.errors import InvalidParameter, NotAuthorized, UnknownPrediction
 
 # ASCII digits only: str.isdigit() also takes superscripts and circled digits, which int()
 # then refuses.
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add to each prediction
+TOKEN_HOLDER = "token"  # the caller that sent the API token; client keys start id: or addr:
 
 
 def client_key(request: flask.Request) -> str:
@@ -24,8 +26,34 @@ def client_key(request: flask.Request) -> str:
     return canary.client_key(request.headers.get("X-Client-Id"), request.remote_addr)
 
 
-def route(args: Mapping[str, str], settings: Settings, client: str) -> Route:
-    """A pinned version or label; else canary or stable, sticky per client (canary.py)."""
+def caller(request: flask.Request, settings: Settings, client: str) -> str:
+    """Whom an idempotency key belongs to: the API token's holder when the request carries
+    the right token, else the client key. Keys are scoped to it, so no caller can read or
+    block another's request; the client key is the X-Client-Id a client sends (a secret
+    only as long as the client keeps it one) or else its address."""
+    token, presented = settings.api_token, bearer(request)
+    if (
+        token is not None
+        and presented is not None
+        and hmac.compare_digest(presented.encode(), token.encode())
+    ):
+        return TOKEN_HOLDER
+    return client
+
+
+def route(args: Mapping[str, str], settings: Settings, client: str, caller: str) -> Route:
+    """A pinned version or label; else canary or stable, sticky per client (canary.py).
+
+    With PIN_REQUIRES_TOKEN only the API token's holder may pin, any version or label:
+    pinned traffic is how a client picks which version its uploads and corrections count
+    for, stable and canary included (the issue's flood used ?label=canary and =stable).
+    """
+    pinned = "version" in args or "label" in args
+    if pinned and settings.pin_requires_token and caller != TOKEN_HOLDER:
+        raise NotAuthorized(
+            "pinning a version or label (?version=, ?label=) needs the API token: "
+            "send 'Authorization: Bearer <token>', or leave the pin out"
+        )
     if "version" in args and "label" in args:
         raise InvalidParameter("pin either a version or a label, not both")
     if "version" in args:

@@ -1,9 +1,15 @@
 """The recognize use case: images in, recorded predictions out.
 
-A request may carry an idempotency key. Its first attempt claims the key in the
-prediction store together with a digest of the request and the record ids it will write;
-a retry finds that claim and either returns those records (when they were written) or
-predicts again into the same ids, so no retry, however timed, records twice.
+A request may carry an idempotency key, scoped to its caller (the API token's holder or
+the client key): the store keeps a digest of the caller and the key, so another client
+sending the same key gets nothing of the first one's and cannot block it. Its first
+attempt claims the key in the prediction store together with a digest of the request and
+the record ids it will write; a retry finds that claim and either returns those records
+(when they were written) or predicts again into the same ids, so no retry, however timed,
+records twice. An attempt that finds the key claimed by another one still at work waits
+for its records (up to `claim_wait_seconds`) instead of asking the model again, and
+every answer to a keyed request is the records as the store holds them after the write,
+so two answers for one id never disagree.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 U = TypeVar("U")
 FALLBACK_WARNING_SECONDS = 60.0
+CLAIM_POLL_SECONDS = 0.02
+# How long an attempt that finds its key held by another waits for that one's records,
+# counted from when the other claimed it: past it, the other is taken to have died.
+CLAIM_WAIT_SECONDS = 10.0
+_ABANDONED_KEPT = 1024  # keys whose attempt failed in this process, remembered
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as headers carry it
 
 
@@ -94,6 +105,7 @@ class Recognizer:
         decode_budget: DecodeBudget | None = None,
         decode_cpu_seconds: float | None = None,
         verdict_policy: VerdictPolicy | None = None,
+        claim_wait_seconds: float = CLAIM_WAIT_SECONDS,
     ) -> None:
         self._model = model
         self._store = store
@@ -104,12 +116,20 @@ class Recognizer:
         self._budget = decode_budget
         self._cpu_seconds = decode_cpu_seconds
         self._policy = verdict_policy or VerdictPolicy()
+        self._claim_wait = claim_wait_seconds
+        # Keys whose attempt failed here: a retry in this process need not wait for it.
+        self._abandoned: dict[str, None] = {}
+        self._abandoned_lock = threading.Lock()
         self._fallback_lock = threading.Lock()
         self._fallbacks = 0
         self._fallback_warned = -math.inf
 
     def recognize(
-        self, images: Sequence[bytes], route: Route, idempotency_key: str | None = None
+        self,
+        images: Sequence[bytes],
+        route: Route,
+        idempotency_key: str | None = None,
+        caller: str = "",
     ) -> Recognition:
         """Predict a digit for each image and record every prediction before returning.
 
@@ -117,9 +137,9 @@ class Recognizer:
         gets the same record ids. Raises InvalidIdempotencyKey or IdempotencyKeyReused for
         a key that cannot be used, an ImageError for an unusable image (naming which one),
         a ModelServerError when no prediction could be had, StoreUnavailable when it could
-        not be recorded.
+        not be recorded. `caller` scopes the key (params.caller).
         """
-        key_sha256 = None if idempotency_key is None else _key_digest(idempotency_key)
+        key_sha256 = None if idempotency_key is None else _key_digest(idempotency_key, caller)
         clock = _StageClock()
         # Each file is parsed once: its header is read (and checked) on opening, and the
         # same opened file is decoded, after the whole batch's headers passed.
@@ -141,11 +161,38 @@ class Recognizer:
             deadline.check()
         clock.lap("preprocess")
         record_ids = tuple(new_record_id() for _ in images)
-        if key_sha256 is not None:
-            record_ids, earlier = self._claim(key_sha256, images, route, record_ids)
-            clock.lap("claim")
-            if earlier is not None:
-                return Recognition(earlier, clock.laps_ms, replayed=True)
+        if key_sha256 is None:
+            return self._predict(images, route, record_ids, None, headers, inputs, shapes, clock)
+        record_ids, earlier = self._claim(key_sha256, images, route, record_ids)
+        clock.lap("claim")
+        if earlier is not None:
+            return Recognition(earlier, clock.laps_ms, replayed=True)
+        try:
+            recognition = self._predict(
+                images, route, record_ids, key_sha256, headers, inputs, shapes, clock
+            )
+        except BaseException:
+            with self._abandoned_lock:
+                self._abandoned[key_sha256] = None
+                while len(self._abandoned) > _ABANDONED_KEPT:
+                    del self._abandoned[next(iter(self._abandoned))]
+            raise
+        with self._abandoned_lock:
+            self._abandoned.pop(key_sha256, None)
+        return recognition
+
+    def _predict(
+        self,
+        images: Sequence[bytes],
+        route: Route,
+        record_ids: tuple[uuid.UUID, ...],
+        key_sha256: str | None,
+        headers: Sequence[preprocess.Header],
+        inputs: np.ndarray,
+        shapes: Sequence[Shape],
+        clock: _StageClock,
+    ) -> Recognition:
+        """Ask the model and record its answers under `record_ids`."""
         try:
             answer = self._ask(inputs, route)
         except UnknownModel:
@@ -163,6 +210,11 @@ class Recognizer:
             for n, image in enumerate(images)
         ]
         self._store.save(records)
+        if key_sha256 is not None:
+            # Another attempt with this key may have written these ids first: answer with
+            # what the store holds, never with a prediction it did not keep.
+            stored = [self._store.get(record.id) for record in records]
+            records = [kept or mine for kept, mine in zip(stored, records, strict=True)]
         clock.lap("store")
         return Recognition(records, clock.laps_ms)
 
@@ -182,9 +234,21 @@ class Recognizer:
                 "this Idempotency-Key was already used for a different request; "
                 "use a new key for new images"
             )
-        earlier = [self._store.get(record_id) for record_id in claim.record_ids]
-        found = [record for record in earlier if record is not None]
-        return claim.record_ids, found if len(found) == len(earlier) else None
+        if claim.record_ids == record_ids:
+            return record_ids, None  # ours: nothing was written yet
+        # Another attempt holds the key: wait for its records rather than ask the model
+        # again (a second answer could differ), unless it failed here or had its time.
+        claimed_at = time_of(claim.record_ids[0]).timestamp()
+        while True:
+            earlier = [self._store.get(record_id) for record_id in claim.record_ids]
+            found = [record for record in earlier if record is not None]
+            if len(found) == len(earlier):
+                return claim.record_ids, found
+            with self._abandoned_lock:
+                abandoned = key_sha256 in self._abandoned
+            if abandoned or time.time() >= claimed_at + self._claim_wait:
+                return claim.record_ids, None
+            time.sleep(CLAIM_POLL_SECONDS)
 
     def _decode(
         self, opened: preprocess.Opened, deadline: preprocess.DecodeDeadline | None
@@ -284,11 +348,14 @@ class Recognizer:
         )
 
 
-def _key_digest(key: str) -> str:
-    """What the store keeps of a key: its SHA-256, so the store never holds a client's secret."""
+def _key_digest(key: str, caller: str) -> str:
+    """What the store keeps of a key: the SHA-256 of its caller and the key, so one caller's
+    key is not another's and the store never holds a client's secret."""
     if not IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII characters")
-    return hashlib.sha256(key.encode("ascii")).hexdigest()
+    scoped = hashlib.sha256(caller.encode("utf-8"))
+    scoped.update(b"\0" + key.encode("ascii"))
+    return scoped.hexdigest()
 
 
 def _request_digest(images: Sequence[bytes], route: Route) -> str:

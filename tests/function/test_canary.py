@@ -106,7 +106,8 @@ def route_for(query: str = "", headers: dict[str, str] | None = None, percent: f
     with app.test_request_context(
         f"/predict?{query}", headers=headers or {}, environ_base={"REMOTE_ADDR": "10.0.0.1"}
     ):
-        return params.route(flask.request.args, settings, params.client_key(flask.request))
+        client = params.client_key(flask.request)
+        return params.route(flask.request.args, settings, client, params.TOKEN_HOLDER)
 
 
 def test_unpinned_requests_follow_the_canary_share():

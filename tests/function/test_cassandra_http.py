@@ -201,7 +201,9 @@ def test_the_key_is_kept_as_a_digest_with_the_ids_it_stands_for(client, cassandr
     )
     assert response.status_code == 200
     (row,) = stored_keys(cassandra, keyspace)
-    assert row["key_sha256"] == hashlib.sha256(key.encode()).hexdigest()
+    # Scoped to the caller (#23): the test client's address, as it sends no X-Client-Id.
+    scoped = hashlib.sha256(b"addr:127.0.0.1\0" + key.encode()).hexdigest()
+    assert row["key_sha256"] == scoped
     assert [str(i) for i in row["record_ids"]] == [
         p["id"] for p in response.get_json()["predictions"]
     ]

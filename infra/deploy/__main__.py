@@ -3,7 +3,8 @@
 Targets:
   function      Cloud Functions (2nd gen) from the function/ source directory
   run-function  the function container (Dockerfile.function) on Cloud Run
-  run-serving   TensorFlow Serving with the models baked in (Dockerfile.serving) on Cloud Run
+  run-serving   TensorFlow Serving (Dockerfile.serving) on Cloud Run; with
+                SERVING_MODELS_BUCKET every instance polls one config in that bucket
 
 Every setting is an environment variable (README, "Deploy"). --dry-run prints the exact
 commands and runs nothing; a missing or malformed variable, or a CPU and memory pair
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from infra.deploy import commands
+from infra.deploy import commands, models_bucket
 from infra.deploy.commands import Step
 from infra.deploy.settings import has_digest, load_function, load_serving
 from recognizer.env import SettingsError
@@ -60,7 +61,14 @@ def plan(target: str, environ: Mapping[str, str], *, build: bool = False) -> lis
         steps = (
             _build(commands.SERVING_DOCKERFILE, settings.image, "SERVING_IMAGE") if build else []
         )
-        deploy = [Step(commands.cloud_run_serving(settings))]
+        bucket = models_bucket.load_models_bucket(environ)
+        if bucket is None:
+            deploy = [Step(commands.cloud_run_serving(settings))]
+        else:
+            deploy = [
+                *models_bucket.setup(bucket, settings),
+                Step([*commands.cloud_run_serving(settings), *models_bucket.deploy_flags(bucket)]),
+            ]
         if settings.invoker is not None:
             deploy.append(Step(commands.cloud_run_invoker(settings)))
         return [*steps, *deploy]

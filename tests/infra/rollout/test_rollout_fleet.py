@@ -1,7 +1,7 @@
 """Rollouts across replicas that poll one config on their own clocks (scripted replicas).
 
 The real fleet, three development model servers behind nginx under load, is
-tests/e2e/test_rollout_fleet.py; these check the rules on replicas whose lag is chosen.
+tests/cluster/test_rollout_fleet.py; these check the rules on replicas whose lag is chosen.
 """
 
 from __future__ import annotations

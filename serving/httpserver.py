@@ -26,15 +26,30 @@ from serving.rest import Response, RestApi, error_body, libevent_error
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 128 * 1024 * 1024
+# A body, and a gzip body once inflated, past MAX_BODY_BYTES is answered 413 before it is
+# parsed. TF Serving's own cap on an inflated body is 100 MiB (ZLib::kMaxUncompressedBytes)
+# and it has none on a plain one; parsed in Python, 100 MiB of JSON took 2 GB and 6 s.
+# The function sends at most 64 images a request (~400 KB of JSON).
+MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_INFLATED_BYTES = 100 * 1024 * 1024  # ZLib::kMaxUncompressedBytes
+# Connections held at once, each a thread: past it, the longest-idle kept-alive one is
+# closed to make room (an idle connection waiting for its next request costs a thread).
+MAX_CONNECTIONS = 256
+IDLE_SECONDS = 60  # an idle keep-alive connection is closed after this
+
+
+class InflatedTooLarge(ValueError):
+    """A gzip body says it inflates past MAX_BODY_BYTES."""
 
 
 def inflate_gzip(body: bytes) -> bytes:
-    """UncompressGzipAndAllocate: trust the trailer's length up to the limit; b"" on failure."""
+    """UncompressGzipAndAllocate: trust the trailer's length up to the limit; b"" on failure.
+    Past MAX_BODY_BYTES (below TF Serving's 100 MiB) nothing is inflated: InflatedTooLarge."""
     expected = int.from_bytes(body[-4:], "little") if len(body) > 4 else 0
     if expected > MAX_INFLATED_BYTES:
         return b""
+    if expected > MAX_BODY_BYTES:
+        raise InflatedTooLarge(expected)
     try:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         data = inflater.decompress(body, expected + 1)
@@ -52,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "DevModelServer"
     disable_nagle_algorithm = True
     wbufsize = 64 * 1024  # headers and body leave in one write
-    timeout = 300  # seconds an idle keep-alive connection may stay open
+    timeout = IDLE_SECONDS  # seconds an idle keep-alive connection may stay open
     server: HttpServer
 
     def setup(self) -> None:
@@ -64,6 +79,19 @@ class _Handler(BaseHTTPRequestHandler):
             super().finish()
         finally:
             self.server.track(self.connection, add=False)
+
+    def handle_one_request(self) -> None:
+        # Idle until the next request's first byte: the server may close the connection
+        # meanwhile to make room for another (HttpServer._make_room).
+        self.server.idle(self.connection, waiting=True)
+        try:
+            self.rfile.peek(1)
+        except OSError:  # the idle timeout, or shut by _make_room
+            self.close_connection = True
+            return
+        finally:
+            self.server.idle(self.connection, waiting=False)
+        super().handle_one_request()
 
     def _dispatch(self) -> None:
         # What the function forwards (its request id, the trace) rides on every line
@@ -77,7 +105,11 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         if body and "gzip" in self.headers.get("Content-Encoding", ""):
-            body = inflate_gzip(body)
+            try:
+                body = inflate_gzip(body)
+            except InflatedTooLarge:
+                self._fail(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
+                return
         response = self.server.api.handle(self.command, self.path, body, self.headers)
         self._send(response)
 
@@ -177,11 +209,13 @@ class HttpServer(ThreadingHTTPServer):
         self.api = api
         self.stopping = False
         self._connections: set[socket.socket] = set()
+        self._idle: dict[socket.socket, float] = {}  # waiting for a request, since when
         self._handler_threads: set[threading.Thread] = set()
         self._connections_lock = threading.Lock()
         super().__init__((host, port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        self._make_room()
         # Daemon handler threads that stop() can still wait for (ThreadingMixIn forgets them).
         thread = threading.Thread(
             target=self._process_tracked, args=(request, client_address), daemon=True
@@ -211,6 +245,27 @@ class HttpServer(ThreadingHTTPServer):
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
+                self._idle.pop(connection, None)
+
+    def idle(self, connection: socket.socket, *, waiting: bool) -> None:
+        """Mark a connection as waiting for its next request (or not any more)."""
+        with self._connections_lock:
+            if waiting:
+                self._idle[connection] = time.monotonic()
+            else:
+                self._idle.pop(connection, None)
+
+    def _make_room(self) -> None:
+        """At MAX_CONNECTIONS, shut the longest-idle connections: their threads end, and an
+        attacker's thousands of idle sockets cost at most MAX_CONNECTIONS threads."""
+        with self._connections_lock:
+            excess = len(self._connections) + 1 - MAX_CONNECTIONS
+            oldest = sorted(self._idle, key=self._idle.__getitem__)[: max(excess, 0)]
+            for connection in oldest:
+                del self._idle[connection]
+        for connection in oldest:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def close_idle_connections(self) -> None:
         """Wake handlers blocked reading the next request; replies in flight still go out."""

@@ -32,6 +32,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
@@ -67,6 +68,13 @@ CORS_HEADERS = (
     ("Access-Control-Allow-Headers", "Content-Type"),
 )
 LIBEVENT_DEFAULT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
+# Work a JSON body may ask for, checked in C speed before it is parsed (TF Serving has no
+# limits of its own here: rapidjson parses anything in C++). 200,000 nested arrays were a
+# RecursionError (500); every value costs ~150 bytes parsed in Python, so the elements
+# (at most the commas plus one) are bounded too: a million is 1,275 images of 28x28.
+MAX_JSON_DEPTH = 64
+MAX_TENSOR_ELEMENTS = 1_000_000
+_DEPTH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,27 @@ def libevent_error(status: int) -> Response:
         "</BODY></HTML>\n"
     )
     return Response(status, body.encode(), "text/html", (("Connection", "close"),))
+
+
+def check_json_budget(body: bytes) -> None:
+    """400 for a body nested deeper than MAX_JSON_DEPTH or with more values than
+    MAX_TENSOR_ELEMENTS; counted over the bytes (brackets in strings count too: base64 and
+    signature names have none), a megabyte at a time so the count costs little memory."""
+    if body.count(b",") + 1 > MAX_TENSOR_ELEMENTS:
+        raise invalid_argument(
+            f"JSON body has more than {MAX_TENSOR_ELEMENTS:,} values, the limit of this server"
+        )
+    depth = 0
+    for start in range(0, len(body), _DEPTH_CHUNK):
+        chunk = np.frombuffer(body, np.uint8, min(_DEPTH_CHUNK, len(body) - start), start)
+        steps = (chunk == ord("[")).astype(np.int32) + (chunk == ord("{"))
+        steps -= (chunk == ord("]")) + (chunk == ord("}"))
+        levels = np.cumsum(steps) + depth
+        if levels.size and levels.max() > MAX_JSON_DEPTH:
+            raise invalid_argument(
+                f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels, the limit of this server"
+            )
+        depth = int(levels[-1]) if levels.size else depth
 
 
 def split_target(target: str) -> tuple[str, str] | None:
@@ -245,6 +274,7 @@ class RestApi:
         return servable
 
     def _predict(self, call: _Call, version: int | None, label: str | None, body: bytes) -> bytes:
+        check_json_budget(body)
         doc, signature_name = tensors.parse_body(body)
         servable = self._servable(call, version, label)
         signature = servable.signature(signature_name)
@@ -269,6 +299,7 @@ class RestApi:
     ) -> bytes:
         # ProcessClassifyRequest/ProcessRegressRequest: the body is read before the model
         # is looked up, so a bad body is a 400 even for an unknown model.
+        check_json_budget(body)
         doc, signature_name = tensors.parse_body(body)
         request_input = inference.input_from_json(doc)
         servable = self._servable(call, version, label)

@@ -24,6 +24,7 @@ from recognizer import (
     access,
     clients,
     connection,
+    drift,
     feedback,
     logs,
     metrics,
@@ -220,6 +221,7 @@ class Api:
         facts.timings_ms = recognition.timings_ms
         facts.replayed = recognition.replayed
         facts.verdicts = tuple(r.verdict.kind if r.verdict else "none" for r in records)
+        facts.drift_bins = tuple(drift.binned(drift.of_record(r)) for r in records)
         secret = self._settings.feedback_secret
         predictions = [
             {
@@ -285,6 +287,9 @@ class Api:
             label = str(facts.model["label"] or "(pinned)")
             for verdict in facts.verdicts:
                 self._metrics.predictions.labels(version, label, verdict).inc()
+            self._metrics.drift(version, label, facts.drift_bins)
+            if label == self._settings.model_label:  # stable's profile is the reference
+                self._metrics.reference(int(version))
         if status == 200 and facts.endpoint == "feedback":
             self._metrics.feedback.inc()
 

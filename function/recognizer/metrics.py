@@ -20,6 +20,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import (
@@ -31,6 +32,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from recognizer import drift as drift_signals
 
 __all__ = ["BUCKETS", "CONTENT_TYPE", "Metrics", "mark_process_dead"]
 
@@ -94,6 +97,21 @@ class Metrics:
             buckets=BUCKETS,
             registry=registry,
         )
+        self.drift_observations = Counter(
+            "digit_drift_observations",
+            "Predictions by version and label, per drift signal and bin (recognizer/drift.py).",
+            ["model_version", "model_label", "signal", "bin"],
+            registry=registry,
+        )
+        self.reference_share = Gauge(
+            "digit_drift_reference_share",
+            "The reference profile of the version stable serves: each signal's share per bin.",
+            ["signal", "bin"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self._seen: set[tuple[str, str]] = set()
+        self._reference: int | None = None
         self._process = _ProcessFigures(registry)
 
     def request(self, endpoint: str, status: int, outcome: str, seconds: float) -> None:
@@ -101,6 +119,30 @@ class Metrics:
         self._process.ensure()
         self.requests.labels(endpoint=endpoint, status=str(status), outcome=outcome).inc()
         self.request_seconds.labels(endpoint=endpoint).observe(seconds)
+
+    def drift(self, version: str, label: str, binned: Iterable[Mapping[str, str]]) -> None:
+        """Count predictions' drift bins; a version's first prediction makes all its bins
+        (at 0), so that a share computed in Prometheus sees the bins never hit."""
+        if (version, label) not in self._seen:
+            self._seen.add((version, label))
+            for signal in drift_signals.SIGNALS:
+                for name in drift_signals.bins(signal):
+                    self.drift_observations.labels(version, label, signal, name)
+        for bins_ in binned:
+            for signal, name in bins_.items():
+                self.drift_observations.labels(version, label, signal, name).inc()
+
+    def reference(self, version: int) -> None:
+        """Export `version`'s reference profile (stable's), when it is new here."""
+        if self._reference == version:
+            return
+        profile = drift_signals.load_profile(version)
+        if profile is None:
+            return
+        self._reference = version
+        for signal, shares in profile.items():
+            for name, share in shares.items():
+                self.reference_share.labels(signal, name).set(share)
 
     def render(self) -> bytes:
         """The exposition: every worker's values summed when they share a directory."""

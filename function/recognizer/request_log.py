@@ -42,6 +42,7 @@ class Facts:
     timings_ms: Mapping[str, float] = field(default_factory=dict)  # Recognition.timings_ms
     replayed: bool | None = None
     verdicts: tuple[str, ...] = ()  # one per recorded prediction (metrics only)
+    drift_bins: tuple[Mapping[str, str], ...] = ()  # drift.binned, one per prediction (metrics)
 
 
 def request_id(header: str | None) -> str:

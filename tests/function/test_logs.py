@@ -139,9 +139,8 @@ def broken_history(monkeypatch):
     monkeypatch.setattr(Api, "_history", broken)
 
 
-def test_an_internal_error_is_one_entry_grouped_with_its_request_line(
-    broken_history, app_client, capsys
-):
+@pytest.mark.usefixtures("broken_history")  # before app_client makes the app
+def test_an_internal_error_is_one_entry_grouped_with_its_request_line(app_client, capsys):
     capsys.readouterr()
     response = app_client.get(
         "/predictions",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recognizer import drift
 from recognizer.metrics import BUCKETS, Metrics
 from tests.conftest import ROOT, STABLE_VERSION
 
@@ -87,6 +88,19 @@ def test_requests_predictions_stages_and_corrections_are_counted(client, mnist):
     assert value(samples, "digit_stage_duration_seconds_count", stage="model") == 2
     assert value(samples, "digit_request_duration_seconds_count", endpoint="predict") == 3
     assert value(samples, "digit_feedback_total") == 1
+    # Drift: each prediction once per signal, every bin present (zeros too), and the
+    # reference is the profile of the version stable serves.
+    drift_counts = {
+        signal: [v for (n, ls), v in samples.items()
+                 if n == "digit_drift_observations_total" and ("signal", signal) in ls]
+        for signal in drift.SIGNALS
+    }  # fmt: skip
+    for signal, counts in drift_counts.items():
+        assert sum(counts) == 3 and len(counts) == len(drift.bins(signal)), signal
+    reference = drift.load_profile(STABLE_VERSION)
+    assert value(
+        samples, "digit_drift_reference_share", signal="confidence", bin=">=0.99"
+    ) == pytest.approx(reference["confidence"][">=0.99"])
 
 
 def test_histograms_are_cumulative_and_end_in_their_count():

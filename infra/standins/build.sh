@@ -8,7 +8,7 @@
 # recipe as a label and is rebuilt only when the recipe changed.
 #
 # Also builds the development model server's image that the tests' Compose override
-# (tests/integration/compose.dev-model-server.yml) runs in place of tensorflow/serving.
+# (tests/integration/dev-model-server.yml) runs in place of tensorflow/serving.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD

@@ -1,6 +1,6 @@
 # The development model server (serving/, `python -m serving`) as an image, for the
 # integration tests only, where tensorflow/serving cannot be pulled
-# (tests/integration/compose.dev-model-server.yml). The code is mounted, not copied.
+# (tests/integration/dev-model-server.yml). The code is mounted, not copied.
 # Built by infra/standins/build.sh from a context holding the two requirement files.
 FROM python:3.11.14-slim-bookworm
 WORKDIR /build

@@ -6,7 +6,7 @@ images only where no registry can be reached (infra/standins/README.md). The sta
 its own project name and free host ports, so it never touches a stack you run yourself,
 its own copy of serving/ (the rollout test rewrites models.config), and is torn down with
 its volumes at the end. Where tensorflow/serving cannot be had, the development model
-server takes its place (tests/integration/compose.dev-model-server.yml). Allow ~5 minutes
+server takes its place (tests/integration/dev-model-server.yml). Allow ~5 minutes
 on a first run (the function's build, Cassandra's start).
 """
 
@@ -31,7 +31,7 @@ from tests.conftest import ROOT, SHIPPED, STABLE_VERSION, free_port, wait_until
 SEVEN = ROOT / "tests" / "data" / "samples" / "seven.png"
 UP_TIMEOUT_SECONDS = 900
 TF_SERVING_IMAGE = "tensorflow/serving:2.20.0"
-DEV_MODEL_SERVER = Path(__file__).with_name("compose.dev-model-server.yml")
+DEV_MODEL_SERVER = Path(__file__).with_name("dev-model-server.yml")
 # Long-running services of the default profile; `schema` is a one-shot job.
 SERVICES = ("cassandra", "tf-serving", "function", "proxy")
 

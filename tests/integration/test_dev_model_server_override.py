@@ -8,7 +8,7 @@ import yaml
 from serving.__main__ import build_parser
 from tests.conftest import ROOT
 
-OVERRIDE = ROOT / "tests" / "integration" / "compose.dev-model-server.yml"
+OVERRIDE = ROOT / "tests" / "integration" / "dev-model-server.yml"
 # TF Serving flags the development server does not have.
 NOT_IN_THE_DEV_SERVER = ("--grpc_socket_path",)
 

@@ -26,6 +26,7 @@ from recognizer import (
     connection,
     drift,
     feedback,
+    heap,
     logs,
     metrics,
     model_client,
@@ -99,6 +100,7 @@ class Api:
         )
         # Per process: request bodies and decoded images share the memory budget; the
         # admission queue bounds the images in progress (budget.py).
+        heap.keep_large_buffers_apart()
         self._budget = DecodeBudget(settings.decode_budget_bytes)
         self._admission = Admission(settings.admission_images, settings.admission_wait_seconds)
         self._endpoints: dict[str, Callable[..., flask.Response]] = {

@@ -22,6 +22,9 @@ from recognizer.responses import API_POLICY
 # PREDICT_REQUIRES_TOKEN; a correction carries its own capability (may_correct); every
 # other endpoint (the prediction history, /metrics) needs the token.
 OPEN_ENDPOINTS = frozenset({"page", "health", "ready", "openapi"})
+# What a prediction's own feedback token may read besides correcting it: the record and
+# its image, so a person sees their own upload without the token that reads everyone's.
+OWN_RECORD_ENDPOINTS = frozenset({"prediction", "upload"})
 CORS_ALLOWED_HEADERS = "Content-Type, Authorization, Idempotency-Key, X-Client-Id, X-Request-Id"
 CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"
 CORS_MAX_AGE_SECONDS = 600
@@ -41,9 +44,14 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SIMPLE_MODES = frozenset({"no-cors", "navigate", "nested-navigate"})
 
 
-def authorize(request: flask.Request, endpoint: str, settings: Settings) -> None:
-    """With API_TOKEN set, the history (and /predict if so configured) needs the token."""
+def authorize(
+    request: flask.Request, endpoint: str, settings: Settings, prediction_id: str | None = None
+) -> None:
+    """With API_TOKEN set, the history (and /predict if so configured) needs the token; a
+    prediction's feedback token, as the Bearer token, reads that prediction and its image."""
     token = settings.api_token
+    if endpoint in OWN_RECORD_ENDPOINTS and _owns(request, prediction_id, settings):
+        return
     if token is None or endpoint in OPEN_ENDPOINTS or endpoint == "feedback":
         return
     if endpoint == "predict" and not settings.predict_requires_token:
@@ -53,6 +61,17 @@ def authorize(request: flask.Request, endpoint: str, settings: Settings) -> None
         raise NotAuthorized("this needs the API token: send 'Authorization: Bearer <token>'")
     if not _same(presented, token):
         raise NotAuthorized("the API token sent is not the right one")
+
+
+def _owns(request: flask.Request, prediction_id: str | None, settings: Settings) -> bool:
+    presented = bearer(request)
+    if presented is None or prediction_id is None or not settings.feedback_keys:
+        return False
+    try:
+        record_id = uuid.UUID(prediction_id)
+    except ValueError:
+        return False
+    return feedback.token_matches_any(settings.feedback_keys, record_id, presented)
 
 
 def refuse_cross_site(request: flask.Request, settings: Settings) -> None:
@@ -96,7 +115,7 @@ def may_correct(
     if (
         token is not None
         and secret is not None
-        and feedback.token_matches(secret, record_id, token)
+        and feedback.token_matches_any(settings.feedback_keys, record_id, token)
     ):
         return
     presented = bearer(request)

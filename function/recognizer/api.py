@@ -177,7 +177,7 @@ class Api:
         if request.method == "OPTIONS":
             methods = ", ".join(sorted(adapter.allowed_methods(request.path)))
             return flask.Response(status=204, headers={"Allow": methods})
-        access.authorize(request, endpoint, self._settings)
+        access.authorize(request, endpoint, self._settings, arguments.get("prediction_id"))
         access.refuse_cross_site(request, self._settings)
         if endpoint == "predict":  # the one endpoint with model facts for the request log
             return self._predict(request, facts, client)

@@ -117,9 +117,18 @@ class Settings:
     corrections_per_record_per_hour: int = 5
     # The key of the feedback tokens (feedback.py); every instance must have the same one.
     feedback_secret: bytes | None = field(default=None, repr=False)
+    # FEEDBACK_SECRET_PREVIOUS: keys being rotated out, still accepted for verification.
+    feedback_previous_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     cors_allowed_origins: frozenset[str] = frozenset()  # "*" allows every origin
     verdict_policy: VerdictPolicy = field(default_factory=VerdictPolicy)  # VERDICT_*
     cassandra: CassandraSettings | None = None  # CASSANDRA_*, when prediction_store is cassandra
+
+    @property
+    def feedback_keys(self) -> tuple[bytes, ...]:
+        """The keys a feedback token is checked against; tokens are made with the first."""
+        if self.feedback_secret is None:
+            return ()
+        return (self.feedback_secret, *self.feedback_previous_secrets)
 
     @property
     def decode_budget_bytes(self) -> int:
@@ -273,9 +282,21 @@ def _access(read: Reader) -> dict[str, object]:
             f"FEEDBACK_SECRET must be at least {MIN_SECRET_BYTES} bytes (e.g. 64 random hex "
             "digits: python -c 'import secrets; print(secrets.token_hex(32))')"
         )
+    previous = tuple(
+        key.strip().encode() for key in (read.secret("FEEDBACK_SECRET_PREVIOUS") or "").split(",")
+    )
+    previous = tuple(key for key in previous if key)
+    if previous and secret is None:
+        read.problem("FEEDBACK_SECRET_PREVIOUS is set but FEEDBACK_SECRET is unset")
+    elif any(len(key) < MIN_SECRET_BYTES for key in previous):
+        read.problem(
+            f"FEEDBACK_SECRET_PREVIOUS must be comma-separated keys of at least "
+            f"{MIN_SECRET_BYTES} bytes each (the FEEDBACK_SECRET values being rotated out)"
+        )
     return {
         "api_token": token,
         "feedback_secret": None if secret is None else secret.encode(),
+        "feedback_previous_secrets": previous,
         "predict_requires_token": predict_requires_token,
         "pin_requires_token": pin_requires_token,
         "corrections_per_client_per_hour": read.whole(

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from recognizer import bounded_json
@@ -54,6 +55,12 @@ def token_for(secret: bytes, record_id: uuid.UUID) -> str:
 def token_matches(secret: bytes, record_id: uuid.UUID, token: str) -> bool:
     """Constant time: how much of a guess matched must not show in how long a refusal takes."""
     return hmac.compare_digest(token_for(secret, record_id).encode(), token.encode())
+
+
+def token_matches_any(keys: Sequence[bytes], record_id: uuid.UUID, token: str) -> bool:
+    """Under any verification key: FEEDBACK_SECRET, then FEEDBACK_SECRET_PREVIOUS (the keys
+    being rotated out), so a new key does not invalidate every token given before it."""
+    return any(token_matches(key, record_id, token) for key in keys)
 
 
 def parse(body: bytes) -> tuple[int | None, str | None]:

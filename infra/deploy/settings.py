@@ -63,7 +63,7 @@ FUNCTION_PASSTHROUGH = (
     "CASSANDRA_RECENT_LOOKBACK_DAYS",
 )
 # Secrets the function reads from its environment; each is deployed from <NAME>_SECRET.
-SECRETS = ("CASSANDRA_PASSWORD", "API_TOKEN", "FEEDBACK_SECRET")
+SECRETS = ("CASSANDRA_PASSWORD", "API_TOKEN", "FEEDBACK_SECRET", "FEEDBACK_SECRET_PREVIOUS")
 # Where a CA bundle given by CASSANDRA_SSL_CA_SECRET is mounted in the function.
 CA_MOUNT_DIR = "/etc/secrets/cassandra-ca"
 CA_FILE_NAME = "ca.pem"
@@ -332,6 +332,7 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
         read.problems.append("set CASSANDRA_USERNAME and CASSANDRA_PASSWORD_SECRET together")
     api_token = read.secret_ref("API_TOKEN_SECRET")
     feedback_secret = read.secret_ref("FEEDBACK_SECRET_SECRET")
+    feedback_previous = read.secret_ref("FEEDBACK_SECRET_PREVIOUS_SECRET")
     ca_secret = read.secret_ref("CASSANDRA_SSL_CA_SECRET")
 
     env = {
@@ -361,6 +362,7 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
             password=bool(read.get("CASSANDRA_USERNAME")),
             api_token=api_token is not None,
             feedback_secret=feedback_secret is not None,
+            feedback_previous=feedback_previous is not None,
         )
     )
 
@@ -386,6 +388,7 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
                 ("CASSANDRA_PASSWORD", password),
                 ("API_TOKEN", api_token),
                 ("FEEDBACK_SECRET", feedback_secret),
+                ("FEEDBACK_SECRET_PREVIOUS", feedback_previous),
             )
             if ref
         },
@@ -395,7 +398,12 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
 
 
 def _function_problems(
-    env: Mapping[str, str], *, password: bool, api_token: bool, feedback_secret: bool
+    env: Mapping[str, str],
+    *,
+    password: bool,
+    api_token: bool,
+    feedback_secret: bool,
+    feedback_previous: bool = False,
 ) -> list[str]:
     """What the function would refuse at start-up in `env`. The secrets it is given by
     reference are stood in for (their values are Secret Manager's; the user name and
@@ -405,6 +413,7 @@ def _function_problems(
         "CASSANDRA_PASSWORD": "by-reference" if password else "",
         "API_TOKEN": "by-reference" if api_token else "",
         "FEEDBACK_SECRET": "x" * MIN_SECRET_BYTES if feedback_secret else "",
+        "FEEDBACK_SECRET_PREVIOUS": "y" * MIN_SECRET_BYTES if feedback_previous else "",
     }
     own = {"CASSANDRA_SSL_CA_FILE", "WORKERS", "MEMORY_LIMIT_MIB"}
     checked = {name: value for name, value in env.items() if name not in own}

@@ -63,6 +63,7 @@ MALFORMED = {
     "CORRECTIONS_PER_RECORD_PER_HOUR": "many",
     "CORS_ALLOWED_ORIGINS": "example.org",
     "FEEDBACK_SECRET": "short",
+    "FEEDBACK_SECRET_PREVIOUS": "short",
     "CASSANDRA_CONTACT_POINTS": "a,,b",
     "CASSANDRA_PORT": "nine",
     "CASSANDRA_KEYSPACE": "my-keyspace",

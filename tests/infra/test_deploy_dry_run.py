@@ -554,6 +554,7 @@ def test_every_function_setting_is_deployable() -> None:
         "CASSANDRA_PASSWORD",  # CASSANDRA_PASSWORD_SECRET
         "API_TOKEN",  # API_TOKEN_SECRET
         "FEEDBACK_SECRET",  # FEEDBACK_SECRET_SECRET
+        "FEEDBACK_SECRET_PREVIOUS",  # FEEDBACK_SECRET_PREVIOUS_SECRET
         "CASSANDRA_SSL_CA_FILE",  # CASSANDRA_SSL_CA_SECRET, mounted
         "SQLITE_PATH",  # local only
         "WORKERS",  # read by the tool, 1 to 16

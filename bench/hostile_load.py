@@ -190,7 +190,6 @@ class Attack:
     name: str
     what: str
     run: Callable[[Stack, threading.Event], Counter]  # until the event is set
-    parallel: bool = True  # 8 clients in a loop; else run once
 
 
 def looped(send: Callable[[Stack], int]) -> Callable[[Stack, threading.Event], Counter]:
@@ -508,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"worker {pid}: idle {vm(pid, 'VmRSS') / MiB:.0f} MiB", flush=True)
             for attack in chosen:
                 row = measure(target, attack, args.seconds)
-                print(row.line(), flush=True)
+                print(f"{row.line()}  [{attack.what}]", flush=True)
                 time.sleep(1.0)  # let the last answers drain before the next attack
             for pid in workers(function):
                 print(f"worker {pid}: after {vm(pid, 'VmRSS') / MiB:.0f} MiB", flush=True)

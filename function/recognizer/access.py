@@ -52,7 +52,7 @@ def authorize(
     token = settings.api_token
     if endpoint in OWN_RECORD_ENDPOINTS and _owns(request, prediction_id, settings):
         return
-    if token is None or endpoint in OPEN_ENDPOINTS or endpoint == "feedback":
+    if token is None or endpoint in OPEN_ENDPOINTS or endpoint in ("feedback", "erase"):
         return
     if endpoint == "predict" and not settings.predict_requires_token:
         return
@@ -131,6 +131,21 @@ def may_correct(
             "this service gives no feedback tokens (FEEDBACK_SECRET is unset)"
         )
     raise feedback.WrongFeedbackToken("the token is not the one for this prediction")
+
+
+def may_erase(request: flask.Request, record_id: uuid.UUID, settings: Settings) -> None:
+    """An erasure needs the prediction's feedback token or the API token, as a Bearer
+    token: whoever was given the prediction (or runs the service) may have it erased."""
+    secret, api_token, presented = settings.feedback_secret, settings.api_token, bearer(request)
+    if presented is not None and (
+        (secret is not None and feedback.token_matches(secret, record_id, presented))
+        or (api_token is not None and _same(presented, api_token))
+    ):
+        return
+    raise NotAuthorized(
+        "erasing a prediction needs its feedback_token or the API token: "
+        "send 'Authorization: Bearer <token>'"
+    )
 
 
 def allow_origin(

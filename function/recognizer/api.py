@@ -47,6 +47,7 @@ from recognizer.errors import (
 )
 from recognizer.records import Feedback, Record, StoreUnavailable
 from recognizer.responses import (
+    cursor,
     details_json,
     image_headers,
     input_png,
@@ -65,6 +66,7 @@ URLS = Map(
         Rule("/predict", endpoint="predict", methods=["POST", "OPTIONS"]),
         Rule("/predictions", endpoint="history", methods=["GET", "OPTIONS"]),
         Rule("/predictions/<prediction_id>", endpoint="prediction", methods=["GET", "OPTIONS"]),
+        Rule("/predictions/<prediction_id>", endpoint="erase", methods=["DELETE"]),
         Rule("/predictions/<prediction_id>/image", endpoint="upload", methods=["GET", "OPTIONS"]),
         Rule(
             "/predictions/<prediction_id>/feedback",
@@ -109,6 +111,7 @@ class Api:
             "prediction": self._prediction,
             "upload": self._upload,
             "feedback": self._feedback,
+            "erase": self._erase,
             "health": self._health,
             "ready": self._ready,
             "openapi": self._openapi,
@@ -241,11 +244,17 @@ class Api:
             raise InvalidParameter(
                 f"limit must be between 1 and {self._settings.history_max_limit}"
             )
-        records = self._connect().store.recent(limit)
-        return json_response({"predictions": [prediction_json(r) for r in records]})
+        before = params.cursor_parameter(request.args)
+        page = self._connect().store.page(limit, before)
+        return json_response(
+            {
+                "predictions": [prediction_json(r) for r in page.records],
+                "next": None if page.next is None else cursor(page.next),
+            }
+        )
 
     def _prediction(self, request: flask.Request, prediction_id: str) -> flask.Response:
-        record = self._find(prediction_id)
+        record = self._find(prediction_id, upload=False)
         return json_response({**prediction_json(record), **details_json(record)})
 
     def _upload(self, request: flask.Request, prediction_id: str) -> flask.Response:
@@ -271,10 +280,22 @@ class Api:
         if params.caller(request, self._settings, client) != params.TOKEN_HOLDER:
             self._corrections.admit(client, str(record_id))
         now = datetime.now(UTC)
-        correction = Feedback(digit, now.replace(microsecond=now.microsecond // 1000 * 1000))
+        correction = Feedback(
+            digit,
+            now.replace(microsecond=now.microsecond // 1000 * 1000),
+            client,
+        )
         if not self._connect().store.correct(record_id, correction):
             raise UnknownPrediction(f"no prediction has id {record_id}")
-        return json_response(prediction_json(self._find(prediction_id)))
+        return json_response(prediction_json(self._find(prediction_id, upload=False)))
+
+    def _erase(self, request: flask.Request, prediction_id: str) -> flask.Response:
+        """An erasure request: the upload, the record and its correction, from every table."""
+        record_id = params.record_id(prediction_id)
+        access.may_erase(request, record_id, self._settings)
+        if not self._connect().store.delete(record_id):
+            raise UnknownPrediction(f"no prediction has id {record_id}")
+        return json_response({"id": str(record_id), "erased": True})
 
     def _metrics_text(self, request: flask.Request) -> flask.Response:
         return flask.Response(self._metrics.render(), content_type=metrics.CONTENT_TYPE)
@@ -321,9 +342,9 @@ class Api:
             raise NotReady(f"not ready: {', '.join(failing)}", checks)
         return json_response({"status": "ready", "checks": checks})
 
-    def _find(self, prediction_id: str) -> Record:
+    def _find(self, prediction_id: str, *, upload: bool = True) -> Record:
         record_id = params.record_id(prediction_id)
-        record = self._connect().store.get(record_id)
+        record = self._connect().store.get(record_id, upload=upload)
         if record is None:
             raise UnknownPrediction(f"no prediction has id {record_id}")
         return record

@@ -32,9 +32,10 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -56,16 +57,25 @@ from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
     Feedback,
     IdempotencyClaim,
+    Page,
     Record,
+    Retention,
     StoreUnavailable,
     Upload,
+    order_key,
     time_of,
+    without_upload,
 )
 from recognizer.verdict import Verdict
 
 _log = logging.getLogger(__name__)
 
-TABLE = "predictions"
+LEGACY_TABLE = "predictions"  # the released layout: one partition per UTC day
+TABLE = "records"
+UPLOADS_TABLE = "uploads"
+BUCKETS_TABLE = "record_buckets"
+CORRECTIONS_TABLE = "corrections"
+LAYOUT_TABLE = "store_layout"
 IDEMPOTENCY_TABLE = "idempotency_keys"
 
 # What the driver raises when Cassandra cannot serve a request: all of it means "503".
@@ -79,7 +89,8 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _COLUMNS = (
-    "day",
+    "bucket",
+    "shard",
     "id",
     "created_at",
     "digit",
@@ -89,20 +100,27 @@ _COLUMNS = (
     "model_version",
     "model_label",
     "input_image",
-    "upload",
     "upload_content_type",
     "upload_sha256",
     "upload_size",
+    "upload_kept",
     "latency_ms",
     "verdict",
     "verdict_candidates",
     "verdict_reasons",
+    "client_key",
+    "pinned",
 )
-# A correction is written into its record's row (an UPDATE of the same day and id, so the
-# day-bucketed log needs no second table) and never by the INSERT: a retried INSERT of
-# the record leaves any correction as it was.
-_FEEDBACK_COLUMNS = ("feedback_digit", "feedback_at")
-_READ_COLUMNS = ", ".join(_COLUMNS[1:] + _FEEDBACK_COLUMNS)  # `day` is known from the id
+# A correction is an UPDATE of its record's row, never written by the INSERT: a retried
+# INSERT of the record leaves any correction as it was.
+_FEEDBACK_COLUMNS = ("feedback_digit", "feedback_at", "feedback_client")
+_READ_COLUMNS = ", ".join(_COLUMNS[2:] + _FEEDBACK_COLUMNS)  # bucket, shard: from the id
+# The released layout's columns, read while a migration is under way (and by it).
+LEGACY_COLUMNS = (
+    "id, created_at, digit, confidence, probabilities, model_name, model_version, "
+    "model_label, input_image, upload, upload_content_type, upload_sha256, upload_size, "
+    "latency_ms, verdict, verdict_candidates, verdict_reasons, feedback_digit, feedback_at"
+)
 PING_QUERY = "SELECT release_version FROM system.local"
 # After a write failed, readiness writes this key (never a SHA-256 in hex, so no claim
 # can have it) at the writes' consistency, with a short TTL, until one such write works:
@@ -117,6 +135,7 @@ CONNECT_RETRY_SECONDS = 1.0
 # to 10 minutes and stops after 64 attempts: the function then needed a restart).
 RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 5.0
 MAX_RECENT = 10_000
+_NEWEST = uuid.UUID(fields=(0xFFFFFFFF, 0xFFFF, 0x1FFF, 0x80, 0x00, 0))  # after every id
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -151,8 +170,28 @@ def build_cluster(settings: CassandraSettings) -> Cluster:
 
 
 def day_of(record_id: uuid.UUID) -> date:
-    """The UTC day bucket of a version-1 UUID: the day of the time inside it."""
+    """The UTC day of a version-1 UUID: the released layout's partition, the corrections'."""
     return time_of(record_id).date()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How records are spread (the keyspace's `store_layout` row, read at start-up)."""
+
+    shards: int
+    bucket_seconds: int
+
+    def bucket_of(self, record_id: uuid.UUID) -> datetime:
+        """The start of the id's time bucket, UTC."""
+        seconds = int(time_of(record_id).timestamp()) // self.bucket_seconds * self.bucket_seconds
+        return datetime.fromtimestamp(seconds, tz=UTC)
+
+    def shard_of(self, record_id: uuid.UUID) -> int:
+        """A stable hash of the id (CRC-32: the same in every process and release)."""
+        return zlib.crc32(record_id.bytes) % self.shards
+
+    def key(self, record_id: uuid.UUID) -> tuple[datetime, int]:
+        return self.bucket_of(record_id), self.shard_of(record_id)
 
 
 def _verdict_values(verdict: Verdict | None) -> tuple[Any, ...]:
@@ -223,17 +262,47 @@ def _describe(exc: BaseException) -> str:
     return _ADDRESS.sub("<node>", f"{type(exc).__name__}: {exc}")
 
 
+def _read_layout(session: Any, keyspace: str) -> tuple[Layout, bool]:
+    """The keyspace's layout, and whether the released layout must still be read."""
+    rows = {
+        row["name"]: row
+        for row in session.execute(
+            f"SELECT name, shards, bucket_seconds, state FROM {keyspace}.{LAYOUT_TABLE}"
+        )
+    }
+    found = rows.get("records")
+    if found is None or not found["shards"] or not found["bucket_seconds"]:
+        raise StoreUnavailable(
+            f"keyspace {keyspace} has no store layout: apply infra/cassandra/schema.cql"
+        )
+    legacy_table = session.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s AND table_name = %s",
+        (keyspace, LEGACY_TABLE),
+    )
+    migrated = rows.get("migration", {}).get("state") == "done"
+    return Layout(found["shards"], found["bucket_seconds"]), bool(
+        list(legacy_table)
+    ) and not migrated
+
+
 @dataclass
 class _Connection:
     cluster: Any
     session: Any
-    insert: PreparedStatement
-    select_one: PreparedStatement
-    select_day: PreparedStatement
+    layout: Layout
+    legacy: bool  # the released layout's table is still read (its migration is not done)
+    statements: dict[str, PreparedStatement]
     claim: PreparedStatement
     pid: int
+    indexed: set[tuple[datetime, int]] = field(default_factory=set)  # partitions in the index
     release: PreparedStatement | None = None  # prepared on first use: refusals are rare
     correct: PreparedStatement | None = None  # so are corrections
+
+    def __getattr__(self, name: str) -> PreparedStatement:
+        try:
+            return self.__dict__["statements"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def _prepared_lwt(conn: _Connection, query: str) -> PreparedStatement:
@@ -258,8 +327,10 @@ class CassandraStore:
         cluster_factory: Callable[[CassandraSettings], Any] = build_cluster,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         idempotency_window_seconds: int = IDEMPOTENCY_WINDOW_SECONDS,
+        retention: Retention | None = None,
     ) -> None:
         self.settings = settings
+        self.retention = retention or Retention()
         self._window = int(idempotency_window_seconds)  # a CQL TTL is whole seconds
         self._cluster_factory = cluster_factory
         self._clock = clock
@@ -305,16 +376,39 @@ class CassandraStore:
         try:
             cluster = self._cluster_factory(self.settings)
             session = cluster.connect()
-            insert = session.prepare(
-                f"INSERT INTO {ks}.{TABLE} ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
-            )
-            select_one = session.prepare(
-                f"SELECT {_READ_COLUMNS} FROM {ks}.{TABLE} WHERE day = ? AND id = ?"
-            )
-            select_day = session.prepare(
-                f"SELECT {_READ_COLUMNS} FROM {ks}.{TABLE} WHERE day = ? LIMIT ?"
-            )
+            layout, legacy = _read_layout(session, ks)
+            queries = {
+                "insert": f"INSERT INTO {ks}.{TABLE} ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _COLUMNS)}) USING TTL ?",
+                "insert_upload": f"INSERT INTO {ks}.{UPLOADS_TABLE} (id, content) VALUES (?, ?) "
+                "USING TTL ?",
+                "insert_bucket": f"INSERT INTO {ks}.{BUCKETS_TABLE} (day, bucket, shard) "
+                "VALUES (?, ?, ?) USING TTL ?",
+                "select_one": f"SELECT {_READ_COLUMNS} FROM {ks}.{TABLE} "
+                "WHERE bucket = ? AND shard = ? AND id = ?",
+                "select_upload": f"SELECT content FROM {ks}.{UPLOADS_TABLE} WHERE id = ?",
+                "select_shard": f"SELECT {_READ_COLUMNS} FROM {ks}.{TABLE} "
+                "WHERE bucket = ? AND shard = ? AND id < ? LIMIT ?",
+                "select_buckets": f"SELECT bucket, shard FROM {ks}.{BUCKETS_TABLE} "
+                "WHERE day = ? AND bucket <= ?",
+                "insert_correction": f"INSERT INTO {ks}.{CORRECTIONS_TABLE} (day, id, "
+                "model_version, digit, verdict, feedback_digit, feedback_at, client_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+                "delete_record": f"DELETE FROM {ks}.{TABLE} WHERE bucket = ? AND shard = ? "
+                "AND id = ?",
+                "delete_upload": f"DELETE FROM {ks}.{UPLOADS_TABLE} WHERE id = ?",
+                "delete_correction": f"DELETE FROM {ks}.{CORRECTIONS_TABLE} "
+                "WHERE day = ? AND id = ?",
+            }
+            if legacy:
+                queries |= {
+                    "legacy_one": f"SELECT {LEGACY_COLUMNS} FROM {ks}.{LEGACY_TABLE} "
+                    "WHERE day = ? AND id = ?",
+                    "legacy_day": f"SELECT {LEGACY_COLUMNS} FROM {ks}.{LEGACY_TABLE} "
+                    "WHERE day = ? AND id < ? LIMIT ?",
+                    "legacy_delete": f"DELETE FROM {ks}.{LEGACY_TABLE} WHERE day = ? AND id = ?",
+                }
+            statements = {name: session.prepare(query) for name, query in queries.items()}
             claim = session.prepare(
                 f"INSERT INTO {ks}.{IDEMPOTENCY_TABLE} "
                 "(key_sha256, request_sha256, record_ids, created_at) VALUES (?, ?, ?, ?) "
@@ -324,8 +418,11 @@ class CassandraStore:
             if cluster is not None:
                 cluster.shutdown()  # a failed start is retried on the next call
             raise StoreUnavailable(f"cannot connect to Cassandra: {_describe(exc)}") from exc
+        except StoreUnavailable:
+            cluster.shutdown()
+            raise
         # Same id, same row; a claim that ran already answers with itself: safe to retry.
-        for statement in (insert, select_one, select_day, claim):
+        for statement in (*statements.values(), claim):
             statement.is_idempotent = True
         local = self.settings.consistency.startswith("LOCAL_")
         claim.serial_consistency_level = (
@@ -334,13 +431,17 @@ class CassandraStore:
         if self._conn is None:  # first connection of this object
             atexit.register(self.close)
         _log.info(
-            "connected to Cassandra %s (local DC %s, keyspace %s, consistency %s)",
+            "connected to Cassandra %s (local DC %s, keyspace %s, consistency %s, %d shards "
+            "of %d s buckets%s)",
             ", ".join(f"{h}:{p}" for h, p in self.settings.contact_points),
             self.settings.local_dc,
             ks,
             self.settings.consistency,
+            layout.shards,
+            layout.bucket_seconds,
+            ", reading the released layout too until its migration is done" if legacy else "",
         )
-        return _Connection(cluster, session, insert, select_one, select_day, claim, os.getpid())
+        return _Connection(cluster, session, layout, legacy, statements, claim, os.getpid())
 
     def _query(
         self,
@@ -371,18 +472,49 @@ class CassandraStore:
     # -- PredictionStore ----------------------------------------------------------------
 
     def save(self, records: Sequence[Record]) -> None:
-        """Write the records a few at a time (no multi-partition batch: blobs, size limits)."""
+        """Write the records a few at a time (no multi-partition batch: blobs, size limits):
+        first the bucket index of a partition this process has not indexed yet (so a page
+        never misses a record), then each record and its upload, all with their TTLs."""
         if not records:
             return
         conn = self._connection()
-        unset = UNSET_VALUE  # a null would write a tombstone; unset writes nothing
-        statements = [
-            conn.insert.bind([unset if v is None else v for v in self._values(r)]) for r in records
+        keep = self.retention.records_seconds
+        new_partitions = {conn.layout.key(r.id) for r in records} - conn.indexed
+        index_ttl = keep + conn.layout.bucket_seconds  # outlives the bucket's last record
+        index = [
+            conn.insert_bucket.bind((bucket.date(), bucket, shard, index_ttl))
+            for bucket, shard in sorted(new_partitions)
         ]
         with self._writing():
-            failures = self._write_all(conn, statements)
+            failures = [f for f in self._write_all(conn, index) if f is not None]
+            if not failures:
+                if len(conn.indexed) > 100_000:  # old buckets: never written to again
+                    conn.indexed.clear()
+                conn.indexed.update(new_partitions)
+                failures = self._write_records(conn, records, keep)
             if failures:
                 raise StoreUnavailable(_unrecorded(failures, len(records))) from failures[0]
+
+    def _write_records(
+        self, conn: _Connection, records: Sequence[Record], keep: int
+    ) -> list[BaseException]:
+        """Each upload, then the records whose upload is written (or was not kept): a record
+        is never found without the upload it says is kept. One failure per record at most."""
+        kept = [r for r in records if r.upload.content is not None]
+        uploads = [
+            conn.insert_upload.bind((r.id, r.upload.content, self.retention.uploads_seconds))
+            for r in kept
+        ]
+        failed = dict(zip((r.id for r in kept), self._write_all(conn, uploads), strict=True))
+        unset = UNSET_VALUE  # a null would write a tombstone; unset writes nothing
+        ready = [r for r in records if failed.get(r.id) is None]
+        inserts = [
+            conn.insert.bind([*(unset if v is None else v for v in self._values(conn, r)), keep])
+            for r in ready
+        ]
+        return [f for f in failed.values() if f is not None] + [
+            f for f in self._write_all(conn, inserts) if f is not None
+        ]
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -394,13 +526,16 @@ class CassandraStore:
             raise
         self._write_failure = None
 
-    def _write_all(self, conn: _Connection, statements: Sequence[Any]) -> list[BaseException]:
-        """Every write, `_WRITE_WINDOW` in flight at once, waiting for all even after a failure.
+    def _write_all(
+        self, conn: _Connection, statements: Sequence[Any]
+    ) -> list[BaseException | None]:
+        """Every write, `_WRITE_WINDOW` in flight at once, waiting for all even after a
+        failure; each statement's failure, or None, in order.
 
         Sending a 64-image batch of 256 KiB uploads at once filled the connection's socket
         buffer, and the driver then refused this request's writes and every other thread's
         queries with ConnectionBusy. A small window keeps the connection free for others."""
-        failures: list[BaseException] = []
+        results: list[BaseException | None] = []
         for start in range(0, len(statements), _WRITE_WINDOW):
             window = statements[start : start + _WRITE_WINDOW]
             try:
@@ -410,15 +545,17 @@ class CassandraStore:
             for statement, future in zip(window, futures, strict=True):
                 try:
                     future.result()
+                    results.append(None)
                 except DRIVER_ERRORS as exc:
                     if not _busy(exc):
-                        failures.append(exc)
+                        results.append(exc)
                         continue
                     try:
                         self._execute(conn, statement)  # refused unsent: send it again
+                        results.append(None)
                     except DRIVER_ERRORS as again:
-                        failures.append(again)
-        return failures
+                        results.append(again)
+        return results
 
     def claim(self, key_sha256: str, claim: IdempotencyClaim) -> IdempotencyClaim:
         """A lightweight transaction: applied, the claim is ours; not applied, Cassandra
@@ -446,43 +583,179 @@ class CassandraStore:
 
     def correct(self, record_id: uuid.UUID, feedback: Feedback) -> bool:
         """An UPDATE ... IF EXISTS (a lightweight transaction): it never makes a row for
-        an id that has none, and corrections of one record apply one after another."""
-        if record_id.version != 1:
+        an id that has none, and corrections of one record apply one after another. Then
+        the corrections table's row, for training and analysis. Both carry the record's
+        remaining lifetime as their TTL, so a correction never outlives its record."""
+        record = self.get(record_id, upload=False)
+        if record is None:
             return False
         conn = self._connection()
+        age = (self._clock() - record.created_at).total_seconds()
+        ttl = max(1, int(self.retention.records_seconds - age))
         if conn.correct is None:  # the same correction again changes nothing: idempotent
             conn.correct = _prepared_lwt(
                 conn,
-                f"UPDATE {self.settings.keyspace}.{TABLE} "
-                "SET feedback_digit = ?, feedback_at = ? WHERE day = ? AND id = ? IF EXISTS",
+                f"UPDATE {self.settings.keyspace}.{TABLE} USING TTL ? SET feedback_digit = ?, "
+                "feedback_at = ?, feedback_client = ? WHERE bucket = ? AND shard = ? AND id = ? "
+                "IF EXISTS",
             )
-        values = (feedback.digit, feedback.created_at, day_of(record_id), record_id)
+        bucket, shard = conn.layout.key(record_id)
+        values = (ttl, feedback.digit, feedback.created_at, feedback.client_key, bucket, shard)
         with self._writing():
-            [row] = self._query(conn, conn.correct, values, action="correction")
+            [row] = self._query(conn, conn.correct, (*values, record_id), action="correction")
+            if not row["[applied]"]:
+                return self._correct_legacy(conn, record_id, feedback)
+            self._query(
+                conn,
+                conn.insert_correction,
+                (
+                    day_of(record_id),
+                    record_id,
+                    record.model_version,
+                    record.digit,
+                    None if record.verdict is None else record.verdict.kind,
+                    feedback.digit,
+                    feedback.created_at,
+                    feedback.client_key,
+                    ttl,
+                ),
+                action="correction",
+            )
+        return True
+
+    def _correct_legacy(self, conn: _Connection, record_id: uuid.UUID, feedback: Feedback) -> bool:
+        """A record not migrated yet is corrected where it is (the migration copies it)."""
+        if not conn.legacy:
+            return False
+        statement = _prepared_lwt(
+            conn,
+            f"UPDATE {self.settings.keyspace}.{LEGACY_TABLE} SET feedback_digit = ?, "
+            "feedback_at = ? WHERE day = ? AND id = ? IF EXISTS",
+        )
+        values = (feedback.digit, feedback.created_at, day_of(record_id), record_id)
+        [row] = self._query(conn, statement, values, action="correction")
         return bool(row["[applied]"])
 
-    def get(self, record_id: uuid.UUID) -> Record | None:
+    def get(self, record_id: uuid.UUID, *, upload: bool = True) -> Record | None:
         if record_id.version != 1:  # only time-based ids are ever stored
             return None
         conn = self._connection()
-        rows = self._query(conn, conn.select_one, (day_of(record_id), record_id))
-        return self._record(rows[0]) if rows else None
+        rows = self._query(conn, conn.select_one, (*conn.layout.key(record_id), record_id))
+        if not rows or rows[0]["created_at"] is None:
+            return self._get_legacy(conn, record_id, upload)
+        record = self._record(rows[0])
+        if upload and rows[0]["upload_kept"]:
+            found = self._query(conn, conn.select_upload, (record_id,))
+            content = bytes(found[0]["content"]) if found and found[0]["content"] else None
+            record = replace(record, upload=replace(record.upload, content=content))
+        return record
+
+    def _get_legacy(self, conn: _Connection, record_id: uuid.UUID, upload: bool) -> Record | None:
+        if not conn.legacy:
+            return None
+        rows = self._query(conn, conn.legacy_one, (day_of(record_id), record_id))
+        if not rows:
+            return None
+        record = legacy_record(rows[0])
+        return record if upload else without_upload(record)
 
     def recent(self, limit: int) -> list[Record]:
-        """Today's bucket first, then earlier days, at most `lookback_days` buckets."""
+        """The newest page, with every upload read by its id (tools and tests; the history
+        reads `page`)."""
         if limit <= 0:
             return []
-        limit = min(limit, MAX_RECENT)  # LIMIT is a 32-bit int; a page this big is plenty
+        records = self.page(min(limit, MAX_RECENT)).records
+        return [self.get(r.id) or r for r in records]
+
+    def page(self, limit: int, before: uuid.UUID | None = None) -> Page:
+        """Walk the days back from `before`'s (or today), at most `lookback_days` of them;
+        in each, the non-empty partitions its bucket index names, newest bucket first, all
+        shards of a bucket at once, each `LIMIT limit + 1`; merged in timeuuid order. The
+        walk stops as soon as limit + 1 records are found: work bounded by the page."""
+        limit = max(0, min(limit, MAX_RECENT))
         conn = self._connection()
-        today = self._clock().astimezone(UTC).date()
-        records: list[Record] = []
+        cursor = _NEWEST if before is None else before
+        start = (self._clock() if before is None else time_of(before)).astimezone(UTC)
+        start_bucket = start if before is None else conn.layout.bucket_of(before)
+        found: dict[uuid.UUID, Record] = {}
         for back in range(self.settings.lookback_days):
-            day = today - timedelta(days=back)
-            rows = self._query(conn, conn.select_day, (day, limit - len(records)))
-            records.extend(self._record(row) for row in rows)
-            if len(records) >= limit:
+            day = start.date() - timedelta(days=back)
+            want = limit + 1 - len(found)
+            candidates = self._day_page(conn, day, start_bucket, cursor, want)
+            if conn.legacy:
+                rows = self._query(conn, conn.legacy_day, (day, cursor, want))
+                candidates += [without_upload(legacy_record(row)) for row in rows]
+            for record in sorted(candidates, key=lambda r: order_key(r.id), reverse=True)[:want]:
+                found.setdefault(record.id, record)
+            if len(found) > limit:
                 break
-        return records[:limit]
+        records = sorted(found.values(), key=lambda r: order_key(r.id), reverse=True)
+        more = len(records) > limit
+        records = records[:limit]
+        return Page(records, records[-1].id if more and records else None)
+
+    def _day_page(
+        self, conn: _Connection, day: date, start: datetime, cursor: uuid.UUID, want: int
+    ) -> list[Record]:
+        """At least `want` of the day's newest records before `cursor` (or all it has). The
+        day's index is read lazily, a driver page (5,000 partitions) at a time."""
+        index = conn.select_buckets.bind((day, start))
+        records: list[Record] = []
+        try:
+            partitions = iter(conn.session.execute(index))
+            shards: list[tuple[datetime, int]] = []
+            for row in partitions:
+                if shards and row["bucket"] != shards[0][0]:
+                    records += self._read_partitions(conn, shards, cursor, want)
+                    shards = []
+                    if len(records) >= want:
+                        return records
+                shards.append((row["bucket"], row["shard"]))
+        except DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Cassandra read failed: {_describe(exc)}") from exc
+        if shards:
+            records += self._read_partitions(conn, shards, cursor, want)
+        return records
+
+    def _read_partitions(
+        self,
+        conn: _Connection,
+        partitions: Sequence[tuple[datetime, int]],
+        cursor: uuid.UUID,
+        want: int,
+    ) -> list[Record]:
+        """One bucket's shards, read at once (token-aware: each goes to its own replicas)."""
+        try:
+            futures = [
+                conn.session.execute_async(conn.select_shard.bind((bucket, shard, cursor, want)))
+                for bucket, shard in partitions
+            ]
+            rows = [row for future in futures for row in future.result()]
+        except DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Cassandra read failed: {_describe(exc)}") from exc
+        return [self._record(row) for row in rows if row["created_at"] is not None]
+
+    def delete(self, record_id: uuid.UUID) -> bool:
+        """Erase the record, its upload and its correction (and a copy in the released
+        layout): plain DELETEs, each idempotent, so a retried erasure is safe."""
+        record = self.get(record_id, upload=False)
+        if record is None:
+            return False
+        conn = self._connection()
+        statements = [
+            conn.delete_record.bind((*conn.layout.key(record_id), record_id)),
+            conn.delete_upload.bind((record_id,)),
+            conn.delete_correction.bind((day_of(record_id), record_id)),
+        ]
+        if conn.legacy:
+            statements.append(conn.legacy_delete.bind((day_of(record_id), record_id)))
+        with self._writing():
+            failures = [f for f in self._write_all(conn, statements) if f is not None]
+            if failures:
+                raise StoreUnavailable(
+                    f"Cassandra did not erase {record_id}: {_describe(failures[0])}"
+                ) from failures[0]
+        return True
 
     def ping(self) -> None:
         """Connects (preparing the statements checks the table exists) and asks the node.
@@ -516,12 +789,12 @@ class CassandraStore:
     # -- rows -------------------------------------------------------------------------
 
     @staticmethod
-    def _values(record: Record) -> tuple[Any, ...]:
+    def _values(conn: _Connection, record: Record) -> tuple[Any, ...]:
         if record.id.version != 1:
             raise ValueError(f"record id {record.id} is not a time-based (version 1) UUID")
         upload = record.upload
         return (
-            day_of(record.id),
+            *conn.layout.key(record.id),
             record.id,
             record.created_at,
             record.digit,
@@ -531,41 +804,58 @@ class CassandraStore:
             record.model_version,
             record.model_label,
             record.input_image,
-            upload.content,
             upload.content_type,
             upload.sha256,
             upload.size,
+            upload.content is not None,
             record.latency_ms,
             *_verdict_values(record.verdict),
+            record.client_key,
+            record.pinned,
         )
 
     @staticmethod
     def _record(row: Mapping[str, Any]) -> Record:
-        return Record(
-            id=row["id"],
-            created_at=_utc(row["created_at"]),
-            digit=row["digit"],
-            confidence=_float32(row["confidence"]),
-            probabilities=tuple(_float32(p) for p in row["probabilities"] or ()),
-            model_name=row["model_name"],
-            model_version=row["model_version"],
-            model_label=row["model_label"],
-            input_image=bytes(row["input_image"] or b""),
-            upload=Upload(
-                content=None if row["upload"] is None else bytes(row["upload"]),
-                content_type=row["upload_content_type"],
-                sha256=row["upload_sha256"],
-                size=row["upload_size"],
-            ),
-            latency_ms=row["latency_ms"],
-            verdict=None
-            if row["verdict"] is None
-            else Verdict(
-                row["verdict"],
-                tuple(row["verdict_candidates"] or ()),
-                tuple(row["verdict_reasons"] or ()),
-            ),
+        """A record from a row of `records`; the upload's bytes are read apart."""
+        record = legacy_record({**row, "upload": None})
+        return replace(
+            record,
+            upload=replace(record.upload, stored=bool(row["upload_kept"])),
+            client_key=row["client_key"],
+            pinned=bool(row["pinned"]),
             feedback=None
             if row["feedback_at"] is None
-            else Feedback(row["feedback_digit"], _utc(row["feedback_at"])),
+            else Feedback(row["feedback_digit"], _utc(row["feedback_at"]), row["feedback_client"]),
         )
+
+
+def legacy_record(row: Mapping[str, Any]) -> Record:
+    """A record from a row of the released layout (`predictions`), upload included."""
+    return Record(
+        id=row["id"],
+        created_at=_utc(row["created_at"]),
+        digit=row["digit"],
+        confidence=_float32(row["confidence"]),
+        probabilities=tuple(_float32(p) for p in row["probabilities"] or ()),
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+        model_label=row["model_label"],
+        input_image=bytes(row["input_image"] or b""),
+        upload=Upload(
+            content=None if row["upload"] is None else bytes(row["upload"]),
+            content_type=row["upload_content_type"],
+            sha256=row["upload_sha256"],
+            size=row["upload_size"],
+        ),
+        latency_ms=row["latency_ms"],
+        verdict=None
+        if row["verdict"] is None
+        else Verdict(
+            row["verdict"],
+            tuple(row["verdict_candidates"] or ()),
+            tuple(row["verdict_reasons"] or ()),
+        ),
+        feedback=None
+        if row["feedback_at"] is None
+        else Feedback(row["feedback_digit"], _utc(row["feedback_at"])),
+    )

@@ -63,7 +63,7 @@ def open_store(settings: Settings) -> PredictionStore:
         # Imported here: only deployments with Cassandra pay for its driver.
         from recognizer.cassandra_store import CassandraStore
 
-        return CassandraStore(settings.cassandra)
+        return CassandraStore(settings.cassandra, retention=settings.retention)
     from recognizer.sqlite_store import SqliteStore
 
-    return SqliteStore(settings.sqlite_path)
+    return SqliteStore(settings.sqlite_path, retention=settings.retention)

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from recognizer import contract
 from recognizer.env import Reader
 from recognizer.feedback import MIN_SECRET_BYTES
+from recognizer.records import Retention
 from recognizer.verdict import VerdictPolicy
 
 MiB = 1024 * 1024
@@ -89,6 +90,8 @@ class Settings:
     max_batch_images: int = 64
     upload_store_max_bytes: int = 256 * 1024
     history_max_limit: int = 100
+    # RETENTION_DAYS and UPLOAD_RETENTION_DAYS: TTLs on Cassandra, expiry times on SQLite.
+    retention: Retention = field(default_factory=Retention)
     # The instance's memory. Each worker process may hold a quarter of it, over its
     # worker count, in images being decoded (docs/reliability.md): 128 MiB at 512 MiB.
     memory_limit_mib: int = 512
@@ -179,6 +182,10 @@ class Settings:
                 "UPLOAD_STORE_MAX_BYTES", default.upload_store_max_bytes, 0
             ),
             history_max_limit=read.whole("HISTORY_MAX_LIMIT", default.history_max_limit, 1),
+            retention=Retention(
+                read.whole("RETENTION_DAYS", default.retention.records_days, 1, 3650),
+                read.whole("UPLOAD_RETENTION_DAYS", default.retention.uploads_days, 1, 3650),
+            ),
             # Below 128 MiB no image of any use can be decoded.
             memory_limit_mib=read.whole("MEMORY_LIMIT_MIB", default.memory_limit_mib, 128),
             workers=read.whole("WORKERS", default.workers, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 import uuid
@@ -94,6 +95,21 @@ def include_parameter(args: Mapping[str, str]) -> set[str]:
             f"not {uploads.echo(sorted(unknown)[0])}"
         )
     return names
+
+
+CURSOR = re.compile(r"[A-Za-z0-9_-]{22}")  # 16 bytes, URL-safe base64 without padding
+
+
+def cursor_parameter(args: Mapping[str, str]) -> uuid.UUID | None:
+    """`before`: the opaque cursor a history page gave as `next` (responses.cursor)."""
+    raw = args.get("before")
+    if raw is None:
+        return None
+    if CURSOR.fullmatch(raw):
+        value = uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=="))
+        if value.version == 1:
+            return value
+    raise InvalidParameter(f"before must be a page's `next` cursor, not {uploads.echo(raw)}")
 
 
 def record_id(prediction_id: str) -> uuid.UUID:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -19,6 +19,23 @@ _UUID_EPOCH = datetime(1582, 10, 15, tzinfo=UTC)  # where version-1 UUID time st
 # How long an idempotency key is remembered: a retry within this window gets the first
 # attempt's records; after it the key is forgotten and the same request records anew.
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long records (RETENTION_DAYS) and uploads (UPLOAD_RETENTION_DAYS) are kept: TTLs
+    on Cassandra, expiry times on SQLite. Uploads go first: they are the personal data."""
+
+    records_days: int = 90
+    uploads_days: int = 30
+
+    @property
+    def records_seconds(self) -> int:
+        return self.records_days * 86_400
+
+    @property
+    def uploads_seconds(self) -> int:
+        return min(self.uploads_days, self.records_days) * 86_400
 
 
 class StoreUnavailable(Exception):
@@ -33,6 +50,14 @@ class Upload:
     content_type: str
     sha256: str
     size: int
+    # Whether the bytes are stored, when they were not read (a history page, a record's
+    # details); None: `content` says. Not compared: it describes the read, not the upload.
+    stored: bool | None = field(default=None, compare=False)
+
+    @property
+    def kept(self) -> bool:
+        """Whether the store holds the upload's bytes (GET .../image can answer)."""
+        return self.content is not None if self.stored is None else self.stored
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,7 @@ class Feedback:
 
     digit: int | None
     created_at: datetime  # timezone-aware UTC, millisecond precision
+    client_key: str | None = None  # the correcting client (params.client_key), for evidence caps
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,21 @@ class Record:
     latency_ms: float
     verdict: Verdict | None  # None for a record written before the service gave verdicts
     feedback: Feedback | None = None  # the last correction; none when the service records it
+    # The stable key of the client that sent the request (params.client_key, the canary's
+    # bucket) and whether it pinned its version or label: per-client evidence caps count them.
+    client_key: str | None = None
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the history, newest first, and the cursor of the next one (None: the end).
+
+    Its records never carry upload bytes (`upload.content` is None): a page never reads
+    the uploads table."""
+
+    records: list[Record]
+    next: uuid.UUID | None
 
 
 @dataclass(frozen=True)
@@ -77,6 +118,17 @@ class IdempotencyClaim:
 def new_record_id() -> uuid.UUID:
     """A time-based UUID (Cassandra's timeuuid) for now, with a random node, not the host's MAC."""
     return uuid.uuid1(node=secrets.randbits(48) | 0x010000000000)
+
+
+def order_key(record_id: uuid.UUID) -> tuple[int, bytes]:
+    """Cassandra's timeuuid order: the time, then the other 8 bytes compared as signed
+    bytes; the order of a partition's rows, so pages merged across shards keep it."""
+    return record_id.time, bytes(b ^ 0x80 for b in record_id.bytes[8:])
+
+
+def without_upload(record: Record) -> Record:
+    """The record as a history page carries it: the upload's digest and size, no bytes."""
+    return replace(record, upload=replace(record.upload, content=None, stored=record.upload.kept))
 
 
 def time_of(record_id: uuid.UUID) -> datetime:
@@ -107,11 +159,19 @@ class PredictionStore(Protocol):
         """Keep `feedback` as the record's correction, replacing any earlier one (the last
         one wins); False, and nothing written, when no record has that id."""
 
-    def get(self, record_id: uuid.UUID) -> Record | None:
-        """The record with this id, or None."""
+    def get(self, record_id: uuid.UUID, *, upload: bool = True) -> Record | None:
+        """The record with this id, or None; `upload=False` leaves the upload's bytes unread."""
 
     def recent(self, limit: int) -> list[Record]:
-        """Up to `limit` most recent records, newest first."""
+        """Up to `limit` most recent records, newest first, uploads included."""
+
+    def page(self, limit: int, before: uuid.UUID | None = None) -> Page:
+        """Up to `limit` records older than `before` (the newest without it), newest first,
+        without upload bytes; the work is bounded by `limit`, not by the depth."""
+
+    def delete(self, record_id: uuid.UUID) -> bool:
+        """Erase the record, its upload and its correction from every table; False when
+        there was no such record."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""

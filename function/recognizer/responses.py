@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import re
+import uuid
 
 import flask
 import numpy as np
@@ -80,6 +81,11 @@ def json_response(
     )
 
 
+def cursor(record_id: uuid.UUID) -> str:
+    """A history page's `next`: opaque to clients (the last record's id, URL-safe base64)."""
+    return base64.urlsafe_b64encode(record_id.bytes).rstrip(b"=").decode("ascii")
+
+
 def prediction_json(record: Record) -> dict[str, object]:
     return {
         "id": str(record.id),
@@ -122,7 +128,7 @@ def details_json(record: Record) -> dict[str, object]:
             "content_type": record.upload.content_type,
             "size": record.upload.size,
             "sha256": record.upload.sha256,
-            "stored": record.upload.content is not None,
+            "stored": record.upload.kept,
         },
     }
 

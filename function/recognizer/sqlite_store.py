@@ -20,6 +20,7 @@ Messages never name the file: they reach clients.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -34,9 +35,12 @@ from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
     Feedback,
     IdempotencyClaim,
+    Page,
     Record,
+    Retention,
     StoreUnavailable,
     Upload,
+    order_key,
 )
 from recognizer.verdict import Verdict
 
@@ -57,7 +61,11 @@ CREATE TABLE IF NOT EXISTS predictions (
     upload_size INTEGER NOT NULL,
     latency_ms REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS predictions_newest_first ON predictions (created_at_ms DESC);
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    content BLOB NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_sha256 TEXT PRIMARY KEY,
     request_sha256 TEXT NOT NULL,
@@ -75,17 +83,44 @@ _ADDED_COLUMNS = (
     ("verdict_reasons", "TEXT"),  # JSON list of reason codes
     ("feedback_digit", "INTEGER"),  # a person's correction; NULL: "not a digit", or none
     ("feedback_at_ms", "INTEGER"),  # when it was made; NULL when there is no correction
+    ("feedback_client", "TEXT"),  # the correcting client
+    ("client_key", "TEXT"),  # the requesting client (params.client_key)
+    ("pinned", "INTEGER"),  # 1: the request pinned its version or label
+    ("order_key", "TEXT"),  # records.order_key in hex: the history's order and cursor
+    ("expires_at_ms", "INTEGER"),  # RETENTION_DAYS after it was written
 )
+# Made after the columns above exist: the history walks it, newest first.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS predictions_by_order ON predictions (order_key DESC);
+CREATE INDEX IF NOT EXISTS predictions_by_expiry ON predictions (expires_at_ms);
+CREATE INDEX IF NOT EXISTS uploads_by_expiry ON uploads (expires_at_ms);
+"""
+PRUNE_EVERY_SECONDS = 60.0  # expired rows are deleted by a write at most this often
 ROW_OVERHEAD_BYTES = 2048  # a record without its upload: the 28x28 input, ids, JSON
 # The files SQLite keeps beside the database in WAL mode; a commit writes into -wal.
 _SIDE_FILES = ("-wal", "-shm")
 _COLUMNS = (
     "id, created_at_ms, digit, confidence, probabilities, model_name, model_version, "
-    "model_label, input_image, upload, upload_content_type, upload_sha256, upload_size, "
-    "latency_ms, verdict, verdict_candidates, verdict_reasons"
+    "model_label, input_image, upload_content_type, upload_sha256, upload_size, "
+    "latency_ms, verdict, verdict_candidates, verdict_reasons, client_key, pinned, "
+    "order_key, expires_at_ms"
 )
 # A correction is an UPDATE of its record's row; the INSERT never names these columns.
-_READ_COLUMNS = f"{_COLUMNS}, feedback_digit, feedback_at_ms"
+_READ_COLUMNS = (
+    "p.id, created_at_ms, digit, confidence, probabilities, model_name, model_version, "
+    "model_label, input_image, upload_content_type, upload_sha256, upload_size, latency_ms, "
+    "verdict, verdict_candidates, verdict_reasons, client_key, pinned, feedback_digit, "
+    "feedback_at_ms, feedback_client"
+)
+_WITH_UPLOAD = (
+    f"SELECT {_READ_COLUMNS}, u.content FROM predictions p "
+    "LEFT JOIN uploads u ON u.id = p.id AND u.expires_at_ms > ?"
+)
+# No bytes read: whether they are stored comes from the uploads table's primary key.
+_WITHOUT_UPLOAD = (
+    f"SELECT {_READ_COLUMNS}, EXISTS (SELECT 1 FROM uploads u WHERE u.id = p.id "
+    "AND u.expires_at_ms > ?) FROM predictions p"
+)
 
 
 class SqliteStore:
@@ -96,8 +131,11 @@ class SqliteStore:
         path: Path,
         timeout_seconds: float = 5.0,
         idempotency_window_seconds: float = IDEMPOTENCY_WINDOW_SECONDS,
+        retention: Retention | None = None,
     ) -> None:
         self._path = path
+        self._retention = retention or Retention()
+        self._pruned_at = -math.inf
         self._timeout = timeout_seconds
         self._idempotency_window_ms = int(idempotency_window_seconds * 1000)
         self._local = threading.local()
@@ -111,15 +149,35 @@ class SqliteStore:
     def save(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        rows = [_to_row(record) for record in records]
+        now_ms = _now_ms()
+        rows = [
+            _to_row(record, now_ms + self._retention.records_seconds * 1000) for record in records
+        ]
+        expires = now_ms + self._retention.uploads_seconds * 1000
+        uploads = [(str(r.id), r.upload.content, expires) for r in records if r.upload.content]
         placeholders = ", ".join("?" * len(rows[0]))
-        size = sum(len(row[9] or b"") + ROW_OVERHEAD_BYTES for row in rows)
+        size = sum(len(r.upload.content or b"") + ROW_OVERHEAD_BYTES for r in records)
         with self._writing("record", size), self._transaction() as connection:
             connection.executemany(
                 f"INSERT INTO predictions ({_COLUMNS}) VALUES ({placeholders}) "
                 "ON CONFLICT (id) DO NOTHING",
                 rows,
             )
+            connection.executemany(
+                "INSERT INTO uploads (id, content, expires_at_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                uploads,
+            )
+            self._prune(connection, now_ms)
+
+    def _prune(self, connection: sqlite3.Connection, now_ms: int) -> None:
+        """Delete what outlived its retention (Cassandra's TTLs do it there), at most once
+        a minute per process; reads never return an expired row meanwhile."""
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
+            return
+        self._pruned_at = time.monotonic()
+        connection.execute("DELETE FROM predictions WHERE expires_at_ms <= ?", (now_ms,))
+        connection.execute("DELETE FROM uploads WHERE expires_at_ms <= ?", (now_ms,))
 
     def claim(self, key_sha256: str, claim: IdempotencyClaim) -> IdempotencyClaim:
         """Insert-if-absent, then read the holder, in one IMMEDIATE transaction: racing
@@ -156,32 +214,67 @@ class SqliteStore:
         at_ms = int(feedback.created_at.timestamp() * 1000)
         with self._writing("correct"), self._transaction() as connection:
             changed = connection.execute(
-                "UPDATE predictions SET feedback_digit = ?, feedback_at_ms = ? WHERE id = ?",
-                (feedback.digit, at_ms, str(record_id)),
+                "UPDATE predictions SET feedback_digit = ?, feedback_at_ms = ?, "
+                "feedback_client = ? WHERE id = ? AND expires_at_ms > ?",
+                (feedback.digit, at_ms, feedback.client_key, str(record_id), _now_ms()),
             ).rowcount
         return changed == 1
 
-    def get(self, record_id: uuid.UUID) -> Record | None:
+    def get(self, record_id: uuid.UUID, *, upload: bool = True) -> Record | None:
+        now_ms = _now_ms()
+        query = _WITH_UPLOAD if upload else _WITHOUT_UPLOAD
         with self._errors("read"):
             row = (
                 self._connection()
-                .execute(f"SELECT {_READ_COLUMNS} FROM predictions WHERE id = ?", (str(record_id),))
+                .execute(
+                    f"{query} WHERE p.id = ? AND p.expires_at_ms > ?",
+                    (now_ms, str(record_id), now_ms),
+                )
                 .fetchone()
             )
         return _from_row(row) if row else None
 
     def recent(self, limit: int) -> list[Record]:
+        now_ms = _now_ms()
         with self._errors("read"):
             rows = (
                 self._connection()
                 .execute(
-                    f"SELECT {_READ_COLUMNS} FROM predictions "
-                    "ORDER BY created_at_ms DESC, rowid DESC LIMIT ?",
-                    (limit,),
+                    f"{_WITH_UPLOAD} WHERE p.expires_at_ms > ? ORDER BY order_key DESC LIMIT ?",
+                    (now_ms, now_ms, limit),
                 )
                 .fetchall()
             )
         return [_from_row(row) for row in rows]
+
+    def page(self, limit: int, before: uuid.UUID | None = None) -> Page:
+        """The index on order_key: one range scan of limit + 1 rows at any depth."""
+        limit = max(0, limit)
+        cursor = "~" if before is None else _order_hex(before)  # "~" sorts after any hex
+        now_ms = _now_ms()
+        with self._errors("read"):
+            rows = (
+                self._connection()
+                .execute(
+                    f"{_WITHOUT_UPLOAD} WHERE order_key < ? AND expires_at_ms > ? "
+                    "ORDER BY order_key DESC LIMIT ?",
+                    (now_ms, cursor, now_ms, limit + 1),
+                )
+                .fetchall()
+            )
+        records = [_from_row(row) for row in rows]
+        more = len(records) > limit
+        records = records[:limit]
+        return Page(records, records[-1].id if more and records else None)
+
+    def delete(self, record_id: uuid.UUID) -> bool:
+        """The record, its correction (in its row) and its upload, in one transaction."""
+        with self._writing("erase"), self._transaction() as connection:
+            connection.execute("DELETE FROM uploads WHERE id = ?", (str(record_id),))
+            erased = connection.execute(
+                "DELETE FROM predictions WHERE id = ?", (str(record_id),)
+            ).rowcount
+        return erased == 1
 
     def ping(self) -> None:
         with self._errors("reach"):
@@ -298,7 +391,7 @@ class SqliteStore:
                 if not self._schema_ready:
                     _switch_to_wal(connection, self._timeout)
                     connection.executescript(_SCHEMA)
-                    _add_columns(connection)
+                    _add_columns(connection, self._retention)
                     self._schema_ready = True
             except sqlite3.Error:
                 connection.close()
@@ -353,16 +446,45 @@ def _reason(error: Exception) -> str:
     return str(error)
 
 
-def _add_columns(connection: sqlite3.Connection) -> None:
-    """Bring a file made by an older release up to this one's columns."""
+def _add_columns(connection: sqlite3.Connection, retention: Retention) -> None:
+    """Bring a file made by an older release up to this one: the added columns, the
+    history's order key, expiry times counted from now, and uploads moved to their table."""
     present = {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
     for name, kind in _ADDED_COLUMNS:
         if name not in present:
             connection.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+    now_ms = _now_ms()
+    older = connection.execute(
+        "SELECT id FROM predictions WHERE order_key IS NULL OR expires_at_ms IS NULL"
+    ).fetchall()
+    connection.executemany(
+        "UPDATE predictions SET order_key = ?, expires_at_ms = ? WHERE id = ?",
+        [
+            (_order_hex(uuid.UUID(id_)), now_ms + retention.records_seconds * 1000, id_)
+            for (id_,) in older
+        ],
+    )
+    connection.execute(
+        "INSERT INTO uploads (id, content, expires_at_ms) SELECT id, upload, ? FROM predictions "
+        "WHERE upload IS NOT NULL ON CONFLICT (id) DO NOTHING",
+        (now_ms + retention.uploads_seconds * 1000,),
+    )
+    connection.execute("UPDATE predictions SET upload = NULL WHERE upload IS NOT NULL")
+    connection.executescript(_INDEXES)
     connection.commit()
 
 
-def _to_row(record: Record) -> tuple:
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _order_hex(record_id: uuid.UUID) -> str:
+    """records.order_key as text that sorts the same way."""
+    tick, rest = order_key(record_id)
+    return f"{tick:015x}{rest.hex()}"
+
+
+def _to_row(record: Record, expires_at_ms: int) -> tuple:
     return (
         str(record.id),
         int(record.created_at.timestamp() * 1000),
@@ -373,12 +495,15 @@ def _to_row(record: Record) -> tuple:
         record.model_version,
         record.model_label,
         record.input_image,
-        record.upload.content,
         record.upload.content_type,
         record.upload.sha256,
         record.upload.size,
         record.latency_ms,
         *_verdict_columns(record.verdict),
+        record.client_key,
+        int(record.pinned),
+        _order_hex(record.id),
+        expires_at_ms,
     )
 
 
@@ -390,8 +515,12 @@ def _verdict_columns(verdict: Verdict | None) -> tuple[str | None, str | None, s
 
 def _from_row(row: tuple) -> Record:
     (id_, created_ms, digit, confidence, probabilities, name, version, label,
-     input_image, upload, content_type, sha256, size, latency_ms,
-     verdict, candidates, reasons, feedback_digit, feedback_at_ms) = row  # fmt: skip
+     input_image, content_type, sha256, size, latency_ms, verdict, candidates, reasons,
+     client_key, pinned, feedback_digit, feedback_at_ms, feedback_client, upload) = row  # fmt: skip
+    # The last column is the upload's bytes, or (read without them) whether they are stored.
+    content, stored = (
+        (upload, None) if upload is None or isinstance(upload, bytes) else (None, bool(upload))
+    )
     return Record(
         id=uuid.UUID(id_),
         created_at=datetime.fromtimestamp(created_ms / 1000, tz=UTC),
@@ -402,12 +531,16 @@ def _from_row(row: tuple) -> Record:
         model_version=version,
         model_label=label,
         input_image=input_image,
-        upload=Upload(upload, content_type, sha256, size),
+        upload=Upload(content, content_type, sha256, size, stored),
         latency_ms=latency_ms,
         verdict=None
         if verdict is None
         else Verdict(verdict, tuple(json.loads(candidates)), tuple(json.loads(reasons))),
         feedback=None
         if feedback_at_ms is None
-        else Feedback(feedback_digit, datetime.fromtimestamp(feedback_at_ms / 1000, tz=UTC)),
+        else Feedback(
+            feedback_digit, datetime.fromtimestamp(feedback_at_ms / 1000, tz=UTC), feedback_client
+        ),
+        client_key=client_key,
+        pinned=bool(pinned),
     )

@@ -301,34 +301,43 @@ def test_schema_is_idempotent_and_shaped_for_a_time_ordered_log() -> None:
     statements = split_statements(SCHEMA_TEXT)
     creates = [s for s in statements if s.upper().startswith("CREATE")]
     alters = [s for s in statements if s.upper().startswith("ALTER")]
-    assert (len(creates), len(alters), len(statements)) == (3, 2, 5)
+    inserts = [s for s in statements if s.upper().startswith("INSERT")]
+    assert (len(creates), len(alters), len(inserts), len(statements)) == (7, 1, 1, 9)
     assert all(re.match(r"CREATE \w+ IF NOT EXISTS ", s) for s in creates)
-    assert all(re.match(r"ALTER TABLE \w+\.\w+ ADD IF NOT EXISTS ", s) for s in alters)
-    keyspace, table, *_ = statements
+    # The released layout's table is only ever altered where it exists (an upgrade).
+    assert all(
+        re.match(r"ALTER TABLE IF EXISTS \w+\.predictions ADD IF NOT EXISTS ", s) for s in alters
+    )
+    assert all(s.endswith("IF NOT EXISTS") for s in inserts)  # the layout is written once
+    keyspace, *_ = statements
     assert "{'class': 'SimpleStrategy', 'replication_factor': 1}" in keyspace
+    [table] = [s for s in creates if ".records (" in s]
+    assert "PRIMARY KEY ((bucket, shard), id)" in table
     assert "CLUSTERING ORDER BY (id DESC)" in table
-    assert "'class': 'TimeWindowCompactionStrategy'" in table
-    assert "'compaction_window_unit': 'DAYS'" in table
+    assert "'class': 'UnifiedCompactionStrategy'" in table
 
 
 def test_schema_columns_hold_every_record_field() -> None:
-    columns, key = parse_table(SCHEMA_TEXT)
-    assert key == "PRIMARY KEY ((day), id)"
-    assert columns["day"] is cqltypes.SimpleDateType
+    columns, key = parse_table(SCHEMA_TEXT, "records")
+    assert key == "PRIMARY KEY ((bucket, shard), id)"
+    assert columns["bucket"].cql_parameterized_type() == "timestamp"
+    assert columns["shard"].cql_parameterized_type() == "int"
     assert columns["id"] is cqltypes.TimeUUIDType
     assert columns["created_at"].cql_parameterized_type() == "timestamp"
     assert columns["probabilities"].cql_parameterized_type() == "list<float>"
-    assert columns["input_image"] is cqltypes.BytesType and columns["upload"] is cqltypes.BytesType
+    assert columns["input_image"] is cqltypes.BytesType and "upload" not in columns  # apart
     assert columns["verdict"].cql_parameterized_type() == "text"
     assert columns["verdict_candidates"].cql_parameterized_type() == "list<int>"
     assert columns["verdict_reasons"].cql_parameterized_type() == "list<text>"
     assert columns["feedback_digit"].cql_parameterized_type() == "int"
     assert columns["feedback_at"].cql_parameterized_type() == "timestamp"
     fields = {f for f in Record.__dataclass_fields__ if f not in {"upload", "verdict", "feedback"}}
-    fields |= {f"upload_{f}" for f in Upload.__dataclass_fields__ if f != "content"} | {"upload"}
+    fields |= {f"upload_{f}" for f in Upload.__dataclass_fields__ if f not in ("content", "stored")}
+    fields |= {"upload_kept"}  # whether `uploads` holds the bytes
     fields |= {"verdict"} | {f"verdict_{f}" for f in Verdict.__dataclass_fields__ if f != "kind"}
-    fields |= {"feedback_digit", "feedback_at"}  # Feedback's digit and created_at
-    assert set(columns) == fields | {"day"}
+    fields |= {"feedback_digit", "feedback_at", "feedback_client"}  # Feedback's fields
+    assert set(columns) == fields | {"bucket", "shard"}
+    assert "CREATE TABLE IF NOT EXISTS mnist.uploads (\n    id" in SCHEMA_TEXT  # blobs apart
 
 
 def test_schema_keeps_idempotency_keys_by_digest_with_their_record_ids() -> None:
@@ -356,7 +365,7 @@ def test_split_statements_respects_strings_and_comments() -> None:
 def test_dry_run_prints_the_statements(capsys: pytest.CaptureFixture[str]) -> None:
     assert apply_schema.main(["--dry-run"], environ={}) == 0
     out = capsys.readouterr().out
-    assert "--" not in out and out.count(";") == 5
+    assert "--" not in out and out.count(";") == 9
     assert split_statements(out) == split_statements(SCHEMA_TEXT)
     assert "CREATE KEYSPACE IF NOT EXISTS mnist\n" in out
 
@@ -367,13 +376,14 @@ def test_dry_run_substitutes_keyspace_and_replication(capsys: pytest.CaptureFixt
         ["--dry-run", "--replication", replication], environ={"CASSANDRA_KEYSPACE": "mnist_eu"}
     )
     assert code == 0
-    keyspace, table, verdicts, corrections, keys = split_statements(capsys.readouterr().out)
+    keyspace, legacy, layout, default, table, *_, keys = split_statements(capsys.readouterr().out)
     assert keyspace.startswith("CREATE KEYSPACE IF NOT EXISTS mnist_eu\n")
     assert "replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': '2'}" in keyspace
     assert "SimpleStrategy" not in keyspace
-    assert table.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.predictions (")
-    assert verdicts.startswith("ALTER TABLE mnist_eu.predictions ADD IF NOT EXISTS (")
-    assert corrections.startswith("ALTER TABLE mnist_eu.predictions ADD IF NOT EXISTS (")
+    assert legacy.startswith("ALTER TABLE IF EXISTS mnist_eu.predictions ADD IF NOT EXISTS (")
+    assert layout.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.store_layout (")
+    assert default.startswith("INSERT INTO mnist_eu.store_layout ")
+    assert table.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.records (")
     assert keys.startswith("CREATE TABLE IF NOT EXISTS mnist_eu.idempotency_keys (")
 
 

@@ -39,6 +39,8 @@ MALFORMED = {
     "MAX_BATCH_IMAGES": "nan",
     "UPLOAD_STORE_MAX_BYTES": "-1",
     "HISTORY_MAX_LIMIT": "1e400",
+    "RETENTION_DAYS": "0",
+    "UPLOAD_RETENTION_DAYS": "forever",
     "MEMORY_LIMIT_MIB": "64",
     "WORKERS": "two",
     "DECODE_CPU_SECONDS": "inf",

@@ -32,6 +32,7 @@ import threading
 import time
 import traceback
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -558,7 +559,9 @@ class RecordedSession:
     def queries(self, table: str) -> list[Any]:
         """The bound statements sent that name `table`."""
         return [
-            s for s in self.sent if f".{table} " in getattr(s, "prepared_statement", s).query_string
+            s
+            for s in self.sent
+            if f".{table} " in getattr(getattr(s, "prepared_statement", s), "query_string", str(s))
         ]
 
 
@@ -665,8 +668,8 @@ def test_floats_are_kept_as_float32_and_read_back_as_their_shortest_decimal(
     widened = make_record(confidence=struct_float32(0.92))  # 0.9200000166893005
     log.save([decimals, precise, widened])
     [row] = cql.execute(
-        f"SELECT confidence FROM {keyspace}.predictions WHERE day = %s AND id = %s",
-        (decimals.created_at.date(), decimals.id),
+        f"SELECT confidence FROM {keyspace}.records WHERE bucket = %s AND shard = %s AND id = %s",
+        (*layout_of(cql, keyspace).key(decimals.id), decimals.id),
     )
     assert row["confidence"] == struct_float32(0.998) != 0.998  # the column is a float32
     assert log.get(decimals.id) == decimals  # ... read back as the decimal that was sent
@@ -679,15 +682,37 @@ def struct_float32(value: float) -> float:
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
-def test_each_record_is_in_the_partition_of_its_utc_day(
+def layout_of(cql: Any, keyspace: str) -> cassandra_store.Layout:
+    [row] = cql.execute(
+        f"SELECT shards, bucket_seconds FROM {keyspace}.store_layout WHERE name = 'records'"
+    )
+    return cassandra_store.Layout(row["shards"], row["bucket_seconds"])
+
+
+def test_each_record_is_in_the_partition_of_its_minute_and_shard(
     open_log: Callable[..., CassandraStore], cql: Any, keyspace: str
 ) -> None:
     late = make_record(at=datetime(2024, 5, 16, 23, 59, 59, 999000, tzinfo=UTC))
     early = make_record(at=datetime(2024, 5, 17, 0, 0, tzinfo=UTC))
     open_log().save([late, early])
-    rows = cql.execute(f"SELECT day, id FROM {keyspace}.predictions")
-    days = {row["id"]: row["day"].date() for row in rows}
-    assert days == {late.id: date(2024, 5, 16), early.id: date(2024, 5, 17)}
+    layout = layout_of(cql, keyspace)
+    assert (layout.shards, layout.bucket_seconds) == (64, 60)  # schema.cql's default
+    rows = cql.execute(f"SELECT bucket, shard, id FROM {keyspace}.records")
+    keys = {row["id"]: (row["bucket"].replace(tzinfo=UTC), row["shard"]) for row in rows}
+    assert keys == {
+        late.id: (datetime(2024, 5, 16, 23, 59, tzinfo=UTC), zlib.crc32(late.id.bytes) % 64),
+        early.id: (datetime(2024, 5, 17, 0, 0, tzinfo=UTC), zlib.crc32(early.id.bytes) % 64),
+    }
+    index = cql.execute(f"SELECT day, bucket, shard FROM {keyspace}.record_buckets")
+    assert {(r["day"].date(), r["bucket"].replace(tzinfo=UTC), r["shard"]) for r in index} == {
+        (date(2024, 5, 16), *keys[late.id]),
+        (date(2024, 5, 17), *keys[early.id]),
+    }
+    uploads = cql.execute(f"SELECT id, content FROM {keyspace}.uploads")
+    assert {row["id"]: row["content"] for row in uploads} == {
+        late.id: late.upload.content,
+        early.id: early.upload.content,
+    }
 
 
 def test_recent_looks_back_lookback_days_of_partitions(
@@ -704,19 +729,31 @@ def test_recent_looks_back_lookback_days_of_partitions(
     assert one_day.recent(10) == [today]
 
 
-def test_recent_reads_only_the_partitions_it_needs(open_log: Callable[..., CassandraStore]) -> None:
+def test_a_page_reads_only_the_partitions_it_needs(
+    open_log: Callable[..., CassandraStore],
+) -> None:
     clusters: list[RecordedCluster] = []
     log = open_log(now=NOW, cluster_factory=recorded(clusters))
-    log.save([make_record(at=NOW - timedelta(minutes=m)) for m in range(3)])
+    minute = NOW - timedelta(minutes=1)
+    newest = [make_record(at=minute + timedelta(milliseconds=m)) for m in range(5)]
+    log.save([*newest, make_record(at=NOW - timedelta(days=3))])
     session = clusters[0].session
+    layout = cassandra_store.Layout(64, 60)
 
-    def days_read(limit: int) -> list[date]:
+    def read(limit: int) -> tuple[set[tuple[datetime, int]], list[date]]:
         session.sent.clear()
-        log.recent(limit)
-        return [bound_value(s, "day").date() for s in session.queries("predictions")]
+        log.page(limit)
+        partitions = {
+            (bound_value(s, "bucket").replace(tzinfo=UTC), bound_value(s, "shard"))
+            for s in session.queries("records")
+        }
+        return partitions, [bound_value(s, "day").date() for s in session.queries("record_buckets")]
 
-    assert days_read(2) == [NOW.date()]  # today's partition holds enough
-    assert days_read(10) == [NOW.date() - timedelta(days=back) for back in range(7)]
+    # The newest minute holds enough: only its non-empty shards, only today's index.
+    assert read(2) == ({layout.key(r.id) for r in newest}, [NOW.date()])
+    partitions, days = read(10)  # not enough: back through the look-back's days
+    assert days == [NOW.date() - timedelta(days=back) for back in range(7)]
+    assert len(partitions) == len({layout.key(r.id) for r in newest}) + 1
 
 
 def test_a_retry_with_other_values_overwrites_the_record(
@@ -738,8 +775,8 @@ def test_none_values_are_left_unset_not_written_as_tombstones(
     """A null would write a tombstone per record; the store leaves the columns unset."""
     record = make_record(upload=None, model_label=None, at=NOW)
     open_log().save([record])
-    query = SimpleStatement(f"SELECT * FROM {keyspace}.predictions WHERE day = %s")
-    result = cql.execute(query, (NOW.date(),), trace=True)
+    query = SimpleStatement(f"SELECT * FROM {keyspace}.records WHERE bucket = %s AND shard = %s")
+    result = cql.execute(query, layout_of(cql, keyspace).key(record.id), trace=True)
     assert [row["id"] for row in result] == [record.id]
     events = [event.description for event in result.get_query_trace().events]
     read = [e for e in events if "live rows and" in e]
@@ -756,7 +793,7 @@ def test_records_are_written_concurrently_by_idempotent_inserts_not_a_batch(
     log = open_log(cluster_factory=recorded(clusters))
     records = [make_record(digit=n) for n in range(5)]
     log.save(records)
-    writes = clusters[0].session.queries("predictions")
+    writes = clusters[0].session.queries("records")
     assert [bound_value(s, "id") for s in writes] == [r.id for r in records]
     assert all(s.prepared_statement.query_string.startswith("INSERT INTO ") for s in writes)
     assert all(s.is_idempotent for s in writes)  # so the driver may retry one
@@ -823,7 +860,8 @@ def test_first_use_from_many_threads_makes_one_connection(
         thread.join(timeout=60)
     assert errors == []
     assert len(clusters) == 1
-    assert len(clusters[0].session.prepared) == 4  # each statement prepared once, then reused
+    prepared = clusters[0].session.prepared
+    assert len(prepared) == len(set(prepared))  # each statement prepared once, then reused
     assert len(log.recent(100)) == 16
     assert registered == [log.close]  # shut down at exit
     log.close()
@@ -1086,8 +1124,16 @@ def test_the_schema_makes_a_fresh_keyspace_shaped_for_the_log(cassandra: Any, cq
             (keyspace,),
         )
     }
-    assert set(tables) == {"predictions", "idempotency_keys"}
-    assert tables["predictions"]["compaction"]["class"].endswith("TimeWindowCompactionStrategy")
+    assert set(tables) == {
+        "store_layout",
+        "records",
+        "uploads",
+        "record_buckets",
+        "corrections",
+        "idempotency_keys",
+    }  # no `predictions`: a fresh keyspace has nothing to migrate
+    for table in ("records", "uploads"):
+        assert tables[table]["compaction"]["class"].endswith("UnifiedCompactionStrategy")
     keys = {
         (row["table_name"], row["column_name"]): (row["kind"], row["clustering_order"])
         for row in cql.execute(
@@ -1098,8 +1144,16 @@ def test_the_schema_makes_a_fresh_keyspace_shaped_for_the_log(cassandra: Any, cq
         if row["kind"] != "regular"
     }
     assert keys == {
-        ("predictions", "day"): ("partition_key", "none"),
-        ("predictions", "id"): ("clustering", "desc"),  # newest first within a day
+        ("store_layout", "name"): ("partition_key", "none"),
+        ("records", "bucket"): ("partition_key", "none"),
+        ("records", "shard"): ("partition_key", "none"),
+        ("records", "id"): ("clustering", "desc"),  # newest first within a partition
+        ("uploads", "id"): ("partition_key", "none"),
+        ("record_buckets", "day"): ("partition_key", "none"),
+        ("record_buckets", "bucket"): ("clustering", "desc"),
+        ("record_buckets", "shard"): ("clustering", "asc"),
+        ("corrections", "day"): ("partition_key", "none"),
+        ("corrections", "id"): ("clustering", "desc"),
         ("idempotency_keys", "key_sha256"): ("partition_key", "none"),
     }
     log = CassandraStore(cassandra.settings(keyspace))
@@ -1135,9 +1189,9 @@ def test_applying_the_schema_again_changes_nothing(
     ("release", "refused_for"),
     [
         # Before idempotency keys: only the predictions table, without verdicts.
-        (PREVIOUS_SCHEMA, "verdict"),
+        (PREVIOUS_SCHEMA, "store_layout"),
         # Before verdicts: both tables, the predictions without the verdict columns.
-        (PREVIOUS_SCHEMA.with_name("previous-release-7c8a5ba.cql"), "verdict"),
+        (PREVIOUS_SCHEMA.with_name("previous-release-7c8a5ba.cql"), "store_layout"),
     ],
     ids=["before-idempotency-keys", "before-verdicts"],
 )
@@ -1190,9 +1244,11 @@ def test_a_schema_that_disagrees_with_the_code_fails_loudly(
     cassandra: Any, declared: str, changed: str
 ) -> None:
     schema = SCHEMA.read_text(encoding="utf-8")
-    assert schema.index(declared) < schema.index("CREATE TABLE IF NOT EXISTS mnist.idempotency")
+    records = schema.index("CREATE TABLE IF NOT EXISTS mnist.records")
+    assert records < schema.index(declared, records) < schema.index("mnist.uploads", records)
+    head, tail = schema[:records], schema[records:]
     keyspace = new_keyspace_name("drift")
-    apply_schema(cassandra, schema.replace(declared, changed, 1), keyspace)  # predictions
+    apply_schema(cassandra, head + tail.replace(declared, changed, 1), keyspace)  # records
     log = CassandraStore(cassandra.settings(keyspace))
     try:
         with pytest.raises((TypeError, AttributeError)):  # what the driver's serializers raise

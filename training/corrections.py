@@ -3,14 +3,16 @@
 A correction is a person's claim about an upload (README, "Corrections"): the 28x28 input
 the model saw, and the digit it really was, or None for "not a digit". Read from SQLite
 (the file, read-only) or Cassandra (day partitions, newest first, over a window of days).
-The same upload sent many times counts once, with its latest correction: one person
-cannot outweigh the rest by sending an image again and again.
+The same 28x28 input counts once, with its latest correction, however many uploads carried
+it (other trailing bytes, another encoding): one person cannot outweigh the rest by
+sending an image again and again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -91,18 +93,33 @@ def _correction(
     return Correction(sha256, pixels, digit, at, predicted)
 
 
+def input_digest(correction: Correction) -> str:
+    """The SHA-256 of the 28x28 input the model saw: what an example is, for training."""
+    return hashlib.sha256(np.ascontiguousarray(correction.image, np.uint8).tobytes()).hexdigest()
+
+
 def deduplicated(corrections: Iterable[Correction]) -> list[Correction]:
-    """One correction per upload (its SHA-256): the latest, as the store itself keeps."""
+    """One correction per decoded 28x28 input: the latest. Not per upload: the same PNG with
+    other trailing bytes (or re-encoded) is another upload but the same example, and the
+    issue's flood sent one input 400 times as 400 "distinct" uploads, all labelled 3."""
     latest: dict[str, Correction] = {}
     for correction in corrections:
-        kept = latest.get(correction.upload_sha256)
+        key = input_digest(correction)
+        kept = latest.get(key)
         if kept is None or correction.corrected_at > kept.corrected_at:
-            latest[correction.upload_sha256] = correction
-    return sorted(latest.values(), key=lambda c: c.upload_sha256)
+            latest[key] = correction
+    return sorted(latest.values(), key=input_digest)
+
+
+def distribution(corrections: Iterable[Correction]) -> dict[str, int]:
+    """How many examples of each digit (and of "not a digit") there are, for the report."""
+    counts = Counter("not a digit" if c.digit is None else str(c.digit) for c in corrections)
+    return dict(sorted(counts.items()))
 
 
 def held_out(correction: Correction, share: float, seed: int) -> bool:
-    """Whether an upload belongs to the held-out split: decided by its SHA-256 and the
-    seed alone, so an upload stays on its side however the store grows."""
-    digest = hashlib.sha256(f"{seed}:{correction.upload_sha256}".encode()).digest()
+    """Whether an input belongs to the held-out split: decided by its 28x28 pixels and the
+    seed alone, so an input stays on its side however the store grows (and however many
+    uploads carried it)."""
+    digest = hashlib.sha256(f"{seed}:{input_digest(correction)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share

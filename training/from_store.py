@@ -64,9 +64,10 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
     held = [c for c, out in zip(unique, is_held, strict=True) if out]
     kept = [c for c, out in zip(unique, is_held, strict=True) if not out]
     print(
-        f"corrections: {len(found)} read, {len(unique)} uploads after removing duplicates; "
-        f"{len(kept)} to train on, {len(held)} held out"
+        f"corrections: {len(found)} read, {len(unique)} distinct 28x28 inputs after removing "
+        f"duplicates; {len(kept)} to train on, {len(held)} held out"
     )
+    print(f"trained on: {corrections.distribution(kept)}")
     x_fit, y_fit = data.x_train[:-VALIDATION_IMAGES], data.y_train[:-VALIDATION_IMAGES]
     if options.mnist_images is not None:
         x_fit, y_fit = x_fit[: options.mnist_images], y_fit[: options.mnist_images]
@@ -129,8 +130,9 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
         "fine_tuned_from": options.start_from,
         "recipe": "cnn_reject (its rejector)" if rejecting else "cnn_oe",
         "corrections_read": len(found),
-        "uploads": len(unique),
+        "inputs": len(unique),
         "trained_on": len(kept),
+        "trained_on_by_digit": corrections.distribution(kept),
         "held_out": len(held),
         "epochs": options.epochs,
         "train_seconds": round(seconds, 1),

@@ -1,14 +1,18 @@
-"""Corrections as training data: read from the function's own SQLite log, one per upload."""
+"""Corrections as training data: read from the function's own SQLite log, one per 28x28 input."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from PIL import Image
 
 from recognizer.records import Feedback, Upload
 from recognizer.sqlite_store import SqliteStore
+from tests.conftest import ROOT
 from tests.function.records_factory import make_record
 from training import corrections
 
@@ -49,19 +53,47 @@ def test_a_log_from_before_corrections_has_none(tmp_path):
 
 
 def test_an_upload_sent_again_counts_once_with_its_latest_correction():
-    image = np.zeros((28, 28), np.uint8)
+    image, another = np.zeros((28, 28), np.uint8), np.full((28, 28), 9, np.uint8)
     first = corrections.Correction("x" * 64, image, 3, NOW, 3)
     later = corrections.Correction("x" * 64, image, 8, NOW + timedelta(minutes=1), 3)
-    other = corrections.Correction("y" * 64, image, 1, NOW, 1)
+    other = corrections.Correction("y" * 64, another, 1, NOW, 1)
     kept = corrections.deduplicated([later, other, first])
-    assert [(c.upload_sha256[0], c.digit) for c in kept] == [("x", 8), ("y", 1)]
+    assert sorted((c.upload_sha256[0], c.digit) for c in kept) == [("x", 8), ("y", 1)]
 
 
-def test_the_held_out_split_depends_on_the_upload_alone():
-    image = np.zeros((28, 28), np.uint8)
-    uploads = [corrections.Correction(f"{n:064x}", image, n % 10, NOW, 0) for n in range(2000)]
+def test_the_trailing_byte_flood_trains_on_its_one_input_once(tmp_path):
+    """#23: the same PNG with other trailing bytes each time, corrected to 3, 400 times: 400
+    uploads (400 SHA-256s) in the real log, one 28x28 input, so one example."""
+    png = (ROOT / "tests" / "data" / "samples" / "seven.png").read_bytes()
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L").resize((28, 28)), np.uint8)
+    log = SqliteStore(tmp_path / "log.sqlite3")
+    flood = [
+        record_of(pixels, hashlib.sha256(png + n.to_bytes(2, "big")).hexdigest(), 7)
+        for n in range(400)
+    ]
+    honest = record_of(np.full((28, 28), 200, np.uint8), "h" * 64, 1)
+    log.save([*flood, honest])
+    for record in flood:
+        log.correct(record.id, Feedback(3, NOW))
+    log.correct(honest.id, Feedback(4, NOW))
+    log.close()
+    found = corrections.from_sqlite(tmp_path / "log.sqlite3")
+    assert len({c.upload_sha256 for c in found}) == 401
+    kept = corrections.deduplicated(found)
+    assert len(kept) == 2
+    assert corrections.distribution(kept) == {"3": 1, "4": 1}
+
+
+def test_the_held_out_split_depends_on_the_input_alone():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2000, 28, 28), np.uint8)
+    uploads = [
+        corrections.Correction(f"{n:064x}", image, n % 10, NOW, 0) for n, image in enumerate(images)
+    ]
     held = [corrections.held_out(c, 0.2, seed=42) for c in uploads]
     assert 0.17 < np.mean(held) < 0.23
     again = [corrections.held_out(replace(c, digit=0), 0.2, seed=42) for c in uploads]
     assert held == again  # the same upload stays on its side, whatever its correction
     assert held != [corrections.held_out(c, 0.2, seed=7) for c in uploads]
+    resent = [replace(c, upload_sha256="f" * 64) for c in uploads]  # other bytes, same input
+    assert held == [corrections.held_out(c, 0.2, seed=42) for c in resent]

@@ -158,7 +158,19 @@ def open_page(browser: BrowserContext, url: str, request: Any) -> Iterator[Page]
     tab.set_viewport_size(DESKTOP)
     script_errors: list[str] = []
     tab.on("pageerror", lambda error: script_errors.append(str(error)))
-    tab.goto(f"{url}/")
+    # The page runs under its Content-Security-Policy (issue 24): anything it blocks is
+    # reported on the console, and fails the test like a script error.
+    tab.on(
+        "console",
+        lambda message: (
+            "Content Security Policy" in message.text
+            and script_errors.append(f"CSP violation: {message.text}")
+        ),
+    )
+    loaded = tab.goto(f"{url}/")
+    assert loaded is not None and "frame-ancestors 'none'" in loaded.headers.get(
+        "content-security-policy", ""
+    )
     expect(tab.locator("#history")).to_have_attribute("aria-busy", "false")
     yield tab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

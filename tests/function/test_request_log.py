@@ -153,6 +153,7 @@ def test_a_line_without_a_prediction_has_only_the_total_latency():
 def protected_client(function_env, monkeypatch):
     monkeypatch.setenv("API_TOKEN", TOKEN)
     monkeypatch.delenv("PREDICT_REQUIRES_TOKEN", raising=False)
+    monkeypatch.setenv("PIN_REQUIRES_TOKEN", "false")  # the tests pin without the token
     app = functions_framework.create_app("recognize", str(ROOT / "function" / "main.py"))
     return app.test_client()
 

@@ -116,6 +116,7 @@ def binned(observation: Observation) -> dict[str, str]:
 
 
 Counts = dict[str, dict[str, int]]  # signal -> bin -> count
+Profile = Mapping[str, Mapping[str, float]]  # signal -> bin -> reference share
 
 
 def count(observations: Iterable[Observation]) -> Counts:
@@ -124,6 +125,19 @@ def count(observations: Iterable[Observation]) -> Counts:
     for observation in observations:
         for signal, name in binned(observation).items():
             counts[signal][name] += 1
+    return counts
+
+
+ANSWER_SIGNALS = ("digit", "confidence", "verdict")
+
+
+def count_answers(answers: Iterable[tuple[int, float, str]]) -> Counts:
+    """Bin counts of the answer signals alone, from (digit, confidence, verdict) triples:
+    what the rollout tool's rows hold (they carry no input)."""
+    counts: Counts = {signal: dict.fromkeys(bins(signal), 0) for signal in ANSWER_SIGNALS}
+    for answer in answers:
+        for signal, value in zip(ANSWER_SIGNALS, answer, strict=True):
+            counts[signal][bin_of(signal, value)] += 1
     return counts
 
 
@@ -158,13 +172,14 @@ class Assessment:
         """The signals past the line (none while the window is too small to judge)."""
         if not self.judged:
             return ()
-        return tuple(s for s in SIGNALS if self.psi[s] > PSI_DRIFT)
+        return tuple(s for s in SIGNALS if s in self.psi and self.psi[s] > PSI_DRIFT)
 
 
 def assess(counts: Counts, reference: Mapping[str, Mapping[str, float]]) -> Assessment:
-    """Every signal's PSI of a window's counts against a reference profile."""
-    window = sum(counts["digit"].values())
-    return Assessment(window, {s: psi(counts[s], reference[s]) for s in SIGNALS})
+    """The PSI of each signal counted in a window (all, or some: the rollout tool's rows
+    carry no input) against a reference profile."""
+    window = max((sum(c.values()) for c in counts.values()), default=0)
+    return Assessment(window, {s: psi(c, reference[s]) for s, c in counts.items()})
 
 
 def profile(observations: Sequence[Observation]) -> dict[str, dict[str, float]]:

@@ -49,6 +49,7 @@ from infra.rollout.served import (
 from infra.rollout.server import ServerView
 from infra.rollout.shared import LocalFile, SharedConfig, shared_config
 from infra.rollout.signature import check_version, versions_on_disk
+from recognizer import drift
 from recognizer.config import Settings
 from recognizer.env import SettingsError
 from serving.config import resolve_models
@@ -246,7 +247,7 @@ def status(deployment: Deployment, args: argparse.Namespace) -> str:
     labels = sorted(set(served.labels) | {args.stable_label, args.canary_label})
     if args.json:  # the store's figures; an unreadable store is an error, not a line
         _, figures = _window_figures(args)
-        document = report.status_json(figures, served)
+        document = report.status_json(figures, served, _reference(served, args.stable_label))
         if args.replicas_state:
             document["replicas"] = replicas(deployment, served, labels)
         return json.dumps(document)
@@ -272,9 +273,17 @@ def status(deployment: Deployment, args: argparse.Namespace) -> str:
             figures=figures,
             window_hours=args.window_hours,
             low_confidence=args.low_confidence,
+            reference=_reference(served, args.stable_label),
         )
     )
     return text + "\n" + _replica_lines(replicas(deployment, served, labels))
+
+
+def _reference(served: Served, stable_label: str) -> tuple[int, drift.Profile] | None:
+    """Drift's reference: the profile of the version models.config gives the stable label."""
+    version = served.labels.get(stable_label)
+    profile = None if version is None else drift.load_profile(version)
+    return None if version is None or profile is None else (version, profile)
 
 
 def analyze(deployment: Deployment, args: argparse.Namespace) -> int:

@@ -27,12 +27,13 @@ import math
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from infra.rollout import stats
 from infra.rollout.errors import RolloutError
+from recognizer import drift
 
 PINNED = "(pinned)"  # how a record without a label (a pinned version) is counted
 NOT_A_DIGIT = "not_a_digit"
@@ -79,6 +80,8 @@ class VersionFigures:
     verdicts: dict[str, int]  # records per verdict; records without one are not counted
     corrected: int  # records a person corrected
     right: int  # of those, the ones whose answer was right (is_right)
+    # Bin counts of the answer's drift signals (recognizer.drift.count_answers).
+    drift_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def low_confidence_share(self) -> float:
@@ -126,6 +129,9 @@ def summarize(rows: Iterable[Row], low_confidence: float) -> list[VersionFigures
                 verdicts=dict(verdicts),
                 corrected=len(corrected),
                 right=sum(is_right(r) for r in corrected),
+                drift_counts=drift.count_answers(
+                    (r.digit, r.confidence, r.verdict or "none") for r in group
+                ),
             )
         )
     return figures

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from infra.rollout.analysis import INCONCLUSIVE, WORSE, Decision
 from infra.rollout.figures import VersionFigures
 from infra.rollout.served import Served
+from recognizer import drift
 from recognizer.model_client import VersionState
 from recognizer.verdict import VERDICTS
 
@@ -33,6 +34,8 @@ class StatusFacts:
     figures: Sequence[VersionFigures] | str  # str: why unknown
     window_hours: float
     low_confidence: float
+    # The drift reference: the version stable serves and its profile (None: no profile).
+    reference: tuple[int, drift.Profile] | None = None
 
 
 def render_status(facts: StatusFacts) -> str:
@@ -46,6 +49,7 @@ def render_status(facts: StatusFacts) -> str:
             f"low confidence = below {facts.low_confidence:g}",
             _figures_table(facts),
             ACCURACY_NOTE,
+            _drift_note(facts.reference),
         ]
     )
 
@@ -81,10 +85,12 @@ def _figures_table(facts: StatusFacts) -> str:
         return f"  {facts.figures}"
     if not facts.figures:
         return "  no predictions in this window"
-    return _figures_rows(facts.figures)
+    return _figures_rows(facts.figures, facts.reference)
 
 
-def _figures_rows(figures: Sequence[VersionFigures]) -> str:
+def _figures_rows(
+    figures: Sequence[VersionFigures], reference: tuple[int, drift.Profile] | None = None
+) -> str:
     rows = [
         [
             "version",
@@ -98,6 +104,7 @@ def _figures_rows(figures: Sequence[VersionFigures]) -> str:
             "digit / unsure / not a digit",
             "corrected",
             "accuracy (95% CI)",
+            "drift",
         ]
     ]
     for f in figures:
@@ -114,9 +121,44 @@ def _figures_rows(figures: Sequence[VersionFigures]) -> str:
                 _verdict_shares(f.verdict_shares),
                 str(f.corrected),
                 _accuracy(f),
+                _drift(f, reference),
             ]
         )
     return _table(rows)
+
+
+def _drift(f: VersionFigures, reference: tuple[int, drift.Profile] | None) -> str:
+    """The largest answer-signal PSI against stable's profile, flagged past the line."""
+    if reference is None or not f.drift_counts:
+        return "n/a"
+    assessment = drift.assess(f.drift_counts, reference[1])
+    signal, value = max(assessment.psi.items(), key=lambda item: item[1])
+    if not assessment.judged:
+        return f"({signal} {value:.2f}, n<{drift.MIN_WINDOW})"
+    return f"{signal} {value:.2f}" + (" DRIFTED" if assessment.drifted else "")
+
+
+def _drift_note(reference: tuple[int, drift.Profile] | None) -> str:
+    if reference is None:
+        return "drift: n/a (no reference profile for the version stable serves)"
+    return (
+        f"drift: the largest PSI of digit, confidence and verdict against v{reference[0]}'s "
+        f"profile (stable's; docs/monitoring.md), DRIFTED past {drift.PSI_DRIFT:g} from "
+        f"{drift.MIN_WINDOW} records"
+    )
+
+
+def drift_json(f: VersionFigures, reference: tuple[int, drift.Profile] | None) -> dict | None:
+    """`status --json`'s drift of a version: the reference, each PSI, what drifted."""
+    if reference is None or not f.drift_counts:
+        return None
+    assessment = drift.assess(f.drift_counts, reference[1])
+    return {
+        "reference_version": reference[0],
+        "psi": {s: round(v, 4) for s, v in assessment.psi.items()},
+        "judged": assessment.judged,
+        "drifted": list(assessment.drifted),
+    }
 
 
 def _accuracy(f: VersionFigures) -> str:
@@ -126,9 +168,17 @@ def _accuracy(f: VersionFigures) -> str:
     return f"{f.accuracy:.1%} ({low:.1%}-{high:.1%})"
 
 
-def status_json(figures: Sequence[VersionFigures], served: Served) -> dict:
+def status_json(
+    figures: Sequence[VersionFigures],
+    served: Served,
+    reference: tuple[int, drift.Profile] | None = None,
+) -> dict:
     """`status --json`: the figures of every version with records in the window."""
-    return {"versions": [version_json(f, served) for f in figures]}
+    return {
+        "versions": [
+            {**version_json(f, served), "drift": drift_json(f, reference)} for f in figures
+        ]
+    }
 
 
 def version_json(f: VersionFigures, served: Served) -> dict:

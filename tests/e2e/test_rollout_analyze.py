@@ -182,6 +182,7 @@ def test_status_json_counts_what_the_log_holds(tree, tmp_path):
                 "low_confidence_share": 0.1,
                 "latency_ms": {"p50": 9.5, "p99": 14.0},
                 "verdicts": {"digit": 1.0, "unsure": 0.0, "not_a_digit": 0.0},
+                "drift": None,  # stable's version has no reference profile here
             },
             {
                 "version": 3,
@@ -194,11 +195,12 @@ def test_status_json_counts_what_the_log_holds(tree, tmp_path):
                 "low_confidence_share": 0.0,
                 "latency_ms": {"p50": 9.5, "p99": 14.0},
                 "verdicts": {"digit": 1.0, "unsure": 0.0, "not_a_digit": 0.0},
+                "drift": None,  # stable's version has no reference profile here
             },
         ]
     }
     table = rollout("status", env=env, config=tree.config, models_dir=tree.models_dir)
-    assert re.search(r"^  2\s.*\s100\s+96\.0% \(90\.2%-98\.4%\)$", table.stdout, re.M)
+    assert re.search(r"^  2\s.*\s100\s+96\.0% \(90\.2%-98\.4%\)\s+n/a$", table.stdout, re.M)
     assert "otherwise right / corrected" in table.stdout
 
 

@@ -13,6 +13,7 @@ from infra.rollout.figures import Row, is_right, percentile, sqlite_rows, summar
 from infra.rollout.report import StatusFacts, render_status, status_json
 from infra.rollout.served import Served
 from infra.rollout.stats import wilson
+from recognizer import drift
 from recognizer.model_client import VersionState
 from recognizer.records import Feedback, new_record_id, time_of
 from recognizer.sqlite_store import SqliteStore
@@ -176,11 +177,11 @@ def test_the_status_report_shows_disk_config_server_and_figures():
     )
     assert any(line.split()[:6] == ["3", "yes", "ok", "yes", "canary", "LOADING"] for line in lines)
     assert any(line.split()[:4] == ["4", "yes", "no", "output"] for line in lines)
-    stable_row = "2 1 33.3% stable 1 0.9900 0.0% 10.0 10.0 100.0% / 0.0% / 0.0% 0 n/a"
+    stable_row = "2 1 33.3% stable 1 0.9900 0.0% 10.0 10.0 100.0% / 0.0% / 0.0% 0 n/a n/a"
     assert any(line.split() == stable_row.split() for line in lines)
     # 1 of 2 corrections right: 50.0%, Wilson 9.5%-90.5%.
     canary_row = (
-        "3 2 66.7% canary 2 0.8250 50.0% 20.0 20.0 50.0% / 50.0% / 0.0% 2 50.0% (9.5%-90.5%)"
+        "3 2 66.7% canary 2 0.8250 50.0% 20.0 20.0 50.0% / 50.0% / 0.0% 2 50.0% (9.5%-90.5%) n/a"
     )
     assert any(line.split() == canary_row.split() for line in lines)
     assert "until users can correct" not in text
@@ -207,6 +208,7 @@ def test_status_json_has_the_contract_shape():
         "low_confidence_share": 0.25,
         "latency_ms": {"p50": 10.0, "p99": pytest.approx(29.4)},
         "verdicts": {"digit": 1.0, "unsure": 0.0, "not_a_digit": 0.0},
+        "drift": None,  # no reference profile given
     }
     assert (three["labels"], three["feedback"], three["accuracy"], three["accuracy_ci"]) == (
         ["canary"],
@@ -216,3 +218,31 @@ def test_status_json_has_the_contract_shape():
     )
     assert three["verdicts"] == {"digit": 0.0, "unsure": 1.0, "not_a_digit": 0.0}
     assert set(document) == {"versions"}
+
+
+def test_status_shows_drift_against_stable_profile_once_a_window_is_large_enough():
+    """A version far less sure than v5's profile is DRIFTED from 200 records; before,
+    its PSI shows with the window's size; one like v5 is not."""
+    reference = (5, drift.load_profile(5))
+    unsure = [Row(1, "canary", 0.6, 5.0, "not_a_digit", d % 10) for d in range(200)]
+    like_v5 = [Row(5, "stable", 0.999, 5.0, "digit", d % 10) for d in range(200)]
+    served = Served(frozenset({1, 5}), {"stable": 5, "canary": 1})
+    facts = dict(
+        model="mnist", config_file="c", served=served, on_disk={}, server_url="u",
+        server_versions={}, server_labels={}, log_source="s", window_hours=24,
+        low_confidence=0.9, reference=reference,
+    )  # fmt: skip
+    text = render_status(StatusFacts(figures=summarize(unsure + like_v5, 0.9), **facts))
+    (canary,) = [line for line in text.splitlines() if line.split()[:2] == ["1", "200"]]
+    assert canary.endswith("DRIFTED")
+    (stable,) = [line for line in text.splitlines() if line.split()[:2] == ["5", "200"]]
+    assert "DRIFTED" not in stable
+    assert "against v5's profile" in text
+    few = render_status(StatusFacts(figures=summarize(unsure[:199], 0.9), **facts))
+    (row,) = [line for line in few.splitlines() if line.split()[:2] == ["1", "199"]]
+    assert row.endswith("n<200)") and "DRIFTED" not in row
+    document = status_json(summarize(unsure + like_v5, 0.9), served, reference)
+    one, five = document["versions"]
+    assert one["drift"]["reference_version"] == 5
+    assert {"confidence", "verdict"} <= set(one["drift"]["drifted"])
+    assert five["drift"]["drifted"] == [] and five["drift"]["judged"] is True

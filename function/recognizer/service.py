@@ -77,6 +77,14 @@ class Recognition:
     replayed: bool = False  # the records of an earlier attempt with the same key; none new
 
 
+@dataclass(frozen=True)
+class _Who:
+    """Who asked, as the record keeps it: the caller, and whether it pinned the version."""
+
+    client_key: str | None
+    pinned: bool
+
+
 class _StageClock:
     """Milliseconds spent in each stage of one request, for the request log."""
 
@@ -130,6 +138,7 @@ class Recognizer:
         route: Route,
         idempotency_key: str | None = None,
         caller: str = "",
+        pinned: bool = False,
     ) -> Recognition:
         """Predict a digit for each image and record every prediction before returning.
 
@@ -137,8 +146,10 @@ class Recognizer:
         gets the same record ids. Raises InvalidIdempotencyKey or IdempotencyKeyReused for
         a key that cannot be used, an ImageError for an unusable image (naming which one),
         a ModelServerError when no prediction could be had, StoreUnavailable when it could
-        not be recorded. `caller` scopes the key (params.caller).
+        not be recorded. `caller` scopes the key (params.caller); each record keeps it, and
+        whether the request `pinned` its version or label, as evidence the analysis weighs.
         """
+        who = _Who(caller or None, pinned)
         key_sha256 = None if idempotency_key is None else _key_digest(idempotency_key, caller)
         clock = _StageClock()
         # Each file is parsed once: its header is read (and checked) on opening, and the
@@ -162,14 +173,16 @@ class Recognizer:
         clock.lap("preprocess")
         record_ids = tuple(new_record_id() for _ in images)
         if key_sha256 is None:
-            return self._predict(images, route, record_ids, None, headers, inputs, shapes, clock)
+            return self._predict(
+                images, route, record_ids, None, headers, inputs, shapes, clock, who
+            )
         record_ids, earlier = self._claim(key_sha256, images, route, record_ids)
         clock.lap("claim")
         if earlier is not None:
             return Recognition(earlier, clock.laps_ms, replayed=True)
         try:
             recognition = self._predict(
-                images, route, record_ids, key_sha256, headers, inputs, shapes, clock
+                images, route, record_ids, key_sha256, headers, inputs, shapes, clock, who
             )
         except BaseException:
             with self._abandoned_lock:
@@ -191,6 +204,7 @@ class Recognizer:
         inputs: np.ndarray,
         shapes: Sequence[Shape],
         clock: _StageClock,
+        who: _Who,
     ) -> Recognition:
         """Ask the model and record its answers under `record_ids`."""
         try:
@@ -205,7 +219,7 @@ class Recognizer:
         latency_ms = clock.total_ms()
         records = [
             self._record(
-                record_ids[n], image, headers[n], inputs[n], shapes[n], answer, n, latency_ms
+                record_ids[n], image, headers[n], inputs[n], shapes[n], answer, n, latency_ms, who
             )
             for n, image in enumerate(images)
         ]
@@ -324,6 +338,7 @@ class Recognizer:
         answer: ModelAnswer,
         n: int,
         latency_ms: float,
+        who: _Who,
     ) -> Record:
         probabilities = tuple(float(p) for p in answer.probabilities[n])
         verdict = judge(answer.probabilities[n], shape, self._policy, answer.version)
@@ -345,6 +360,8 @@ class Recognizer:
             ),
             latency_ms=latency_ms,
             verdict=verdict,
+            client_key=who.client_key,
+            pinned=who.pinned,
         )
 
 

@@ -10,17 +10,21 @@ processes, all get one answer, and it is the stored record.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import requests
+
 from recognizer import canary
 from recognizer.canary import Route
 from recognizer.model_client import ModelClient
+from recognizer.params import TOKEN_HOLDER
 from recognizer.service import Recognizer
 from recognizer.sqlite_store import SqliteStore
 from tests.support import live_function
-from tests.support.live_function import SEVEN, functions, post, stored
+from tests.support.live_function import SEVEN, TOKEN, functions, post, stored
 
 two_labels = live_function.two_labels
 store_env = live_function.store_env
@@ -84,4 +88,30 @@ def test_the_scope_is_in_the_stored_digest(tmp_path, model_stand_in):
     again = recognizer.recognize([SEVEN], Route("stable"), "k", caller="id:one")
     assert one.records[0].id != two.records[0].id
     assert again.replayed and again.records == one.records
+    log.close()
+
+
+def test_each_record_keeps_its_caller_and_whether_it_pinned(two_labels, tmp_path):
+    """The evidence the canary analysis and training weigh per client (#23)."""
+    sqlite = tmp_path / "shared.sqlite3"
+    with functions(two_labels.url, tmp_path, {"SQLITE_PATH": str(sqlite)}, 1) as (url,):
+        anonymous = post(url, "someone", "k1").json()["predictions"][0]
+        pinned = requests.post(
+            f"{url}/predict?label=canary",
+            data=SEVEN,
+            headers={"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"},
+            timeout=60,
+        ).json()["predictions"][0]
+        corrected = requests.put(
+            f"{url}/predictions/{anonymous['id']}/feedback",
+            json={"digit": 3, "token": anonymous["feedback_token"]},
+            headers={"X-Client-Id": "corrector"},
+            timeout=30,
+        )
+        assert corrected.status_code == 200
+    log = SqliteStore(sqlite)
+    first, second = (log.get(uuid.UUID(p["id"])) for p in (anonymous, pinned))
+    assert (first.client_key, first.pinned) == ("id:someone", False)
+    assert (second.client_key, second.pinned) == (TOKEN_HOLDER, True)
+    assert first.feedback.client_key == "id:corrector"
     log.close()

@@ -13,7 +13,7 @@ import atexit
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import flask
@@ -33,6 +33,7 @@ from recognizer import (
     params,
     ratelimit,
     request_log,
+    status_page,
     uploads,
 )
 from recognizer.budget import Admission, DecodeBudget
@@ -77,6 +78,7 @@ URLS = Map(
         Rule("/readyz", endpoint="ready", methods=["GET"]),
         Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
         Rule("/metrics", endpoint="metrics", methods=["GET"]),
+        Rule("/status", endpoint="status", methods=["GET"]),
     ],
     strict_slashes=False,
     # Werkzeug would answer `//` in a path with a redirect to the merged path on its own
@@ -116,6 +118,7 @@ class Api:
             "ready": self._ready,
             "openapi": self._openapi,
             "metrics": self._metrics_text,
+            "status": self._status_page,
         }
 
     def handle(self, request: flask.Request) -> flask.Response:
@@ -301,6 +304,25 @@ class Api:
 
     def _metrics_text(self, request: flask.Request) -> flask.Response:
         return flask.Response(self._metrics.render(), content_type=metrics.CONTENT_TYPE)
+
+    def _status_page(self, request: flask.Request) -> flask.Response:
+        """The operators' page (status_page.py) over the newest records of its window."""
+        now = datetime.now(UTC)
+        since = now - timedelta(hours=status_page.WINDOW_HOURS)
+        store, records, before = self._connect().store, [], None
+        while len(records) < status_page.MAX_RECORDS:
+            page = store.page(500, before)
+            records += [r for r in page.records if r.created_at >= since]
+            if page.next is None or not page.records or page.records[-1].created_at < since:
+                break
+            before = page.next
+        stable = next(
+            (r.model_version for r in records if r.model_label == self._settings.model_label), None
+        )
+        profile = None if stable is None else drift.load_profile(stable)
+        reference = None if stable is None or profile is None else (stable, profile)
+        body = status_page.render(records, now, reference)
+        return flask.Response(body, mimetype="text/html", headers=page_headers(body))
 
     def _count(self, facts: request_log.Facts, status: int, outcome: str, total_ms: float) -> None:
         """The request's figures for GET /metrics (a replayed answer predicted nothing)."""

@@ -166,7 +166,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pytest.fail(f"docker compose up failed:\n{up.stderr}\n--- logs ---\n{logs}")
         yield stack
     finally:
-        stack.compose("down", "--volumes", "--remove-orphans", timeout=300)
+        stack.compose("--profile", "cluster", "down", "--volumes", "--remove-orphans", timeout=300)
         _docker("image", "rm", "-f", f"digit-recognizer-function:{project}", timeout=120)
 
 
@@ -346,8 +346,39 @@ def test_the_function_restarts_with_nothing_lost(stack: Stack) -> None:
     assert recorded_rows(stack, uuid.UUID(after["id"]))
 
 
+def test_the_cluster_profile_adds_two_nodes_and_three_replicas(stack: Stack) -> None:
+    """`--profile cluster` on the running stack: cassandra-2 and -3 join one after the
+    other, schema-cluster raises the keyspace to three replicas, and the function still
+    records (LOCAL_QUORUM: two replicas acknowledge)."""
+    up = stack.compose(
+        "--profile",
+        "cluster",
+        "up",
+        "--detach",
+        "--wait",
+        "--wait-timeout",
+        str(UP_TIMEOUT_SECONDS),
+        timeout=UP_TIMEOUT_SECONDS + 300,
+    )
+    if up.returncode != 0:
+        logs = stack.compose("--profile", "cluster", "logs", "--no-color", "--tail", "40")
+        pytest.fail(f"--profile cluster up failed:\n{up.stderr}\n--- logs ---\n{logs.stdout}")
+    ring = stack.compose("exec", "-T", "cassandra", "nodetool", "status", timeout=120)
+    assert ring.returncode == 0, ring.stderr
+    assert sum(line.startswith("UN ") for line in ring.stdout.splitlines()) == 3, ring.stdout
+    (row,) = stack.cql_json(
+        "SELECT JSON replication FROM system_schema.keyspaces WHERE keyspace_name = 'mnist'"
+    )
+    assert row["replication"]["datacenter1"] == "3"
+    answer = predict(stack, SEVEN.read_bytes())
+    assert answer["recorded"] is True
+    assert recorded_rows(stack, uuid.UUID(answer["predictions"][0]["id"]))
+
+
 def test_down_with_volumes_leaves_nothing(stack: Stack) -> None:
-    down = stack.compose("down", "--volumes", "--remove-orphans", timeout=300)
+    down = stack.compose(
+        "--profile", "cluster", "down", "--volumes", "--remove-orphans", timeout=300
+    )
     assert down.returncode == 0, down.stderr
     assert stack.containers() == []
     label = f"label=com.docker.compose.project={stack.project}"

@@ -4,7 +4,7 @@
 # dockerd is missing and starts dockerd in the background, its log in var/dockerd.log.
 # `engine.sh stop` stops only a dockerd that `start` started (its pid in var/dockerd.pid)
 # and undoes what it changed on the host: the docker0 bridge, its iptables rules and
-# net.ipv4.ip_forward.
+# FORWARD policy, and net.ipv4.ip_forward.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VAR=$PWD/var
@@ -23,7 +23,9 @@ start() {
   [ "$(id -u)" = 0 ] || { echo "engine.sh: starting dockerd needs root" >&2; exit 1; }
   mkdir -p "$VAR"
   cat /proc/sys/net/ipv4/ip_forward >"$VAR/dockerd.ip_forward"
-  if command -v iptables-save >/dev/null; then iptables-save >"$VAR/dockerd.iptables"; fi
+  if command -v iptables >/dev/null; then
+    iptables -S FORWARD | sed -n 's/^-P FORWARD //p' >"$VAR/dockerd.forward-policy"
+  fi
   # overlay2 (vfs builds are 5-8 times slower); dockerd starts without systemd.
   setsid dockerd --storage-driver "${DOCKER_STORAGE_DRIVER:-overlay2}" \
     --pidfile "$VAR/dockerd.daemon.pid" >"$VAR/dockerd.log" 2>&1 </dev/null &
@@ -52,10 +54,15 @@ stop() {
   fi
   rm -f "$PIDFILE"
   ip link delete docker0 2>/dev/null || true
-  if [ -f "$VAR/dockerd.iptables" ]; then
-    iptables-restore <"$VAR/dockerd.iptables" || true
-    rm -f "$VAR/dockerd.iptables"
+  # dockerd leaves its chains and rules behind (DOCKER*, docker0, the br-<id> bridges of
+  # Compose's networks) and the FORWARD policy at DROP: remove exactly those.
+  if command -v iptables-save >/dev/null; then
+    iptables-save | grep -Ev -e 'DOCKER' -e 'docker0' -e 'br-[0-9a-f]{12}' | iptables-restore || true
   fi
+  if [ -s "$VAR/dockerd.forward-policy" ]; then
+    iptables -P FORWARD "$(cat "$VAR/dockerd.forward-policy")" || true
+  fi
+  rm -f "$VAR/dockerd.forward-policy"
   if [ -f "$VAR/dockerd.ip_forward" ]; then
     cat "$VAR/dockerd.ip_forward" >/proc/sys/net/ipv4/ip_forward || true
     rm -f "$VAR/dockerd.ip_forward"

@@ -102,6 +102,7 @@ class Api:
         self._corrections = ratelimit.CorrectionLimits(
             settings.corrections_per_client_per_hour, settings.corrections_per_record_per_hour
         )
+        self._uploads = ratelimit.UploadLimit(settings.uploads_per_client_per_hour)
         # Per process: request bodies and decoded images share the memory budget; the
         # admission queue bounds the images in progress (budget.py).
         heap.keep_large_buffers_apart()
@@ -217,6 +218,8 @@ class Api:
         with self._budget.hold(uploads.body_cost(request, self._settings.max_request_bytes)):
             images = uploads.read_images(request, self._settings.max_batch_images)
             facts.images = len(images)
+            if caller != params.TOKEN_HOLDER:  # the API token's holder is not limited
+                self._uploads.admit(client, len(images))
             with self._admission.admit(len(images)):
                 recognition = self._connect().recognizer.recognize(
                     images,

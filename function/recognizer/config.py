@@ -118,6 +118,8 @@ class Settings:
     # 0: no limit. The API token is not limited.
     corrections_per_client_per_hour: int = 60
     corrections_per_record_per_hour: int = 5
+    # Records one client may create in an hour, per process (ratelimit.UploadLimit); 0: none.
+    uploads_per_client_per_hour: int = 0
     # The key of the feedback tokens (feedback.py); every instance must have the same one.
     feedback_secret: bytes | None = field(default=None, repr=False)
     # FEEDBACK_SECRET_PREVIOUS: keys being rotated out, still accepted for verification.
@@ -311,6 +313,9 @@ def _access(read: Reader) -> dict[str, object]:
         ),
         "corrections_per_record_per_hour": read.whole(
             "CORRECTIONS_PER_RECORD_PER_HOUR", Settings.corrections_per_record_per_hour, 0
+        ),
+        "uploads_per_client_per_hour": read.whole(
+            "UPLOADS_PER_CLIENT_PER_HOUR", Settings.uploads_per_client_per_hour, 0
         ),
         "cors_allowed_origins": origins,
     }

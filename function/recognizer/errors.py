@@ -15,7 +15,7 @@ import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from recognizer import budget, connection, feedback, model_client, preprocess, uploads
-from recognizer.ratelimit import RateLimited
+from recognizer.ratelimit import RateLimited, TooManyUploads
 from recognizer.records import StoreUnavailable
 from recognizer.responses import json_response
 from recognizer.service import IdempotencyKeyReused, InvalidIdempotencyKey
@@ -88,6 +88,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     feedback.MissingFeedbackToken: (401, "unauthorized"),
     feedback.WrongFeedbackToken: (403, "forbidden"),
     RateLimited: (429, "too_many_corrections"),
+    TooManyUploads: (429, "too_many_uploads"),
     UnknownPrediction: (404, "unknown_prediction"),
     UploadNotStored: (404, "upload_not_stored"),
     model_client.UnknownModel: (404, "unknown_model_version"),

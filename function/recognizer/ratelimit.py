@@ -80,3 +80,28 @@ class CorrectionLimits:
                 raise RateLimited(f"too many corrections {whose}; try again in {wait:.0f} s", wait)
         self._clients.record(client, now)
         self._records.record(record, now)
+
+
+class TooManyUploads(RateLimited):
+    """Too many records from this client in the window (UPLOADS_PER_CLIENT_PER_HOUR)."""
+
+
+class UploadLimit:
+    """UPLOADS_PER_CLIENT_PER_HOUR: the records one client may create in an hour, per
+    process (each image of a batch is one). What a client may store is bounded with it:
+    at most this many uploads of UPLOAD_STORE_MAX_BYTES each."""
+
+    def __init__(self, per_client: int, window_seconds: float = 3600.0) -> None:
+        self._window = SlidingWindow(per_client, window_seconds)
+
+    def admit(self, client: str, images: int) -> None:
+        """Count `images` records, or raise TooManyUploads (and count nothing)."""
+        now = time.monotonic()
+        wait = self._window.wait_seconds(client, now)
+        if wait > 0:
+            raise TooManyUploads(
+                f"too many predictions from this client this hour; try again in {wait:.0f} s",
+                wait,
+            )
+        for _ in range(images):
+            self._window.record(client, now)

@@ -62,6 +62,7 @@ MALFORMED = {
     "PIN_REQUIRES_TOKEN": "maybe",
     "MODEL_SERVER_ID_TOKEN": "maybe",
     "CORRECTIONS_PER_CLIENT_PER_HOUR": "-1",
+    "UPLOADS_PER_CLIENT_PER_HOUR": "many",
     "CORRECTIONS_PER_RECORD_PER_HOUR": "many",
     "CORS_ALLOWED_ORIGINS": "example.org",
     "FEEDBACK_SECRET": "short",

@@ -25,6 +25,7 @@ TOKEN = "t0ken-for-tests-0123456789abcdef"
 ORIGIN = "https://digits.example.org"
 ACCESS_AND_LIMITS = (
     "API_TOKEN",
+    "UPLOADS_PER_CLIENT_PER_HOUR",
     "PREDICT_REQUIRES_TOKEN",
     "CORS_ALLOWED_ORIGINS",
     "MAX_REQUEST_BYTES",
@@ -552,3 +553,28 @@ def test_a_chunked_correction_is_read_no_further_than_its_limit(make_client):
     )
     assert_error(response, 413, "request_too_large")
     assert body.read_bytes <= 64 * 1024  # the stream's own read-ahead, not the body
+
+
+# --- a quota of records per client (issue 24) ----------------------------------------------
+
+
+def test_uploads_past_the_hourly_quota_are_429_with_retry_after_and_make_no_record(make_client):
+    client = make_client(UPLOADS_PER_CLIENT_PER_HOUR="3")
+    fields = {"images": [base64.b64encode(png()).decode()] * 2}
+    assert client.post("/predict", json=fields).status_code == 200  # two records
+    assert client.post("/predict", data=png(), content_type="image/png").status_code == 200
+    refused = client.post("/predict", data=png(), content_type="image/png")
+    assert_error(refused, 429, "too_many_uploads")
+    assert 3000 < int(refused.headers["Retry-After"]) <= 3600
+    assert history_size(client) == 3
+    other = client.post(
+        "/predict", data=png(), content_type="image/png", headers={"X-Client-Id": "someone-else"}
+    )
+    assert other.status_code == 200  # a quota per client, not for everyone
+
+
+def test_the_api_token_is_not_limited_by_the_upload_quota(make_client):
+    client = make_client(UPLOADS_PER_CLIENT_PER_HOUR="1", API_TOKEN=TOKEN)
+    for _ in range(3):
+        answer = client.post("/predict", data=png(), content_type="image/png", headers=bearer())
+        assert answer.status_code == 200

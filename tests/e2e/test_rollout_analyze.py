@@ -168,6 +168,9 @@ def test_status_json_counts_what_the_log_holds(tree, tmp_path):
     done = rollout("status", "--json", env=env, config=tree.config, models_dir=tree.models_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     document = json.loads(done.stdout)
+    # Each replica's state against the config (no --server here: the default URL alone).
+    (replica,) = document.pop("replicas")
+    assert replica["url"] == "http://localhost:8501" and "agrees" in replica
     labels = {v: sorted(k for k, n in served(tree).labels.items() if n == v) for v in (2, 3)}
     assert document == {
         "versions": [

@@ -87,6 +87,8 @@ train: setup
 	$(BIN)/python -m training --arch cnn_oe --version 3
 	$(BIN)/python -m training --arch cnn_reject --version 4
 	$(BIN)/python -m training --arch cnn_reject_wide --version 5
+	$(BIN)/python -m training.profile --version 1  # drift's reference profiles (docs/monitoring.md)
+	$(BIN)/python -m training.profile --version 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache var test-artifacts  # the jar cache stays

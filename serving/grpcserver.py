@@ -20,6 +20,7 @@ code, message cut at 1024 characters + "...TRUNCATED", grpc_status_util.cc).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -45,6 +46,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import inference
 from serving.batching import Batcher
 from serving.errors import ServingError, from_exception, invalid_argument
+from serving.metrics import Metrics
 from serving.repository import ModelRepository
 from serving.servable import DEFAULT_SIGNATURE, Servable
 
@@ -163,11 +165,35 @@ class Services(
         reload_config: Callable[[model_server_config_pb2.ModelServerConfig], None],
         batcher: Batcher | None = None,
         method_check: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repository = repository
         self.reload_config = reload_config
         self.batcher = batcher
         self.method_check = method_check
+        self.metrics = metrics or Metrics()
+
+    def _measured(
+        self, api: str, model: str, context: grpc.ServicerContext, work: Callable[[], Any]
+    ) -> Any:
+        """_answer, counted and timed as prediction_service_impl.cc does (entrypoint GRPC)."""
+        started, status = time.perf_counter(), ["OK"]
+
+        def watched() -> Any:
+            try:
+                return work()
+            except ServingError as error:
+                status[0] = error.code
+                raise
+            except Exception as exc:
+                status[0] = from_exception(exc).code
+                raise
+
+        try:
+            return self._answer(context, watched)
+        finally:
+            seconds = time.perf_counter() - started
+            self.metrics.observe(model, api, status[0], seconds, entrypoint="GRPC")
 
     # ---------------------------------------------------------------- helpers
     def _answer(self, context: grpc.ServicerContext, work: Callable[[], Any]) -> Any:
@@ -203,7 +229,8 @@ class Services(
 
     # ------------------------------------------------------- PredictionService
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> Any:
-        return self._answer(context, lambda: self._predict(request))
+        model = request.model_spec.name
+        return self._measured("Predict", model, context, lambda: self._predict(request))
 
     def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         if not request.HasField("model_spec"):
@@ -260,7 +287,7 @@ class Services(
             )
             return response
 
-        return self._answer(context, work)
+        return self._measured("Classify", request.model_spec.name, context, work)
 
     def Regress(
         self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
@@ -279,7 +306,7 @@ class Services(
             )
             return response
 
-        return self._answer(context, work)
+        return self._measured("Regress", request.model_spec.name, context, work)
 
     def GetModelMetadata(
         self,

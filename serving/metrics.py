@@ -4,11 +4,12 @@ As TF Serving's own page (tensorflow_serving/util/prometheus_exporter.cc, the me
 servables/tensorflow/util.cc, recorded by model_servers/http_server.cc), so dashboards and
 alerts built on the real server work on this one:
 
-- :tensorflow:serving:request_count{model_name, status}: every REST API call, status the
-  canonical code name (OK, NOT_FOUND, INVALID_ARGUMENT, ...);
-- :tensorflow:serving:request_latency{model_name, API, entrypoint="REST"}: microseconds,
-  successful calls only; API is the POST verb (predict, classify, regress), empty for GET
-  (metadata, status), as http_rest_api_handler.cc leaves it; buckets
+- :tensorflow:serving:request_count{model_name, status}: every REST API call and every
+  gRPC Predict, Classify and Regress, status the canonical code name (OK, NOT_FOUND, ...);
+- :tensorflow:serving:request_latency{model_name, API, entrypoint}: microseconds,
+  successful calls only; over REST, API is the POST verb (predict, classify, regress), empty
+  for GET (metadata, status), as http_rest_api_handler.cc leaves it; over gRPC the method
+  (Predict, Classify, Regress) and entrypoint GRPC; buckets
   Buckets::Exponential(10, 1.8, 33) with TF's "below the limit" rule;
 - dev_model_server_model_version_state: the development server's alone.
 
@@ -31,8 +32,14 @@ VERSION_STATE = "dev_model_server_model_version_state"
 # monitoring::Buckets::Exponential(10, 1.8, 33): 10 * 1.8**i microseconds, i < 33 (about
 # 20 minutes), then DBL_MAX, exposed as +Inf.
 LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))  # as TF: each limit 1.8 times the last
-# The API label of a GET: TF Serving's handler names only the POST verbs.
-API_OF = {"predict": "predict", "classify": "classify", "regress": "regress"}
+# The API label of a REST call: TF Serving's handler names only the POST verbs (a GET's is
+# empty); gRPC's are the method names (prediction_service_impl.cc: Predict, ...).
+API_OF = {
+    "predict": "predict",
+    "classify": "classify",
+    "regress": "regress",
+    **{name: name for name in ("Predict", "Classify", "Regress")},
+}
 
 
 @dataclass
@@ -59,17 +66,20 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], int] = {}
-        self._latency: dict[tuple[str, str], _Histogram] = {}
+        self._latency: dict[tuple[str, str, str], _Histogram] = {}
 
-    def observe(self, model: str, api: str, status: str, seconds: float) -> None:
-        """Record one REST API call (model '' when the path named none), as
-        http_server.cc does: counted always, its latency only when it succeeded."""
+    def observe(
+        self, model: str, api: str, status: str, seconds: float, entrypoint: str = "REST"
+    ) -> None:
+        """Record one API call (model '' when it named none), as http_server.cc and
+        prediction_service_impl.cc do: counted always, its latency only when it succeeded."""
         with self._lock:
             key = (model, status)
             self._counts[key] = self._counts.get(key, 0) + 1
             if status != "OK":
                 return
-            histogram = self._latency.setdefault((model, API_OF.get(api, "")), _Histogram())
+            latency_key = (model, API_OF.get(api, ""), entrypoint)
+            histogram = self._latency.setdefault(latency_key, _Histogram())
             # tensorflow::histogram::Histogram::Add: the first bucket whose limit is above.
             histogram.buckets[bisect.bisect_right(LATENCY_BUCKETS_US, seconds * 1e6)] += 1
             histogram.total += seconds * 1e6
@@ -92,8 +102,8 @@ class Metrics:
             "Tensorflow Serving request.",
             f"# TYPE {REQUEST_LATENCY} histogram",
         ]
-        for (model, api), histogram in sorted(latency.items()):
-            base = [("model_name", model), ("API", api), ("entrypoint", "REST")]
+        for (model, api, entrypoint), histogram in sorted(latency.items()):
+            base = [("model_name", model), ("API", api), ("entrypoint", entrypoint)]
             cumulative = 0
             bounds = [_number(b) for b in LATENCY_BUCKETS_US] + ["+Inf"]
             for bound, count in zip(bounds, histogram.buckets, strict=True):

@@ -255,6 +255,7 @@ class ModelServer:
             self.reload_config_proto,
             self._batcher,
             method_check=self.options.enable_signature_method_name_check,
+            metrics=self.metrics,
         )
         try:
             return GrpcServer(

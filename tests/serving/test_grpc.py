@@ -549,3 +549,31 @@ def test_grpc_tensor_round_trip_of_other_dtypes():
     empty = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
     empty.tensor_shape.dim.add(size=3)
     assert tensor_from_proto("x", empty).tolist() == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------ metrics
+def metric_values(server: ModelServer) -> dict[str, float]:
+    page = server.metrics.render(server.repository.all_states())
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith(":tensorflow:serving:")
+    }
+
+
+def test_grpc_calls_are_counted_and_timed_as_tf_serving_does(grpc_served, predictions):
+    """prediction_service_impl.cc: RecordModelRequestCount for every Predict, and
+    RecordRequestLatency(API "Predict", entrypoint "GRPC") for the ones that succeed."""
+    before = metric_values(grpc_served)
+    predictions.Predict(predict_request(255, label="stable"), timeout=10)
+    rpc_error(predictions.Predict, predict_request(255, version=9))
+    after = metric_values(grpc_served)
+
+    def grew(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew(':tensorflow:serving:request_count{model_name="mnist",status="OK"}') == 1
+    assert grew(':tensorflow:serving:request_count{model_name="mnist",status="NOT_FOUND"}') == 1
+    grpc = 'model_name="mnist",API="Predict",entrypoint="GRPC"'
+    assert grew(f":tensorflow:serving:request_latency_count{{{grpc}}}") == 1
+    assert grew(f':tensorflow:serving:request_latency_bucket{{{grpc},le="+Inf"}}') == 1

@@ -123,6 +123,24 @@ def hidpi_page(playwright_driver, page_url, request) -> Iterator[Page]:
         chromium.close()
 
 
+@pytest.fixture
+def clocked_page(playwright_driver, page_url, request) -> Iterator[Page]:
+    """The page in a browser of its own on Playwright's paused fake clock (a clock is installed
+    for a whole browser context, and the session's is shared): time moves only by run_for."""
+    chromium = playwright_driver.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+    )
+    context = chromium.new_context(viewport=DESKTOP, locale="en-US", timezone_id="UTC")
+    context.set_default_timeout(15_000)
+    context.clock.install(time=0)
+    context.clock.pause_at(1000)
+    try:
+        yield from open_page(context, page_url, request)
+    finally:
+        context.close()
+        chromium.close()
+
+
 @pytest.fixture(scope="module")
 def protected_url(model_server, tmp_path_factory) -> Iterator[str]:
     """The function with API_TOKEN set and PREDICT_REQUIRES_TOKEN: nothing but the page is open."""
@@ -368,6 +386,74 @@ def test_a_pause_after_drawing_recognizes_it_without_a_press(page):
     assert submitted(page, lambda: page.click("#send"))["digit"] == 7  # pressed before the pause
     page.wait_for_timeout(1000)
     assert len(sent) == 2, "the press and the pause both sent the drawing"
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_an_answer_to_an_unfinished_drawing_is_provisional_until_the_pad_is_left_alone(
+    clocked_page, viewport
+):
+    """A person lifts the pen for a second mid-digit (issue 29): the pause's answer to the half
+    drawn three is shown muted, "so far", never as recognized; the whole three's answer is
+    shown in full once the pad has been left alone for 2 s. Time is Playwright's fake clock,
+    so the machine's load cannot decide what is provisional."""
+    page = clocked_page
+    page.set_viewport_size(viewport)
+    answer = page.locator("#answer")
+
+    def after_the_pause() -> dict[str, Any]:
+        return submitted(page, lambda: page.clock.run_for(700))
+
+    draw(page, THREE[:1])  # the top half of a three, then the pen is lifted
+    after_the_pause()
+    expect(answer).to_have_class(re.compile(r"\bprovisional\b"))
+    expect(page.locator("#headline")).to_have_text(re.compile(r"^So far it looks like \d"))
+    expect(page.locator("#status")).not_to_contain_text("Recognized")
+    if viewport is PHONE:
+        expect(page.locator("#peek-text")).to_have_text(re.compile(r"^So far: \d"))
+    page.clock.run_for(300)  # a second after the lift, the pen comes down again
+
+    draw(page, THREE[1:])
+    assert after_the_pause()["digit"] == 3
+    expect(answer).to_have_class(re.compile(r"\bprovisional\b"))
+    page.clock.run_for(1299)
+    expect(answer).to_have_class(re.compile(r"\bprovisional\b"))
+    page.clock.run_for(1)  # 2 s after the last stroke: settled
+    expect(answer).not_to_have_class(re.compile(r"\bprovisional\b"))
+    expect(page.locator("#headline")).to_have_text(re.compile(r"^Recognized 3 with"))
+    expect(page.locator("#status")).to_contain_text("Recognized 3 with")
+    if viewport is PHONE:
+        expect(page.locator("#peek-text")).to_have_text(re.compile(r"^Recognized 3 with"))
+
+
+def test_a_pressed_send_is_never_provisional(clocked_page):
+    page = clocked_page
+    draw(page, THREE)
+    submitted(page, lambda: page.click("#send"))
+    expect(page.locator("#answer")).not_to_have_class(re.compile(r"\bprovisional\b"))
+    expect(page.locator("#status")).to_contain_text("Recognized 3 with")
+
+
+def test_the_drawing_is_sent_at_once_even_if_the_browser_defers_to_blob(page):
+    """Chromium may put canvas.toBlob off for seconds (issue 29): the page encodes the drawing
+    itself, so a toBlob that never calls back does not hold it up. What is sent is a 280x280
+    grey PNG of exactly the pad's drawing."""
+    page.evaluate("HTMLCanvasElement.prototype.toBlob = function () {}")
+    bodies = sent_bodies(page)
+    draw(page, SEVEN)
+    assert submitted(page, lambda: page.click("#send"))["digit"] == 7
+    sent = Image.open(io.BytesIO(bodies[0]))
+    assert (sent.format, sent.mode, sent.size) == ("PNG", "L", (280, 280))
+    drawn = page.evaluate(
+        """() => {
+            const picture = document.createElement("canvas");
+            picture.width = picture.height = 280;
+            paintDrawing(picture);
+            return Array.from(picture.getContext("2d").getImageData(0, 0, 280, 280).data
+                .filter((_, i) => i % 4 === 0));
+        }"""
+    )
+    assert sent.tobytes() == bytes(drawn)
+    assert min(drawn) == 0 and max(drawn) == 255
 
 
 def test_a_newer_drawing_supersedes_the_one_in_flight(page):

@@ -2,7 +2,7 @@
 
 A correction is a person's claim about an upload (README, "Corrections"): the 28x28 input
 the model saw, and the digit it really was, or None for "not a digit". Read from SQLite
-(the file, read-only) or Cassandra (day partitions, newest first, over a window of days).
+(the file, read-only) or Cassandra (its corrections table, over a window of days).
 The same 28x28 input counts once, with its latest correction, however many uploads carried
 it (other trailing bytes, another encoding): one person cannot outweigh the rest by
 sending an image again and again.
@@ -15,7 +15,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +41,11 @@ def from_sqlite(path: Path) -> list[Correction]:
         columns = {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
         if "feedback_at_ms" not in columns:
             return []  # a log from before corrections existed
+        unexpired = " AND expires_at_ms > ?" if "expires_at_ms" in columns else ""
         rows = connection.execute(
             "SELECT upload_sha256, input_image, feedback_digit, feedback_at_ms, digit "
-            "FROM predictions WHERE feedback_at_ms IS NOT NULL"
+            f"FROM predictions WHERE feedback_at_ms IS NOT NULL{unexpired}",
+            (int(datetime.now(UTC).timestamp() * 1000),) if unexpired else (),
         ).fetchall()
     finally:
         connection.close()
@@ -54,36 +56,33 @@ def from_sqlite(path: Path) -> list[Correction]:
 
 
 def from_cassandra(days: int, now: datetime | None = None) -> list[Correction]:
-    """Corrected records of the last `days` UTC days, through the function's CASSANDRA_*
-    settings. Each day is one partition read in pages; only corrected rows are kept."""
-    from recognizer.cassandra_store import TABLE, CassandraSettings, build_cluster
+    """Corrections of the records of the last `days` UTC days, through the function's
+    CassandraStore (CASSANDRA_* settings): the corrections table, one partition per day,
+    then each corrected record by its id. The reads follow the corrections, never the
+    records' volume; an erased record has no correction left to read."""
+    from recognizer.cassandra_store import CassandraStore
 
-    settings = CassandraSettings.from_env()
-    cluster = build_cluster(settings)
+    store = CassandraStore.from_env()
     try:
-        session = cluster.connect()
-        query = session.prepare(
-            "SELECT upload_sha256, input_image, feedback_digit, feedback_at, digit "
-            f"FROM {settings.keyspace}.{TABLE} WHERE day = ?"
-        )
-        today = (now or datetime.now(UTC)).date()
+        today = (now or datetime.now(UTC)).astimezone(UTC)
+        since = datetime.combine(today.date() - timedelta(days=days - 1), time(), UTC)
         found = []
-        for back in range(days):
-            for row in session.execute(query, (today - timedelta(days=back),)):
-                if row["feedback_at"] is not None:
-                    at = row["feedback_at"].replace(tzinfo=UTC)
-                    found.append(
-                        _correction(
-                            row["upload_sha256"],
-                            row["input_image"],
-                            row["feedback_digit"],
-                            at,
-                            row["digit"],
-                        )
-                    )
+        for row in store.corrections(since):
+            record = store.get(row["id"], upload=False)
+            if record is None or record.feedback is None:
+                continue  # expired or erased since
+            found.append(
+                _correction(
+                    record.upload.sha256,
+                    record.input_image,
+                    record.feedback.digit,
+                    record.feedback.created_at,
+                    record.digit,
+                )
+            )
         return found
     finally:
-        cluster.shutdown()
+        store.close()
 
 
 def _correction(

@@ -24,7 +24,9 @@ library are imported: this ships in the light function.
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
+import math
 import os
 import re
 import ssl
@@ -33,7 +35,8 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -52,6 +55,7 @@ from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import ErrorMessage
 from cassandra.query import UNSET_VALUE, PreparedStatement, dict_factory
 
+from recognizer import tallies
 from recognizer.config import CassandraSettings
 from recognizer.records import (
     IDEMPOTENCY_WINDOW_SECONDS,
@@ -62,6 +66,7 @@ from recognizer.records import (
     Retention,
     StoreUnavailable,
     Upload,
+    first_id_of,
     order_key,
     time_of,
     without_upload,
@@ -75,6 +80,7 @@ TABLE = "records"
 UPLOADS_TABLE = "uploads"
 BUCKETS_TABLE = "record_buckets"
 CORRECTIONS_TABLE = "corrections"
+COUNTS_TABLE = "version_counts"
 LAYOUT_TABLE = "store_layout"
 IDEMPOTENCY_TABLE = "idempotency_keys"
 
@@ -135,6 +141,8 @@ CONNECT_RETRY_SECONDS = 1.0
 # to 10 minutes and stops after 64 attempts: the function then needed a restart).
 RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 5.0
 MAX_RECENT = 10_000
+FLUSH_SECONDS = 1.0  # a process writes its per-version counts at most this often
+_COUNTED_KEPT = 200_000  # ids a process remembers having counted
 _NEWEST = uuid.UUID(fields=(0xFFFFFFFF, 0xFFFF, 0x1FFF, 0x80, 0x00, 0))  # after every id
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -262,6 +270,44 @@ def _describe(exc: BaseException) -> str:
     return _ADDRESS.sub("<node>", f"{type(exc).__name__}: {exc}")
 
 
+@dataclass
+class _Counts:
+    """This process's per-(hour, version) totals (tallies.py), and which changed."""
+
+    writer: uuid.UUID = field(default_factory=uuid.uuid1)
+    totals: dict[tuple[datetime, int], tallies.Tally] = field(default_factory=dict)
+    dirty: set[tuple[datetime, int]] = field(default_factory=set)
+    counted: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
+    flushed_at: float = -math.inf
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, records: Sequence[Record]) -> None:
+        with self.lock:
+            for record in records:
+                if record.id in self.counted or record.pinned:
+                    continue  # a pinned request chose its version: no evidence of a split
+                self.counted[record.id] = None
+                if len(self.counted) > _COUNTED_KEPT:
+                    self.counted.popitem(last=False)
+                key = (tallies.hour_of(record.created_at), record.model_version)
+                self.totals.setdefault(key, tallies.Tally()).add(record)
+                self.dirty.add(key)
+
+    def take(self, now: float, force: bool) -> list[tuple[tuple[datetime, int], tallies.Tally]]:
+        """The changed totals (copies) when a flush is due; they count as written."""
+        with self.lock:
+            if not self.dirty or (not force and now - self.flushed_at < FLUSH_SECONDS):
+                return []
+            self.flushed_at = now
+            taken = [(key, copy.deepcopy(self.totals[key])) for key in sorted(self.dirty)]
+            self.dirty.clear()
+            return taken
+
+    def again(self, keys: Iterable[tuple[datetime, int]]) -> None:
+        with self.lock:
+            self.dirty.update(keys)
+
+
 def _read_layout(session: Any, keyspace: str) -> tuple[Layout, bool]:
     """The keyspace's layout, and whether the released layout must still be read."""
     rows = {
@@ -295,6 +341,7 @@ class _Connection:
     claim: PreparedStatement
     pid: int
     indexed: set[tuple[datetime, int]] = field(default_factory=set)  # partitions in the index
+    counts: _Counts = field(default_factory=lambda: _Counts())
     release: PreparedStatement | None = None  # prepared on first use: refusals are rare
     correct: PreparedStatement | None = None  # so are corrections
 
@@ -392,13 +439,22 @@ class CassandraStore:
                 "select_buckets": f"SELECT bucket, shard FROM {ks}.{BUCKETS_TABLE} "
                 "WHERE day = ? AND bucket <= ?",
                 "insert_correction": f"INSERT INTO {ks}.{CORRECTIONS_TABLE} (day, id, "
-                "model_version, digit, verdict, feedback_digit, feedback_at, client_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+                "model_version, digit, verdict, feedback_digit, feedback_at, client_key, pinned) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
                 "delete_record": f"DELETE FROM {ks}.{TABLE} WHERE bucket = ? AND shard = ? "
                 "AND id = ?",
                 "delete_upload": f"DELETE FROM {ks}.{UPLOADS_TABLE} WHERE id = ?",
                 "delete_correction": f"DELETE FROM {ks}.{CORRECTIONS_TABLE} "
                 "WHERE day = ? AND id = ?",
+                "select_counts": "SELECT model_version, requests, labels, verdicts, "
+                f"confidence_sum, confidence_bins, latency_bins, digits FROM {ks}.{COUNTS_TABLE} "
+                "WHERE day = ? AND hour >= ?",
+                "select_corrections": "SELECT id, model_version, digit, verdict, feedback_digit, "
+                f"feedback_at, client_key, pinned FROM {ks}.{CORRECTIONS_TABLE} "
+                "WHERE day = ? AND id >= ?",
+                "insert_counts": f"INSERT INTO {ks}.{COUNTS_TABLE} (day, hour, model_version, "
+                "writer, requests, labels, verdicts, confidence_sum, confidence_bins, "
+                "latency_bins, digits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
             }
             if legacy:
                 queries |= {
@@ -491,13 +547,15 @@ class CassandraStore:
                 if len(conn.indexed) > 100_000:  # old buckets: never written to again
                     conn.indexed.clear()
                 conn.indexed.update(new_partitions)
-                failures = self._write_records(conn, records, keep)
+                failures, written = self._write_records(conn, records, keep)
+                conn.counts.add(written)
+                self._flush_counts(conn)
             if failures:
                 raise StoreUnavailable(_unrecorded(failures, len(records))) from failures[0]
 
     def _write_records(
         self, conn: _Connection, records: Sequence[Record], keep: int
-    ) -> list[BaseException]:
+    ) -> tuple[list[BaseException], list[Record]]:
         """Each upload, then the records whose upload is written (or was not kept): a record
         is never found without the upload it says is kept. One failure per record at most."""
         kept = [r for r in records if r.upload.content is not None]
@@ -512,9 +570,45 @@ class CassandraStore:
             conn.insert.bind([*(unset if v is None else v for v in self._values(conn, r)), keep])
             for r in ready
         ]
-        return [f for f in failed.values() if f is not None] + [
-            f for f in self._write_all(conn, inserts) if f is not None
+        results = self._write_all(conn, inserts)
+        written = [r for r, f in zip(ready, results, strict=True) if f is None]
+        failures = [f for f in failed.values() if f is not None]
+        return failures + [f for f in results if f is not None], written
+
+    def _flush_counts(self, conn: _Connection, force: bool = False) -> None:
+        """Upsert this process's changed per-version totals (at most once a second unless
+        forced). A failure keeps them for the next flush: the save itself stands."""
+        taken = conn.counts.take(time.monotonic(), force)
+        if not taken:
+            return
+        ttl = self.retention.records_seconds
+        statements = [
+            conn.insert_counts.bind(
+                (
+                    hour.date(),
+                    hour,
+                    version,
+                    conn.counts.writer,
+                    t.requests,
+                    dict(t.labels),
+                    dict(t.verdicts),
+                    t.confidence_sum,
+                    t.confidence_bins,
+                    t.latency_bins,
+                    t.digits,
+                    ttl,
+                )
+            )
+            for (hour, version), t in taken
         ]
+        try:
+            results = self._write_all(conn, statements)
+        except StoreUnavailable as error:
+            results = [error] * len(statements)
+        failed = [key for (key, _), f in zip(taken, results, strict=True) if f is not None]
+        if failed:
+            conn.counts.again(failed)
+            _log.warning("could not write %d per-version counts; kept for the next", len(failed))
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -617,6 +711,7 @@ class CassandraStore:
                     feedback.digit,
                     feedback.created_at,
                     feedback.client_key,
+                    record.pinned,
                     ttl,
                 ),
                 action="correction",
@@ -784,7 +879,45 @@ class CassandraStore:
             conn, self._conn, self._closed = self._conn, None, True
         atexit.unregister(self.close)
         if conn is not None and conn.pid == os.getpid():
+            self._flush_counts(conn, force=True)
             conn.cluster.shutdown()
+
+    # -- reads for the rollout tool and training ----------------------------------------
+
+    def version_tallies(self, since: datetime) -> dict[int, tallies.Tally]:
+        """Each version's totals over the hours from `since`'s to now: one partition per
+        UTC day, hours x versions x writers rows (the hour of `since` counts whole)."""
+        conn = self._connection()
+        start = tallies.hour_of(since)
+        result: dict[int, tallies.Tally] = {}
+        day = start.date()
+        while day <= self._clock().astimezone(UTC).date():
+            for row in self._query(conn, conn.select_counts, (day, start)):
+                result.setdefault(row["model_version"], tallies.Tally()).merge(
+                    tallies.Tally(
+                        row["requests"],
+                        Counter(row["labels"] or {}),
+                        Counter(row["verdicts"] or {}),
+                        row["confidence_sum"],
+                        list(row["confidence_bins"]),
+                        list(row["latency_bins"]),
+                        list(row["digits"]),
+                    )
+                )
+            day += timedelta(days=1)
+        return result
+
+    def corrections(self, since: datetime) -> list[dict[str, Any]]:
+        """The corrections of records made from `since` on, by the records' days: a read
+        as long as the corrections, not the records (training --from-store, analysis)."""
+        conn = self._connection()
+        low = first_id_of(since)
+        found: list[dict[str, Any]] = []
+        day = since.astimezone(UTC).date()
+        while day <= self._clock().astimezone(UTC).date():
+            found += self._query(conn, conn.select_corrections, (day, low))
+            day += timedelta(days=1)
+        return found
 
     # -- rows -------------------------------------------------------------------------
 

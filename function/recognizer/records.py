@@ -131,6 +131,14 @@ def without_upload(record: Record) -> Record:
     return replace(record, upload=replace(record.upload, content=None, stored=record.upload.kept))
 
 
+def first_id_of(moment: datetime) -> uuid.UUID:
+    """The first timeuuid of `moment`'s millisecond in Cassandra's order (its minTimeuuid):
+    every id of that millisecond or later sorts at or after it."""
+    ticks = (moment - _UUID_EPOCH) // timedelta(milliseconds=1) * 10_000
+    fields = (ticks & 0xFFFFFFFF, (ticks >> 32) & 0xFFFF, (ticks >> 48) & 0x0FFF | 0x1000)
+    return uuid.UUID(fields=(*fields, 0x80, 0x80, 0x808080808080))
+
+
 def time_of(record_id: uuid.UUID) -> datetime:
     """The UTC time inside a version-1 UUID, to the millisecond."""
     if record_id.version != 1:

@@ -1,4 +1,7 @@
-"""Local Apache Cassandra: `python -m infra.cassandra fetch|run` (the README, Cassandra).
+"""Local Apache Cassandra: `python -m infra.cassandra fetch|run|migrate` (the README, Cassandra).
+
+`migrate` copies the released layout into the new tables of a running deployment
+(infra/cassandra/migrate.py).
 
 `run` starts 1 or 3 nodes, applies infra/cassandra/schema.cql (replication factor = nodes),
 prints the contact points, and stays in the foreground until Ctrl-C or SIGTERM, when it
@@ -19,6 +22,7 @@ from types import FrameType
 from recognizer.cassandra_store import DRIVER_ERRORS, CassandraSettings
 from recognizer.env import Reader, SettingsError
 
+from . import migrate
 from .apply_schema import SCHEMA, apply, render, split_statements
 from .local import (
     DATACENTER,
@@ -122,7 +126,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     start.add_argument("--keyspace", default="mnist")
     start.add_argument("--test", action="store_true", help="no fsync: for data nobody keeps")
     start.add_argument("--ready-file", type=Path, help="written with the contact points once ready")
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "migrate",
+        help="copy the released layout into the new tables (CASSANDRA_*; --help for more)",
+        add_help=False,
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "migrate":
+        return migrate.main(rest, env)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         java_executable(env)
         lib = cassandra_lib(env)

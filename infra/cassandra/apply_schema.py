@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cassandra import OperationTimedOut
+from cassandra.cluster import NoHostAvailable
+
 from recognizer.cassandra_store import DRIVER_ERRORS, CassandraSettings, build_cluster
 
 SCHEMA = Path(__file__).with_name("schema.cql")
@@ -148,10 +151,28 @@ def apply(
         coordinator = cluster.get_control_connection_host()
         for statement in statements:
             report(statement.splitlines()[0] + (" ..." if "\n" in statement else ""))
-            # DDL waits for schema agreement
-            session.execute(statement, timeout=timeout, host=coordinator)
+            _execute(session, statement, timeout, coordinator, report)
     finally:
         cluster.shutdown()
+
+
+def _execute(
+    session: Any, statement: str, timeout: float, host: Any, report: Callable[[str], None]
+) -> None:
+    """Run one statement (DDL waits for schema agreement), again while the coordinator is
+    marked down or the request times out, within `timeout`: a node of a loaded machine
+    misses heartbeats for a while (seen on a three-node ring on 2 cores). Every statement
+    of the schema is IF NOT EXISTS, so running one again is safe."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            session.execute(statement, timeout=timeout, host=host)
+            return
+        except (NoHostAvailable, OperationTimedOut) as exc:
+            if time.monotonic() >= deadline:
+                raise
+            report(f"Cassandra did not answer ({type(exc).__name__}); trying again")
+            time.sleep(2.0)
 
 
 def _replication_arg(text: str) -> str:

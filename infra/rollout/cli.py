@@ -259,7 +259,7 @@ def status(deployment: Deployment, args: argparse.Namespace) -> str:
     try:
         source, figures = _window_figures(args)
     except RolloutError as error:
-        source, figures = _log_reader(args)[0], str(error)
+        source, figures = _log_source(args), str(error)
     text = report.render_status(
         report.StatusFacts(
             model=deployment.model,
@@ -341,14 +341,16 @@ def analyze(deployment: Deployment, args: argparse.Namespace) -> int:
 def _window_figures(args: argparse.Namespace) -> tuple[str, list[figures.VersionFigures]]:
     """Where the store is read from, and its figures per version over the window."""
     since = datetime.now(UTC) - timedelta(hours=args.window_hours)
-    source, read_rows = _log_reader(args)
-    return source, figures.summarize(read_rows(since), args.low_confidence)
-
-
-def _log_reader(args: argparse.Namespace) -> tuple[str, Callable[[datetime], list]]:
     if args.store == "cassandra":
-        return "Cassandra (CASSANDRA_* settings)", figures.cassandra_rows
-    return f"SQLite {args.sqlite}", lambda since: figures.sqlite_rows(args.sqlite, since)
+        return _log_source(args), figures.cassandra_figures(since, args.low_confidence)
+    rows = figures.sqlite_rows(args.sqlite, since)
+    return _log_source(args), figures.summarize(rows, args.low_confidence)
+
+
+def _log_source(args: argparse.Namespace) -> str:
+    if args.store == "cassandra":
+        return "Cassandra (CASSANDRA_* settings)"
+    return f"SQLite {args.sqlite}"
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:

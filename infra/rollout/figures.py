@@ -12,13 +12,9 @@ version's accuracy over all its answers: it compares versions that are corrected
 same way (same page, traffic split at random), it does not measure either one alone.
 
 Reading: SQLite directly (read-only). Cassandra through the function's own
-`CassandraStore.recent`, which reads day partitions newest first, at most
-`CASSANDRA_RECENT_LOOKBACK_DAYS` of them and 10,000 records. For longer windows or
-bigger volumes run the equivalent query per day in the window, e.g. in cqlsh:
-
-    SELECT model_version, model_label, confidence, latency_ms, verdict, digit, feedback_digit,
-           feedback_at FROM mnist.predictions
-     WHERE day = '2026-11-23' AND id >= minTimeuuid('2026-11-23 08:00:00+0000');
+`CassandraStore`: the per-version counts each function keeps by hour (version_counts,
+recognizer/tallies.py) and the corrections table, never the records, so a version's
+figures cover all its traffic in the window at a cost set by the window's hours.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ from pathlib import Path
 
 from infra.rollout import stats
 from infra.rollout.errors import RolloutError
-from recognizer import drift
+from recognizer import drift, tallies
 
 PINNED = "(pinned)"  # how a record without a label (a pinned version) is counted
 NOT_A_DIGIT = "not_a_digit"
@@ -176,29 +172,61 @@ def sqlite_rows(path: Path, since: datetime) -> list[Row]:
     ]
 
 
-def cassandra_rows(since: datetime) -> list[Row]:
-    """Records at or after `since` through the function's CassandraStore (CASSANDRA_* settings)."""
-    from recognizer.cassandra_store import MAX_RECENT, CassandraStore
+def from_tallies(
+    counts: dict[int, tallies.Tally], corrected: Iterable[Row], low_confidence: float
+) -> list[VersionFigures]:
+    """Figures per version from its per-hour counts (recognizer/tallies.py) and its
+    corrected records; latency percentiles are read from the counts' bins (within 10%)."""
+    by_version: dict[int, list[Row]] = {}
+    for row in corrected:
+        by_version.setdefault(row.version, []).append(row)
+    total = sum(t.requests for t in counts.values())
+    return [
+        VersionFigures(
+            version=version,
+            requests=t.requests,
+            share=t.requests / total,
+            by_label={label or PINNED: n for label, n in t.labels.most_common()},
+            mean_confidence=t.confidence_sum / t.requests,
+            low_confidence=t.below(low_confidence),
+            latency_p50_ms=t.latency_percentile(50),
+            latency_p99_ms=t.latency_percentile(99),
+            verdicts=dict(t.verdicts),
+            corrected=len(by_version.get(version, [])),
+            right=sum(is_right(r) for r in by_version.get(version, [])),
+            drift_counts=tallies.answer_counts(t),
+        )
+        for version, t in sorted(counts.items())
+        if t.requests
+    ]
+
+
+def cassandra_figures(since: datetime, low_confidence: float) -> list[VersionFigures]:
+    """Per-version figures through the function's CassandraStore (CASSANDRA_* settings):
+    the per-hour counts from `since`'s hour on and the corrections of records made since,
+    never the records themselves, so the cost follows the window's hours, not its traffic."""
+    from recognizer.cassandra_store import CassandraStore
     from recognizer.records import StoreUnavailable
 
     store = CassandraStore.from_env()
     try:
-        records = store.recent(MAX_RECENT)
+        counts = store.version_tallies(since)
+        corrections = store.corrections(since)
     except StoreUnavailable as error:
         raise RolloutError(str(error)) from None
     finally:
         store.close()
-    return [
+    corrected = [
         Row(
-            r.model_version,
-            r.model_label,
-            r.confidence,
-            r.latency_ms,
-            None if r.verdict is None else r.verdict.kind,
-            r.digit,
-            r.feedback is not None,
-            None if r.feedback is None else r.feedback.digit,
+            c["model_version"],
+            None,
+            0.0,
+            0.0,
+            c["verdict"],
+            c["digit"],
+            True,
+            c["feedback_digit"],
         )
-        for r in records
-        if r.created_at >= since
+        for c in corrections
     ]
+    return from_tallies(counts, corrected, low_confidence)

@@ -24,8 +24,15 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import WhiteListRoundRobinPolicy
 
 from infra.cassandra.__main__ import apply_local_schema
+from infra.cassandra.apply_schema import SCHEMA, apply, render, split_statements
 from infra.cassandra.local import LocalCluster, on_free_ports
-from recognizer.cassandra_store import CassandraSettings, CassandraStore, build_cluster, day_of
+from recognizer.cassandra_store import (
+    CassandraSettings,
+    CassandraStore,
+    Layout,
+    build_cluster,
+)
+from recognizer.records import order_key
 from tests.conftest import ROOT
 from tests.support.cassandra import start_test_node
 from tests.support.function_server import running_function
@@ -149,15 +156,25 @@ def held_by(ring: LocalCluster, index: int, ids: list[str]) -> set[str]:
     )
     try:
         session = cluster.connect()
-        select = session.prepare(f"SELECT id FROM {KEYSPACE}.predictions WHERE day = ? AND id = ?")
+        select = session.prepare(
+            f"SELECT id FROM {KEYSPACE}.records WHERE bucket = ? AND shard = ? AND id = ?"
+        )
+        layout = layout_of(session, KEYSPACE)
         found = set()
         for record_id in ids:
             key = uuid.UUID(record_id)
-            if session.execute(select, (day_of(key), key)).one() is not None:
+            if session.execute(select, (*layout.key(key), key)).one() is not None:
                 found.add(record_id)
         return found
     finally:
         cluster.shutdown()
+
+
+def layout_of(session, keyspace: str) -> Layout:
+    row = session.execute(
+        f"SELECT shards, bucket_seconds FROM {keyspace}.store_layout WHERE name = 'records'"
+    ).one()
+    return Layout(row.shards, row.bucket_seconds)
 
 
 def wait_for_hints_delivered(ring: LocalCluster, indexes: tuple[int, ...]) -> float:
@@ -262,3 +279,96 @@ def test_the_driver_routes_each_query_to_a_replica_of_its_partition(ring, settin
         assert len({str(h) for h in cluster.metadata.all_hosts()}) == 3
     finally:
         cluster.shutdown()
+
+
+# -- the spread of writes over the ring (#22) -----------------------------------------------
+
+SPREAD_KEYSPACE = "spread"
+SPREAD_PREDICTIONS = 3000
+SPREAD_BATCH = 20  # images per request
+SPREAD_SHARE_LIMIT = 0.40
+
+
+def writes_by_node(ring: LocalCluster, keyspace: str) -> dict[str, int]:
+    """Each node's count of local writes to the keyspace's tables, from its own
+    system_views.local_write_latency (a virtual table: every node answers for itself)."""
+    counts = {}
+    for index, node in enumerate(ring.members, start=1):
+        profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([node.address]))
+        cluster = Cluster(
+            [node.address],
+            port=node.native_port,
+            protocol_version=5,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        )
+        try:
+            rows = cluster.connect().execute(
+                "SELECT table_name, count FROM system_views.local_write_latency "
+                "WHERE keyspace_name = %s",
+                (keyspace,),
+            )
+            counts[f"node{index}"] = sum(row.count for row in rows)
+        finally:
+            cluster.shutdown()
+    return counts
+
+
+def test_a_days_writes_at_rf1_spread_over_every_node_and_the_history_stays_whole(
+    ring, model_server, tmp_path_factory
+) -> None:
+    """The issue's operator check: three nodes, the keyspace at replication factor 1 (each
+    write lands on the one node that owns its partition), 3,000 predictions through the
+    function within one UTC day. The released layout put all 3,000 on one node."""
+    replication = "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}"
+    first = ring.members[0]
+    statements = render(
+        split_statements(SCHEMA.read_text(encoding="utf-8")),
+        keyspace=SPREAD_KEYSPACE,
+        replication=replication,
+    )
+    apply(
+        statements,
+        CassandraSettings(contact_points=((first.address, first.native_port),)),
+        wait=30.0,
+        report=lambda _: None,
+    )
+    before = writes_by_node(ring, SPREAD_KEYSPACE)
+    images = {"image": ("seven.png", SEVEN, "image/png")}
+    ids: list[str] = []
+    with running_function(
+        model_server,
+        tmp_path_factory.mktemp("spread") / "unused.sqlite3",
+        PREDICTION_STORE="cassandra",
+        CASSANDRA_CONTACT_POINTS=ring.contact_points,
+        CASSANDRA_KEYSPACE=SPREAD_KEYSPACE,
+        CASSANDRA_CONSISTENCY="ONE",
+        HISTORY_MAX_LIMIT="100",
+    ) as url:
+        session = requests.Session()
+        for _ in range(SPREAD_PREDICTIONS // SPREAD_BATCH):
+            files = [("image", images["image"])] * SPREAD_BATCH
+            answer = session.post(f"{url}/predict", files=files, timeout=60)
+            assert answer.status_code == 200, answer.text
+            ids += [p["id"] for p in answer.json()["predictions"]]
+        history, cursor, pages = [], None, 0
+        while True:
+            query = {"limit": 100, **({} if cursor is None else {"before": cursor})}
+            page = session.get(f"{url}/predictions", params=query, timeout=60).json()
+            history += [p["id"] for p in page["predictions"]]
+            cursor, pages = page["next"], pages + 1
+            if cursor is None:
+                break
+    after = writes_by_node(ring, SPREAD_KEYSPACE)
+    writes = {node: after[node] - before.get(node, 0) for node in after}
+    total = sum(writes.values())
+    shares = {node: round(count / total, 3) for node, count in writes.items()}
+    figures = {"predictions": len(ids), "writes_by_node": writes, "shares": shares}
+    REPORT.parent.mkdir(exist_ok=True)
+    (REPORT.parent / "ring-spread.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures))
+    assert len(set(ids)) == SPREAD_PREDICTIONS
+    assert total >= 2 * SPREAD_PREDICTIONS  # a record and its upload each, at least
+    assert max(shares.values()) <= SPREAD_SHARE_LIMIT, shares
+    # Newest first and complete: every id once, in timeuuid order, 30 pages of 100.
+    assert history == sorted(ids, key=lambda i: order_key(uuid.UUID(i)), reverse=True)
+    assert pages == SPREAD_PREDICTIONS // 100

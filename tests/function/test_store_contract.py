@@ -61,7 +61,9 @@ from recognizer.records import (
     Record,
     StoreUnavailable,
     new_record_id,
+    order_key,
     time_of,
+    without_upload,
 )
 from recognizer.sqlite_store import SqliteStore
 from recognizer.verdict import Verdict
@@ -654,6 +656,108 @@ def apply_schema(cassandra: Any, schema: str, keyspace: str) -> None:
     apply(statements, cassandra.settings(keyspace), report=lambda line: None, wait=30)
 
 
+# -- paging, erasure, the fields for per-client caps (#22) ---------------------------------------
+
+
+def all_pages(store: PredictionStore, limit: int) -> tuple[list[Record], int]:
+    """Every page from the newest on, following `next`; the records and the page count."""
+    records, cursor, pages = [], None, 0
+    while True:
+        page = store.page(limit, cursor)
+        records += page.records
+        pages += 1
+        assert len(page.records) <= limit
+        if page.next is None:
+            return records, pages
+        assert page.next == page.records[-1].id
+        cursor = page.next
+
+
+def test_pages_walk_the_history_newest_first_whole_and_once(backend: Backend) -> None:
+    store = backend.open(now=NOW)
+    minutes = [
+        make_record(at=NOW - timedelta(minutes=m, seconds=s)) for m in range(4) for s in (1, 2, 3)
+    ]
+    same_ms = [
+        make_record(digit=n, id=i, created_at=time_of(i))
+        for n, i in enumerate(ids_in_one_millisecond(4))
+    ]  # now, in the real clock's millisecond: newer than NOW
+    days = [make_record(at=NOW - timedelta(days=d, hours=2)) for d in (1, 2, 5)]
+    everything = sorted([*minutes, *same_ms, *days], key=lambda r: order_key(r.id), reverse=True)
+    store.save([*days, *minutes[::2]])
+    store.save([*minutes[1::2], *same_ms])
+    if backend.kind == "cassandra":  # its clock (NOW) starts the walk; now's records are later
+        everything = [r for r in everything if r.created_at <= NOW]
+    lean = [without_upload(r) for r in everything]
+    for limit in (1, 4, 5, 100):
+        records, pages = all_pages(store, limit)
+        assert records == lean, limit  # every record once, newest first, no upload bytes
+        assert pages == max(1, -(-len(lean) // limit)), limit
+        assert all(r.upload.content is None and r.upload.kept for r in records)
+    assert store.page(0).records == [] and store.page(3).next == lean[2].id
+
+
+def test_a_page_never_repeats_or_skips_while_records_arrive(backend: Backend) -> None:
+    store = backend.open()
+    older = [make_record(at=datetime.now(UTC) - timedelta(minutes=m)) for m in range(1, 8)]
+    store.save(older)
+    first = store.page(3)
+    arriving = [make_record() for _ in range(5)]  # newer than every page already read
+    store.save(arriving)
+    rest, _ = all_pages_from(store, 3, first.next)
+    assert [r.id for r in first.records + rest] == [
+        r.id for r in sorted(older, key=lambda r: order_key(r.id), reverse=True)
+    ]
+
+
+def all_pages_from(
+    store: PredictionStore, limit: int, cursor: uuid.UUID | None
+) -> tuple[list[Record], int]:
+    records, pages = [], 0
+    while cursor is not None:
+        page = store.page(limit, cursor)
+        records, pages, cursor = records + page.records, pages + 1, page.next
+    return records, pages
+
+
+def test_an_erased_prediction_is_gone_from_every_read(store: PredictionStore) -> None:
+    erased, kept = make_record(), make_record(digit=3)
+    store.save([erased, kept])
+    assert store.correct(erased.id, Feedback(1, datetime.now(UTC).replace(microsecond=0), "id:a"))
+    assert store.delete(erased.id)
+    assert store.get(erased.id) is None and store.get(erased.id, upload=False) is None
+    assert [r.id for r in store.recent(10)] == [kept.id]
+    assert [r.id for r in store.page(10).records] == [kept.id]
+    assert not store.correct(erased.id, Feedback(2, datetime.now(UTC).replace(microsecond=0)))
+    assert store.get(erased.id) is None  # a correction never brings it back
+    assert not store.delete(erased.id)  # erasing it again: there is nothing left
+    assert store.get(kept.id) == kept
+
+
+def test_the_client_key_pin_and_correcting_client_read_back(store: PredictionStore) -> None:
+    """#23's per-client evidence caps: who asked, whether they pinned, who corrected."""
+    asked = make_record(client_key="id:alice", pinned=True)
+    plain = make_record()
+    store.save([asked, plain])
+    got = store.get(asked.id)
+    assert (got.client_key, got.pinned) == ("id:alice", True)
+    assert (store.get(plain.id).client_key, store.get(plain.id).pinned) == (None, False)
+    at = datetime.now(UTC).replace(microsecond=0)
+    assert store.correct(asked.id, Feedback(4, at, "addr:10.0.0.7"))
+    assert store.get(asked.id).feedback == Feedback(4, at, "addr:10.0.0.7")
+    [listed] = [r for r in store.page(5).records if r.id == asked.id]  # the history's too
+    assert (listed.client_key, listed.pinned) == ("id:alice", True)
+    assert listed.feedback == Feedback(4, at, "addr:10.0.0.7")
+
+
+def test_a_single_record_can_be_read_without_its_upload(store: PredictionStore) -> None:
+    record, over = make_record(), make_record(upload=None)
+    store.save([record, over])
+    lean = store.get(record.id, upload=False)
+    assert lean == without_upload(record) and lean.upload.content is None and lean.upload.kept
+    assert not store.get(over.id, upload=False).upload.kept
+
+
 # -- what the columns keep --------------------------------------------------------------------
 
 
@@ -781,6 +885,78 @@ def test_none_values_are_left_unset_not_written_as_tombstones(
     events = [event.description for event in result.get_query_trace().events]
     read = [e for e in events if "live rows and" in e]
     assert read and all("and 0 tombstone cells" in e for e in read), events
+
+
+def test_an_erased_prediction_is_in_no_table(
+    open_log: Callable[..., CassandraStore], cql: Any, keyspace: str
+) -> None:
+    """Every table that holds anything of a record, read as cqlsh would, after DELETE."""
+    log = open_log()
+    erased, kept = make_record(), make_record()
+    log.save([erased, kept])
+    assert log.correct(erased.id, Feedback(2, datetime.now(UTC).replace(microsecond=0)))
+    assert log.correct(kept.id, Feedback(3, datetime.now(UTC).replace(microsecond=0)))
+
+    def holding(table: str) -> set[uuid.UUID]:
+        return {row["id"] for row in cql.execute(f"SELECT id FROM {keyspace}.{table}")}
+
+    tables = ("records", "uploads", "corrections")
+    assert [holding(t) for t in tables] == [{erased.id, kept.id}] * 3
+    assert log.delete(erased.id)
+    assert [holding(t) for t in tables] == [{kept.id}] * 3
+    # What is left: the bucket index (partition keys, no record data) and the anonymous
+    # per-version counts, which never name a record.
+    index = {row["table_name"] for row in cql.execute(
+        "SELECT table_name FROM system_schema.columns WHERE keyspace_name = %s "
+        "AND column_name = 'id' ALLOW FILTERING",
+        (keyspace,),
+    )}  # fmt: skip
+    assert index == {*tables}  # no other table keeps an id
+
+
+def test_version_counts_are_exact_and_a_retry_counts_nothing_twice(
+    open_log: Callable[..., CassandraStore],
+) -> None:
+    clusters: list[RecordedCluster] = []
+    first = open_log(now=NOW, cluster_factory=recorded(clusters))
+    other = open_log(now=NOW)  # a second process: a writer of its own
+    at = NOW - timedelta(minutes=30)
+    v2 = [make_record(version=2, at=at + timedelta(seconds=n)) for n in range(120)]
+    v3 = [make_record(version=3, at=at, model_label="canary") for _ in range(6)]
+    first.save(v2[:60])
+    first.save(v2[:60])  # a retry of the same records
+    first.save([*v2[60:], *v3[:3]])
+    other.save(v3[3:])
+    other.save(v3[3:])
+    first.close()  # each flushes what it counted
+    other.close()
+    reader = open_log(now=NOW, cluster_factory=recorded(clusters))
+    counts = reader.version_tallies(NOW - timedelta(hours=1))
+    assert {v: t.requests for v, t in counts.items()} == {2: 120, 3: 6}
+    assert counts[3].labels == {"canary": 6} and counts[2].labels == {"stable": 120}
+    assert sum(counts[2].digits) == 120 and counts[2].confidence_sum == pytest.approx(
+        sum(r.confidence for r in v2), rel=1e-6
+    )
+    assert clusters[1].session.queries("records") == []  # no record read at all
+    assert reader.version_tallies(NOW + timedelta(hours=1)) == {}  # an empty window
+
+
+def test_corrections_are_read_from_their_table_by_the_records_day(
+    open_log: Callable[..., CassandraStore],
+) -> None:
+    clusters: list[RecordedCluster] = []
+    log = open_log(now=NOW, cluster_factory=recorded(clusters))
+    old, new, plain = (make_record(at=NOW - timedelta(days=d)) for d in (3, 1, 1))
+    log.save([old, new, plain])
+    at = NOW.replace(microsecond=0)
+    for record in (old, new):
+        assert log.correct(record.id, Feedback(None, at, "id:bob"))
+    clusters[0].session.sent.clear()
+    found = log.corrections(NOW - timedelta(days=2))
+    assert [(c["id"], c["feedback_digit"], c["client_key"]) for c in found] == [
+        (new.id, None, "id:bob")
+    ]
+    assert clusters[0].session.queries("records") == []
 
 
 # -- the statements it sends --------------------------------------------------------------------
@@ -1130,6 +1306,8 @@ def test_the_schema_makes_a_fresh_keyspace_shaped_for_the_log(cassandra: Any, cq
         "uploads",
         "record_buckets",
         "corrections",
+        "version_counts",
+        "migration_ranges",
         "idempotency_keys",
     }  # no `predictions`: a fresh keyspace has nothing to migrate
     for table in ("records", "uploads"):
@@ -1154,6 +1332,12 @@ def test_the_schema_makes_a_fresh_keyspace_shaped_for_the_log(cassandra: Any, cq
         ("record_buckets", "shard"): ("clustering", "asc"),
         ("corrections", "day"): ("partition_key", "none"),
         ("corrections", "id"): ("clustering", "desc"),
+        ("version_counts", "day"): ("partition_key", "none"),
+        ("version_counts", "hour"): ("clustering", "desc"),
+        ("version_counts", "model_version"): ("clustering", "asc"),
+        ("version_counts", "writer"): ("clustering", "asc"),
+        ("migration_ranges", "range_start"): ("partition_key", "none"),
+        ("migration_ranges", "range_end"): ("clustering", "asc"),
         ("idempotency_keys", "key_sha256"): ("partition_key", "none"),
     }
     log = CassandraStore(cassandra.settings(keyspace))

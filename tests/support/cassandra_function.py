@@ -46,12 +46,13 @@ class StoredRow:
 
 
 def stored(cassandra: LiveCassandra, keyspace: str) -> list[StoredRow]:
-    """Every prediction row of `keyspace`, read straight from Cassandra (newest first per day)."""
+    """Every prediction row of `keyspace`, read straight from Cassandra (newest first per
+    partition)."""
     cluster = build_cluster(cassandra.settings(keyspace))
     try:
         session = cluster.connect()
         rows = session.execute(
-            f"SELECT id, model_version, model_label, upload_sha256 FROM {keyspace}.predictions"
+            f"SELECT id, model_version, model_label, upload_sha256 FROM {keyspace}.records"
         )
         return [
             StoredRow(str(r["id"]), r["model_version"], r["model_label"], r["upload_sha256"])

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infra.rollout import stats
-from infra.rollout.figures import VersionFigures
+from infra.rollout.figures import CORRECTIONS_PER_CLIENT, VersionFigures
 
 PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
 OK, WORSE, INCONCLUSIVE, NOT_JUDGED = "ok", "worse", "inconclusive", "not judged"
@@ -47,6 +47,9 @@ class Thresholds:
     latency_increase: float = 0.3  # the relative rise in p50 or p99 tolerated ...
     latency_slack_ms: float = 5.0  # ... or this many milliseconds, whichever is more
     min_requests: int = 100  # per version before percentiles are compared (p99 needs 100)
+    # Distinct correcting clients each version needs before its accuracy is judged: a few
+    # clients' corrections are not independent evidence, however many they send (#23).
+    min_clients: int = 10
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,20 @@ def decide(
 
 
 def _accuracy(stable: VersionFigures, canary: VersionFigures, t: Thresholds) -> Check:
+    few = [
+        f"{name} {f.correcting_clients}"
+        for name, f in (("stable", stable), ("canary", canary))
+        if f.correcting_clients is not None and f.correcting_clients < t.min_clients
+    ]
+    if few:
+        return Check(
+            "accuracy",
+            INCONCLUSIVE,
+            "accuracy from corrections: not enough independent evidence: corrections from "
+            f"{' and '.join(few)} distinct client(s), {t.min_clients} needed per version (a "
+            f"client counts for at most {CORRECTIONS_PER_CLIENT} corrections per version, a "
+            "pinned request for none)",
+        )
     margin, corrected = t.accuracy_margin, stable.corrected + canary.corrected
     if corrected:
         base = min(1.0, max(margin, (stable.right + canary.right) / corrected))

@@ -482,6 +482,7 @@ def _analyze_parser(commands: argparse._SubParsersAction, parents: list) -> None
         ("--latency-increase", float, "relative rise in latency p50 or p99 tolerated ..."),
         ("--latency-slack-ms", float, "... or this many ms, whichever is more"),
         ("--min-requests", int, "records per version before latency is compared"),
+        ("--min-clients", int, "distinct correcting clients per version before accuracy counts"),
     ):
         name = flag[2:].replace("-", "_")
         thresholds.add_argument(

@@ -32,6 +32,9 @@ from infra.rollout.errors import RolloutError
 from recognizer import drift, tallies
 
 PINNED = "(pinned)"  # how a record without a label (a pinned version) is counted
+# Of one client's corrections (its token identity, else its client key), at most this many
+# count per version: one client cannot outweigh the rest however many it sends (#23).
+CORRECTIONS_PER_CLIENT = 5
 NOT_A_DIGIT = "not_a_digit"
 
 
@@ -47,6 +50,10 @@ class Row:
     digit: int = 0  # the model's digit
     corrected: bool = False  # a person corrected this answer
     feedback_digit: int | None = None  # their digit; None with `corrected`: "not a digit"
+    # Who corrected it (who asked, when uncorrected); None for a record from before
+    # clients were kept, each such one counted as a client of its own.
+    client: str | None = None
+    pinned: bool = False  # the request chose its version (?version=, ?label=)
 
 
 def is_right(row: Row) -> bool:
@@ -78,6 +85,8 @@ class VersionFigures:
     right: int  # of those, the ones whose answer was right (is_right)
     # Bin counts of the answer's drift signals (recognizer.drift.count_answers).
     drift_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Distinct clients among the corrections counted; None: not known (figures by hand).
+    correcting_clients: int | None = None
 
     @property
     def low_confidence_share(self) -> float:
@@ -100,18 +109,44 @@ class VersionFigures:
         return stats.wilson(self.right, self.corrected) if self.corrected else None
 
 
+def evidence(rows: Iterable[Row], per_client: int = CORRECTIONS_PER_CLIENT) -> list[Row]:
+    """The corrections a comparison counts: none of a pinned request (a pin chose which
+    version its correction counts for), and at most `per_client` of one client's."""
+    kept: list[Row] = []
+    seen: Counter[str] = Counter()
+    for row in rows:
+        if not row.corrected or row.pinned:
+            continue
+        if row.client is not None:
+            seen[row.client] += 1
+            if seen[row.client] > per_client:
+                continue
+        kept.append(row)
+    return kept
+
+
+def distinct_clients(rows: Iterable[Row]) -> int:
+    """Clients behind `rows`; a row without a client counts as one of its own."""
+    rows = list(rows)
+    return len({r.client for r in rows if r.client is not None}) + sum(
+        r.client is None for r in rows
+    )
+
+
 def summarize(rows: Iterable[Row], low_confidence: float) -> list[VersionFigures]:
-    """Figures per answering version, oldest version first."""
+    """Figures per answering version, oldest version first, from unpinned traffic: a
+    request that chose its version is no evidence of how the split versions compare."""
     by_version: dict[int, list[Row]] = {}
     for row in rows:
-        by_version.setdefault(row.version, []).append(row)
+        if not row.pinned:
+            by_version.setdefault(row.version, []).append(row)
     total = sum(len(group) for group in by_version.values())
     figures = []
     for version, group in sorted(by_version.items()):
         latencies = sorted(r.latency_ms for r in group)
         labels = Counter(r.label or PINNED for r in group)
         verdicts = Counter(r.verdict for r in group if r.verdict is not None)
-        corrected = [r for r in group if r.corrected]
+        corrected = evidence(group)
         figures.append(
             VersionFigures(
                 version=version,
@@ -128,6 +163,7 @@ def summarize(rows: Iterable[Row], low_confidence: float) -> list[VersionFigures
                 drift_counts=drift.count_answers(
                     (r.digit, r.confidence, r.verdict or "none") for r in group
                 ),
+                correcting_clients=distinct_clients(corrected),
             )
         )
     return figures
@@ -155,7 +191,14 @@ def sqlite_rows(path: Path, since: datetime) -> list[Row]:
             columns = {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
             added = ", ".join(
                 name if name in columns else "NULL"
-                for name in ("verdict", "feedback_at_ms", "feedback_digit")
+                for name in (
+                    "verdict",
+                    "feedback_at_ms",
+                    "feedback_digit",
+                    "client_key",
+                    "pinned",
+                    "feedback_client",
+                )
             )
             result = connection.execute(
                 f"SELECT model_version, model_label, confidence, latency_ms, digit, {added} "
@@ -167,8 +210,31 @@ def sqlite_rows(path: Path, since: datetime) -> list[Row]:
     except sqlite3.Error as error:
         raise RolloutError(f"cannot read the prediction store {path}: {error}") from None
     return [
-        Row(version, label, confidence, latency, verdict, digit, at_ms is not None, feedback)
-        for version, label, confidence, latency, digit, verdict, at_ms, feedback in result
+        Row(
+            version,
+            label,
+            confidence,
+            latency,
+            verdict,
+            digit,
+            at_ms is not None,
+            feedback,
+            corrector if at_ms is not None else client,
+            bool(pinned),
+        )
+        for (
+            version,
+            label,
+            confidence,
+            latency,
+            digit,
+            verdict,
+            at_ms,
+            feedback,
+            client,
+            pinned,
+            corrector,
+        ) in result
     ]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 FIELD = 28
+CORRECTIONS_PER_CLIENT = 20  # examples one correcting client may give a training run (#23)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Correction:
     digit: int | None  # None: "not a digit"
     corrected_at: datetime
     predicted: int  # what the model said, for the report
+    client: str | None = None  # who corrected it (None: from before clients were kept)
 
 
 def from_sqlite(path: Path) -> list[Correction]:
@@ -43,15 +45,16 @@ def from_sqlite(path: Path) -> list[Correction]:
             return []  # a log from before corrections existed
         unexpired = " AND expires_at_ms > ?" if "expires_at_ms" in columns else ""
         rows = connection.execute(
-            "SELECT upload_sha256, input_image, feedback_digit, feedback_at_ms, digit "
-            f"FROM predictions WHERE feedback_at_ms IS NOT NULL{unexpired}",
+            "SELECT upload_sha256, input_image, feedback_digit, feedback_at_ms, digit, "
+            + ("feedback_client " if "feedback_client" in columns else "NULL ")
+            + f"FROM predictions WHERE feedback_at_ms IS NOT NULL{unexpired}",
             (int(datetime.now(UTC).timestamp() * 1000),) if unexpired else (),
         ).fetchall()
     finally:
         connection.close()
     return [
-        _correction(sha, image, digit, datetime.fromtimestamp(at / 1000, UTC), predicted)
-        for sha, image, digit, at, predicted in rows
+        _correction(sha, image, digit, datetime.fromtimestamp(at / 1000, UTC), predicted, client)
+        for sha, image, digit, at, predicted, client in rows
     ]
 
 
@@ -78,6 +81,7 @@ def from_cassandra(days: int, now: datetime | None = None) -> list[Correction]:
                     record.feedback.digit,
                     record.feedback.created_at,
                     record.digit,
+                    record.feedback.client_key,
                 )
             )
         return found
@@ -86,10 +90,15 @@ def from_cassandra(days: int, now: datetime | None = None) -> list[Correction]:
 
 
 def _correction(
-    sha256: str, image: bytes, digit: int | None, at: datetime, predicted: int
+    sha256: str,
+    image: bytes,
+    digit: int | None,
+    at: datetime,
+    predicted: int,
+    client: str | None = None,
 ) -> Correction:
     pixels = np.frombuffer(bytes(image), dtype=np.uint8).reshape(FIELD, FIELD)
-    return Correction(sha256, pixels, digit, at, predicted)
+    return Correction(sha256, pixels, digit, at, predicted, client)
 
 
 def input_digest(correction: Correction) -> str:
@@ -108,6 +117,22 @@ def deduplicated(corrections: Iterable[Correction]) -> list[Correction]:
         if kept is None or correction.corrected_at > kept.corrected_at:
             latest[key] = correction
     return sorted(latest.values(), key=input_digest)
+
+
+def capped(corrections: Iterable[Correction], per_client: int) -> list[Correction]:
+    """At most `per_client` examples of one correcting client (its latest), so no client's
+    share of the training set is more than that; corrections without a client (from
+    before clients were kept) count as a client each."""
+    by_client: dict[str, list[Correction]] = {}
+    kept = []
+    for correction in corrections:
+        if correction.client is None:
+            kept.append(correction)
+        else:
+            by_client.setdefault(correction.client, []).append(correction)
+    for group in by_client.values():
+        kept += sorted(group, key=lambda c: c.corrected_at, reverse=True)[:per_client]
+    return sorted(kept, key=input_digest)
 
 
 def distribution(corrections: Iterable[Correction]) -> dict[str, int]:

@@ -59,13 +59,15 @@ class Scores:
 def train_from_store(found: list[Correction], options: Options, mnist: Mnist | None = None) -> dict:
     """Train, compare, and export if no worse; the report (also printed) either way."""
     data = mnist or load_mnist()
-    unique = corrections.deduplicated(found)
+    distinct = corrections.deduplicated(found)
+    unique = corrections.capped(distinct, corrections.CORRECTIONS_PER_CLIENT)
     is_held = [corrections.held_out(c, options.held_out_share, options.seed) for c in unique]
     held = [c for c, out in zip(unique, is_held, strict=True) if out]
     kept = [c for c, out in zip(unique, is_held, strict=True) if not out]
     print(
-        f"corrections: {len(found)} read, {len(unique)} distinct 28x28 inputs after removing "
-        f"duplicates; {len(kept)} to train on, {len(held)} held out"
+        f"corrections: {len(found)} read, {len(distinct)} distinct 28x28 inputs after removing "
+        f"duplicates, {len(unique)} after at most {corrections.CORRECTIONS_PER_CLIENT} per "
+        f"correcting client; {len(kept)} to train on, {len(held)} held out"
     )
     print(f"trained on: {corrections.distribution(kept)}")
     x_fit, y_fit = data.x_train[:-VALIDATION_IMAGES], data.y_train[:-VALIDATION_IMAGES]
@@ -130,7 +132,10 @@ def train_from_store(found: list[Correction], options: Options, mnist: Mnist | N
         "fine_tuned_from": options.start_from,
         "recipe": "cnn_reject (its rejector)" if rejecting else "cnn_oe",
         "corrections_read": len(found),
-        "inputs": len(unique),
+        "inputs": len(distinct),
+        "per_client_cap": corrections.CORRECTIONS_PER_CLIENT,
+        "after_cap": len(unique),
+        "clients": len({c.client for c in unique if c.client is not None}),
         "trained_on": len(kept),
         "trained_on_by_digit": corrections.distribution(kept),
         "held_out": len(held),

@@ -97,3 +97,33 @@ def test_the_held_out_split_depends_on_the_input_alone():
     assert held != [corrections.held_out(c, 0.2, seed=7) for c in uploads]
     resent = [replace(c, upload_sha256="f" * 64) for c in uploads]  # other bytes, same input
     assert held == [corrections.held_out(c, 0.2, seed=42) for c in resent]
+
+
+def test_no_client_gives_more_than_its_cap_of_examples():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (60, 28, 28), np.uint8)
+    flooder = [
+        corrections.Correction(f"{n:064x}", image, 3, NOW + timedelta(seconds=n), 3, "id:flood")
+        for n, image in enumerate(images[:50])
+    ]
+    others = [
+        corrections.Correction(f"o{n:063x}", image, 4, NOW, 4, f"id:person-{n}")
+        for n, image in enumerate(images[50:])
+    ]
+    legacy = corrections.Correction("l" * 64, np.zeros((28, 28), np.uint8), 5, NOW, 5)
+    kept = corrections.capped([*flooder, *others, legacy], per_client=20)
+    from_flooder = [c for c in kept if c.client == "id:flood"]
+    assert len(from_flooder) == 20  # the latest 20 of its 50
+    assert min(c.corrected_at for c in from_flooder) == NOW + timedelta(seconds=30)
+    assert len(kept) == 20 + 10 + 1
+    assert corrections.distribution(kept) == {"3": 20, "4": 10, "5": 1}
+
+
+def test_the_correcting_client_is_read_from_the_log(tmp_path):
+    log = SqliteStore(tmp_path / "log.sqlite3")
+    record = record_of(np.full((28, 28), 7, np.uint8), "z" * 64, 1)
+    log.save([record])
+    log.correct(record.id, Feedback(2, NOW, "id:someone"))
+    log.close()
+    (found,) = corrections.from_sqlite(tmp_path / "log.sqlite3")
+    assert found.client == "id:someone"

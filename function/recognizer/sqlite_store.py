@@ -92,6 +92,7 @@ _ADDED_COLUMNS = (
 # Made after the columns above exist: the history walks it, newest first.
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS predictions_by_order ON predictions (order_key DESC);
+CREATE INDEX IF NOT EXISTS predictions_newest_first ON predictions (created_at_ms DESC);
 CREATE INDEX IF NOT EXISTS predictions_by_expiry ON predictions (expires_at_ms);
 CREATE INDEX IF NOT EXISTS uploads_by_expiry ON uploads (expires_at_ms);
 """

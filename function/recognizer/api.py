@@ -134,7 +134,8 @@ class Api:
         facts = request_log.Facts()
         client = params.client_key(request)
         try:
-            response, outcome = self._dispatch(request, facts, client), "ok"
+            with connection.deadline(request.environ, self._settings.client_request_seconds):
+                response, outcome = self._dispatch(request, facts, client), "ok"
         except Exception as error:  # every failure leaves here as a JSON error
             status, outcome = classify(error)
             response = error_response(error, status, outcome)

@@ -105,6 +105,7 @@ class Settings:
     # write may take this long; a client with this much of its answers unread is cut off;
     # a worker works on this many images at once, a request waits this long for room.
     client_timeout_seconds: float = 10.0
+    client_request_seconds: float = 60.0  # from the request's start to its answer's start
     client_max_unread_bytes: int = 512 * 1024
     admission_images: int = 96
     admission_wait_seconds: float = 0.25
@@ -196,6 +197,9 @@ class Settings:
             ),
             client_timeout_seconds=read.number(
                 "CLIENT_TIMEOUT_SECONDS", default.client_timeout_seconds, above=0
+            ),
+            client_request_seconds=read.number(
+                "CLIENT_REQUEST_SECONDS", default.client_request_seconds, above=0
             ),
             client_max_unread_bytes=read.whole(
                 "CLIENT_MAX_UNREAD_BYTES", default.client_max_unread_bytes, 1

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import socket
 import termios
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
+
+WATCH_EVERY_SECONDS = 0.25
 
 
 class ClientNotReading(Exception):
@@ -38,6 +43,58 @@ def guard(environ: Mapping[str, object], timeout_seconds: float, max_unread_byte
         raise ClientNotReading(
             f"the client left {unread:,} bytes of earlier answers unread; connection closed"
         )
+
+
+@contextlib.contextmanager
+def deadline(environ: Mapping[str, object], seconds: float) -> Iterator[None]:
+    """The connection is shut if the request is still being worked on (its body still
+    being read, most likely: a client sending a byte every few seconds beats any per-read
+    timeout) `seconds` after it began. The answer's write has its own timeout (guard)."""
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        yield
+        return
+    token = _WATCHDOG.watch(sock, time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _WATCHDOG.release(token)
+
+
+class _Watchdog:
+    """One thread per worker process that shuts the sockets whose deadline has passed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[object, tuple[float, socket.socket]] = {}
+        self._pid = 0  # the process the thread runs in: gunicorn forks after import
+
+    def watch(self, sock: socket.socket, at: float) -> object:
+        token = object()
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="deadline-watchdog", daemon=True).start()
+            self._watched[token] = (at, sock)
+        return token
+
+    def release(self, token: object) -> None:
+        with self._lock:
+            self._watched.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_EVERY_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                late = [token for token, (at, _) in self._watched.items() if at <= now]
+                socks = [self._watched.pop(token)[1] for token in late]
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def unsent_bytes(sock: socket.socket) -> int:

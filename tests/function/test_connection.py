@@ -33,12 +33,22 @@ def status_of(port: int, data: bytes) -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)
         answer = b""
-        while b"\r\n\r\n" not in answer:
+        while b"\r\n\r\n" not in answer or not complete(answer):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             answer += chunk
     return int(answer.split(b" ", 2)[1]), answer
+
+
+def complete(answer: bytes) -> bool:
+    """The whole answer is in: its body as long as its Content-Length says."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
 
 
 @pytest.mark.parametrize("size", [b"0x5", b"zz", b"-1"])
@@ -85,3 +95,41 @@ def test_a_client_that_never_reads_holds_no_thread(function_url):
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off_at_the_request_deadline(model_stand_in, tmp_path):
+    """Each byte arrives well within the per-read timeout, so only a deadline on the whole
+    request frees the thread: two such clients held both threads for as long as they liked."""
+    with running_function(
+        model_stand_in.url,
+        tmp_path / "predictions.sqlite3",
+        WORKERS="1",
+        THREADS="2",
+        CLIENT_REQUEST_SECONDS="2",
+    ) as url:
+        head = (
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        slow = [socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) for _ in range(2)]
+        try:
+            for sock in slow:
+                sock.sendall(head)
+            started = time.monotonic()
+            cut = set()
+            while len(cut) < len(slow) and time.monotonic() - started < 8:
+                for sock in slow:
+                    try:
+                        sock.sendall(b"\x89")
+                    except OSError:
+                        cut.add(sock)
+                time.sleep(0.3)
+            assert len(cut) == len(slow)
+            assert time.monotonic() - started < 5
+            answer = requests.post(
+                url + "/predict", data=png(), headers={"Content-Type": "image/png"}, timeout=5
+            )
+            assert answer.status_code == 200
+        finally:
+            for sock in slow:
+                sock.close()

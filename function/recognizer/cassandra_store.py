@@ -272,28 +272,40 @@ def _describe(exc: BaseException) -> str:
 
 @dataclass
 class _Counts:
-    """This process's per-(hour, version) totals (tallies.py), and which changed."""
+    """This process's per-(hour, version, pinned) totals (tallies.py), and which changed."""
 
     writer: uuid.UUID = field(default_factory=uuid.uuid1)
-    totals: dict[tuple[datetime, int], tallies.Tally] = field(default_factory=dict)
-    dirty: set[tuple[datetime, int]] = field(default_factory=set)
+    totals: dict[tuple[datetime, int, bool], tallies.Tally] = field(default_factory=dict)
+    dirty: set[tuple[datetime, int, bool]] = field(default_factory=set)
     counted: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
     flushed_at: float = -math.inf
     lock: threading.Lock = field(default_factory=threading.Lock)
+    timer: threading.Timer | None = None  # a flush of what waits, when no save comes
+
+    def later(self, flush: Callable[[], None]) -> None:
+        """Flush what is left FLUSH_SECONDS from now unless a flush is already waiting."""
+        with self.lock:
+            if not self.dirty or (self.timer is not None and self.timer.is_alive()):
+                return
+            self.timer = threading.Timer(FLUSH_SECONDS, flush)
+            self.timer.daemon = True
+            self.timer.start()
 
     def add(self, records: Sequence[Record]) -> None:
         with self.lock:
             for record in records:
-                if record.id in self.counted or record.pinned:
-                    continue  # a pinned request chose its version: no evidence of a split
+                if record.id in self.counted:
+                    continue
                 self.counted[record.id] = None
                 if len(self.counted) > _COUNTED_KEPT:
                     self.counted.popitem(last=False)
-                key = (tallies.hour_of(record.created_at), record.model_version)
+                key = (tallies.hour_of(record.created_at), record.model_version, record.pinned)
                 self.totals.setdefault(key, tallies.Tally()).add(record)
                 self.dirty.add(key)
 
-    def take(self, now: float, force: bool) -> list[tuple[tuple[datetime, int], tallies.Tally]]:
+    def take(
+        self, now: float, force: bool
+    ) -> list[tuple[tuple[datetime, int, bool], tallies.Tally]]:
         """The changed totals (copies) when a flush is due; they count as written."""
         with self.lock:
             if not self.dirty or (not force and now - self.flushed_at < FLUSH_SECONDS):
@@ -303,7 +315,7 @@ class _Counts:
             self.dirty.clear()
             return taken
 
-    def again(self, keys: Iterable[tuple[datetime, int]]) -> None:
+    def again(self, keys: Iterable[tuple[datetime, int, bool]]) -> None:
         with self.lock:
             self.dirty.update(keys)
 
@@ -446,15 +458,15 @@ class CassandraStore:
                 "delete_upload": f"DELETE FROM {ks}.{UPLOADS_TABLE} WHERE id = ?",
                 "delete_correction": f"DELETE FROM {ks}.{CORRECTIONS_TABLE} "
                 "WHERE day = ? AND id = ?",
-                "select_counts": "SELECT model_version, requests, labels, verdicts, "
+                "select_counts": "SELECT model_version, pinned, requests, labels, verdicts, "
                 f"confidence_sum, confidence_bins, latency_bins, digits FROM {ks}.{COUNTS_TABLE} "
                 "WHERE day = ? AND hour >= ?",
                 "select_corrections": "SELECT id, model_version, digit, verdict, feedback_digit, "
                 f"feedback_at, client_key, pinned FROM {ks}.{CORRECTIONS_TABLE} "
                 "WHERE day = ? AND id >= ?",
                 "insert_counts": f"INSERT INTO {ks}.{COUNTS_TABLE} (day, hour, model_version, "
-                "writer, requests, labels, verdicts, confidence_sum, confidence_bins, "
-                "latency_bins, digits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+                "pinned, writer, requests, labels, verdicts, confidence_sum, confidence_bins, "
+                "latency_bins, digits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
             }
             if legacy:
                 queries |= {
@@ -550,6 +562,7 @@ class CassandraStore:
                 failures, written = self._write_records(conn, records, keep)
                 conn.counts.add(written)
                 self._flush_counts(conn)
+                conn.counts.later(lambda: self._flush_counts(conn, force=True))
             if failures:
                 raise StoreUnavailable(_unrecorded(failures, len(records))) from failures[0]
 
@@ -588,6 +601,7 @@ class CassandraStore:
                     hour.date(),
                     hour,
                     version,
+                    pinned,
                     conn.counts.writer,
                     t.requests,
                     dict(t.labels),
@@ -599,7 +613,7 @@ class CassandraStore:
                     ttl,
                 )
             )
-            for (hour, version), t in taken
+            for (hour, version, pinned), t in taken
         ]
         try:
             results = self._write_all(conn, statements)
@@ -879,21 +893,25 @@ class CassandraStore:
             conn, self._conn, self._closed = self._conn, None, True
         atexit.unregister(self.close)
         if conn is not None and conn.pid == os.getpid():
+            if conn.counts.timer is not None:
+                conn.counts.timer.cancel()
             self._flush_counts(conn, force=True)
             conn.cluster.shutdown()
 
     # -- reads for the rollout tool and training ----------------------------------------
 
-    def version_tallies(self, since: datetime) -> dict[int, tallies.Tally]:
-        """Each version's totals over the hours from `since`'s to now: one partition per
-        UTC day, hours x versions x writers rows (the hour of `since` counts whole)."""
+    def version_tallies(self, since: datetime) -> dict[tuple[int, bool], tallies.Tally]:
+        """Each (version, pinned)'s totals over the hours from `since`'s to now: one
+        partition per UTC day, hours x versions x writers rows (`since`'s hour counts whole).
+        Pinned traffic apart: a request that chose its version is no evidence of a split."""
         conn = self._connection()
         start = tallies.hour_of(since)
-        result: dict[int, tallies.Tally] = {}
+        result: dict[tuple[int, bool], tallies.Tally] = {}
         day = start.date()
         while day <= self._clock().astimezone(UTC).date():
             for row in self._query(conn, conn.select_counts, (day, start)):
-                result.setdefault(row["model_version"], tallies.Tally()).merge(
+                key = (row["model_version"], bool(row["pinned"]))
+                result.setdefault(key, tallies.Tally()).merge(
                     tallies.Tally(
                         row["requests"],
                         Counter(row["labels"] or {}),

@@ -1,4 +1,4 @@
-"""Per-version counts of the unpinned predictions of one hour, kept as they are written.
+"""Per-version counts of the predictions of one hour, kept as they are written.
 
 `rollout status` and `analyze` read these instead of the records: their work is bounded by
 the hours in the window (times the versions and writing processes), not by the traffic.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cassandra import OperationTimedOut
+from cassandra import OperationTimedOut, WriteTimeout
 from cassandra.cluster import NoHostAvailable
 
 from recognizer.cassandra_store import DRIVER_ERRORS, CassandraSettings, build_cluster
@@ -161,14 +161,15 @@ def _execute(
 ) -> None:
     """Run one statement (DDL waits for schema agreement), again while the coordinator is
     marked down or the request times out, within `timeout`: a node of a loaded machine
-    misses heartbeats for a while (seen on a three-node ring on 2 cores). Every statement
-    of the schema is IF NOT EXISTS, so running one again is safe."""
+    misses heartbeats for a while (seen on a three-node ring on 2 cores), and the layout's
+    INSERT ... IF NOT EXISTS (a lightweight transaction) can time out. Every statement of
+    the schema is IF NOT EXISTS, so running one again is safe."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             session.execute(statement, timeout=timeout, host=host)
             return
-        except (NoHostAvailable, OperationTimedOut) as exc:
+        except (NoHostAvailable, OperationTimedOut, WriteTimeout) as exc:
             if time.monotonic() >= deadline:
                 raise
             report(f"Cassandra did not answer ({type(exc).__name__}); trying again")

@@ -276,7 +276,9 @@ def cassandra_figures(since: datetime, low_confidence: float) -> list[VersionFig
 
     store = CassandraStore.from_env()
     try:
-        counts = store.version_tallies(since)
+        counts: dict[int, tallies.Tally] = {}
+        for (version, _pinned), counted in store.version_tallies(since).items():
+            counts.setdefault(version, tallies.Tally()).merge(counted)
         corrections = store.corrections(since)
     except StoreUnavailable as error:
         raise RolloutError(str(error)) from None

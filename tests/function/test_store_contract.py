@@ -923,6 +923,7 @@ def test_version_counts_are_exact_and_a_retry_counts_nothing_twice(
     at = NOW - timedelta(minutes=30)
     v2 = [make_record(version=2, at=at + timedelta(seconds=n)) for n in range(120)]
     v3 = [make_record(version=3, at=at, model_label="canary") for _ in range(6)]
+    v3[0] = replace(v3[0], pinned=True)  # counted apart
     first.save(v2[:60])
     first.save(v2[:60])  # a retry of the same records
     first.save([*v2[60:], *v3[:3]])
@@ -932,9 +933,13 @@ def test_version_counts_are_exact_and_a_retry_counts_nothing_twice(
     other.close()
     reader = open_log(now=NOW, cluster_factory=recorded(clusters))
     counts = reader.version_tallies(NOW - timedelta(hours=1))
-    assert {v: t.requests for v, t in counts.items()} == {2: 120, 3: 6}
-    assert counts[3].labels == {"canary": 6} and counts[2].labels == {"stable": 120}
-    assert sum(counts[2].digits) == 120 and counts[2].confidence_sum == pytest.approx(
+    assert {key: t.requests for key, t in counts.items()} == {
+        (2, False): 120,
+        (3, False): 5,
+        (3, True): 1,
+    }
+    assert counts[3, False].labels == {"canary": 5} and counts[2, False].labels == {"stable": 120}
+    assert sum(counts[2, False].digits) == 120 and counts[2, False].confidence_sum == pytest.approx(
         sum(r.confidence for r in v2), rel=1e-6
     )
     assert clusters[1].session.queries("records") == []  # no record read at all
@@ -1335,6 +1340,7 @@ def test_the_schema_makes_a_fresh_keyspace_shaped_for_the_log(cassandra: Any, cq
         ("version_counts", "day"): ("partition_key", "none"),
         ("version_counts", "hour"): ("clustering", "desc"),
         ("version_counts", "model_version"): ("clustering", "asc"),
+        ("version_counts", "pinned"): ("clustering", "asc"),
         ("version_counts", "writer"): ("clustering", "asc"),
         ("migration_ranges", "range_start"): ("partition_key", "none"),
         ("migration_ranges", "range_end"): ("clustering", "asc"),

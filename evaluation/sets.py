@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from imagesets import nondigits, photos, renderings
+from imagesets import degraded, nondigits, photos, renderings
 from training.data import Mnist
 
 Split = Literal["validation", "test"]
@@ -24,7 +24,7 @@ VALIDATION_IMAGES = 5_000  # the last MNIST training images: held out by trainin
 
 @dataclass(frozen=True)
 class Upload:
-    group: str  # "mnist", "uploads", "photos" or "non-digits"
+    group: str  # "mnist", "uploads", "photos", "degraded", "non-digits" or "held-out"
     kind: str  # the rendering within its group
     label: int | None  # the digit drawn, None for a non-digit
     data: bytes
@@ -36,10 +36,13 @@ class Sizes:
     uploads_per_kind: int = 100
     photos_per_kind: int = 50
     nondigits_per_kind: int = 60
+    degraded_per_kind: int = 50
+    held_out_per_kind: int = 60
 
 
 def build(split: Split, mnist: Mnist, sizes: Sizes) -> list[Upload]:
-    """Every upload of `split`: MNIST as PNG, realistic uploads, phone photos, non-digits."""
+    """Every upload of `split`: MNIST as PNG, realistic uploads, phone photos, blurred and
+    low-resolution scans, non-digits of the kinds training used and of kinds it never saw."""
     if split == "test":
         images, labels, seed = mnist.x_test, mnist.y_test, 1
     else:
@@ -64,11 +67,23 @@ def build(split: Split, mnist: Mnist, sizes: Sizes) -> list[Upload]:
             images[taken], labels[taken], seed=11 + seed, per_kind=sizes.photos_per_kind
         )
     ]
+    # Blurred and low-resolution scans of digits the other groups do not use (issue 29).
+    chosen = slice(4_000, len(images))
+    sets += [
+        Upload("degraded", kind, label, data)
+        for kind, label, data in degraded.render_degraded(
+            images[chosen], labels[chosen], seed=13 + seed, per_kind=sizes.degraded_per_kind
+        )
+    ]
     sets += [
         Upload("non-digits", kind, None, data)
         for kind, data in nondigits.make_set(
             sizes.nondigits_per_kind, seed=seed, split="eval", mnist=mnist
         )
+    ]
+    sets += [
+        Upload("held-out", kind, None, data)
+        for kind, data in nondigits.make_held_out(sizes.held_out_per_kind, seed=seed)
     ]
     return sets
 

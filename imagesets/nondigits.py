@@ -492,6 +492,57 @@ KINDS: dict[str, Generator] = {
 _SPLIT_STREAM = {"train": 1, "eval": 2}
 
 
+# Held-out kinds (issue 29): never in "train", so no rejector trained on them, and never to be
+# added to training. A rejection rate on them says how far the rejector generalises, which a
+# rate on KINDS' eval split (its own kinds, other seeds) cannot.
+
+
+def spiral(rng: np.random.Generator, source: Source) -> bytes:
+    """An Archimedean spiral of 1.5 to 4 turns in one pen stroke, either way round."""
+    turns = rng.uniform(1.5, 4)
+    t = np.linspace(0, 2 * np.pi * turns, int(120 * turns))
+    radius = t / t[-1] * PATCH * rng.uniform(0.35, 0.45)
+    way = rng.choice([-1, 1])
+    start = rng.uniform(0, 2 * np.pi)
+    points = np.column_stack([np.cos(start + way * t), np.sin(start + way * t)]) * radius[:, None]
+    points[:, 1] *= rng.uniform(0.75, 1.25)  # a little squashed or stretched
+
+    def paint(draw: _Doubled) -> None:
+        draw.pen(points + PATCH / 2, rng.uniform(3, 9))
+
+    ink = _handwritten(_painted(paint, (PATCH, PATCH)), rng, warp=0.02)
+    return _as_upload(_cropped(ink), rng)
+
+
+def pen_star(rng: np.random.Generator, source: Source) -> bytes:
+    """A five-pointed star drawn as one closed pen stroke (a pentagram), not a filled shape."""
+    corners = np.arange(6) * 4 * np.pi / 5 + rng.uniform(-0.3, 0.3) - np.pi / 2
+    radius = PATCH * rng.uniform(0.35, 0.45) * rng.uniform(0.85, 1.15, 6)
+    points = np.column_stack([np.cos(corners), np.sin(corners)]) * radius[:, None]
+    points[-1] = points[0] + rng.normal(0, PATCH * 0.02, 2)  # the pen comes back near its start
+
+    def paint(draw: _Doubled) -> None:
+        draw.pen(points + PATCH / 2, rng.uniform(3, 9))
+
+    ink = _handwritten(_painted(paint, (PATCH, PATCH)), rng, warp=0.02)
+    return _as_upload(_cropped(ink), rng)
+
+
+HELD_OUT_KINDS: dict[str, Generator] = {"spiral": spiral, "pen star": pen_star}
+
+
+def make_held_out(per_kind: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """`per_kind` uploads of every held-out kind: (kind, file bytes), the same every time."""
+    uploads = []
+    for index, (kind, generate) in enumerate(HELD_OUT_KINDS.items()):
+        rng = np.random.default_rng([seed, 3, index])  # a stream neither split uses
+        uploads.extend((kind, generate(rng, _NO_SOURCE)) for _ in range(per_kind))
+    return uploads
+
+
+_NO_SOURCE = Source(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), (), ())
+
+
 def make_set(
     per_kind: int | Mapping[str, int],
     seed: int = 0,

@@ -1515,3 +1515,33 @@ def test_screenshots_of_the_desktop_and_phone_layouts(page):
     expect(page.locator("#detail-upload")).to_be_visible()
     expect(page.locator("#detail-seen")).to_have_js_property("complete", True)
     shoot("detail", full_page=False)  # the modal's backdrop covers the viewport only
+
+
+@pytest.fixture(scope="module")
+def token_url(model_server, tmp_path_factory) -> Iterator[str]:
+    """API_TOKEN set (the history is closed), predictions open, feedback tokens given."""
+    sqlite_path = tmp_path_factory.mktemp("token") / "predictions.sqlite3"
+    settings = {"API_TOKEN": API_TOKEN, "FEEDBACK_SECRET": FEEDBACK_SECRET}
+    with running_function(model_server, sqlite_path, **settings) as url:
+        yield url
+
+
+@pytest.fixture
+def token_page(browser, token_url, request) -> Iterator[Page]:
+    yield from open_page(browser, token_url, request)
+
+
+def test_my_predictions_show_with_their_own_tokens_without_the_api_token(token_page):
+    """#23: a person sees their own predictions and pictures through the page with each
+    prediction's feedback token; everyone's history still needs the API token."""
+    page = token_page
+    prediction = submitted(page, lambda: page.set_input_files("#file", SAMPLES / "seven.png"))
+    page.reload()
+    expect(page.locator("#scope-mine")).to_be_checked()
+    newest = page.locator("#history li").first
+    expect(newest).to_have_attribute("data-id", prediction["id"])
+    expect(newest.locator("img.thumb")).to_be_visible()
+    expect(page.locator("#token-form")).to_be_hidden()
+    assert page.evaluate("Object.values(sessionStorage)") == []  # no API token was given
+    show_everyones(page)
+    expect(page.locator("#history-status")).to_have_text("The history needs the API token.")

@@ -54,6 +54,8 @@ def connect(settings: Settings, decode_budget: DecodeBudget) -> Clients:
         decode_budget=decode_budget,
         decode_cpu_seconds=settings.decode_cpu_seconds,
         verdict_policy=settings.verdict_policy,
+        coalesce_window_seconds=settings.coalesce_window_ms / 1000,
+        max_batch_images=settings.max_batch_images,
     )
     return Clients(recognizer, model, store)
 

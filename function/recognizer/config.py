@@ -109,6 +109,9 @@ class Settings:
     client_max_unread_bytes: int = 512 * 1024
     admission_images: int = 96
     admission_wait_seconds: float = 0.25
+    # Requests of one worker ready within this long share a model call and a durable
+    # write (coalesce.py); a lone request never waits. 0 turns coalescing off.
+    coalesce_window_ms: float = 2.0
     # repr=False: a Settings printed in a log or a traceback must not carry the secret.
     api_token: str | None = field(default=None, repr=False)
     predict_requires_token: bool = False
@@ -207,6 +210,9 @@ class Settings:
             admission_images=read.whole("ADMISSION_IMAGES", default.admission_images, 1),
             admission_wait_seconds=read.number(
                 "ADMISSION_WAIT_SECONDS", default.admission_wait_seconds
+            ),
+            coalesce_window_ms=read.number(
+                "COALESCE_WINDOW_MS", default.coalesce_window_ms, 0, 1000
             ),
             log_level=read.choice("LOG_LEVEL", default.log_level, LOG_LEVELS, upper=True),
             trace_project=read.text("GOOGLE_CLOUD_PROJECT", "", PROJECT_PATTERN, PROJECT_RULE)

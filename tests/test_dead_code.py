@@ -26,6 +26,8 @@ CALLED_BY_NAME = {
     "exc_info", "explain", "sample_weight",
     # read by name: JSON reports (rss_mb, pss_mb), plots (getattr), recipes (getattr)
     "rss_mb", "pss_mb", "nondigit_top", "rendered_top", "softmax_regression",
+    # gunicorn's gthread worker reads these attributes of its own (recognizer/worker.py)
+    "data_ready", "nr_conns",
     # imported for its side effect: it registers wrappers.proto in the descriptor pool
     "wrappers_pb2",
 }  # fmt: skip

@@ -107,6 +107,12 @@ class Settings:
     client_timeout_seconds: float = 10.0
     client_request_seconds: float = 60.0  # from the request's start to its answer's start
     client_max_unread_bytes: int = 512 * 1024
+    # A request's line and headers must be in this long after its connection is accepted
+    # (or, kept alive, is readable again); they are read without a thread (worker.py).
+    client_header_seconds: float = 10.0
+    # A worker resident over this much after a request recycles itself (worker.py); 0: three
+    # quarters of its share of MEMORY_LIMIT_MIB (384 MiB at 512 MiB, one worker).
+    worker_recycle_mib: int = 0
     admission_images: int = 96
     admission_wait_seconds: float = 0.25
     # Requests of one worker ready within this long share a model call and a durable
@@ -138,6 +144,12 @@ class Settings:
         if self.feedback_secret is None:
             return ()
         return (self.feedback_secret, *self.feedback_previous_secrets)
+
+    @property
+    def recycle_bytes(self) -> int:
+        """A worker's resident memory past which it is replaced (worker.py)."""
+        mib = self.worker_recycle_mib or self.memory_limit_mib * 3 // 4 // self.workers
+        return mib * MiB
 
     @property
     def decode_budget_bytes(self) -> int:
@@ -207,6 +219,10 @@ class Settings:
             client_max_unread_bytes=read.whole(
                 "CLIENT_MAX_UNREAD_BYTES", default.client_max_unread_bytes, 1
             ),
+            client_header_seconds=read.number(
+                "CLIENT_HEADER_SECONDS", default.client_header_seconds, above=0
+            ),
+            worker_recycle_mib=read.whole("WORKER_RECYCLE_MIB", default.worker_recycle_mib, 0),
             admission_images=read.whole("ADMISSION_IMAGES", default.admission_images, 1),
             admission_wait_seconds=read.number(
                 "ADMISSION_WAIT_SECONDS", default.admission_wait_seconds

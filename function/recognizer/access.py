@@ -138,7 +138,10 @@ def may_erase(request: flask.Request, record_id: uuid.UUID, settings: Settings) 
     token: whoever was given the prediction (or runs the service) may have it erased."""
     secret, api_token, presented = settings.feedback_secret, settings.api_token, bearer(request)
     if presented is not None and (
-        (secret is not None and feedback.token_matches(secret, record_id, presented))
+        (
+            secret is not None
+            and feedback.token_matches_any(settings.feedback_keys, record_id, presented)
+        )
         or (api_token is not None and _same(presented, api_token))
     ):
         return

@@ -68,6 +68,14 @@ def test_a_rotated_key_keeps_earlier_tokens_until_it_is_dropped(two_labels, tmp_
                 timeout=30,
             )
             assert corrected.status_code == 200, corrected.text
+    with start(FEEDBACK_SECRET=NEW_KEY, FEEDBACK_SECRET_PREVIOUS=OLD_KEY) as url:
+        erased = requests.delete(
+            f"{url}/predictions/{before['id']}",
+            headers={"Authorization": f"Bearer {before['feedback_token']}"},
+            timeout=30,
+        )
+        assert erased.status_code == 200, erased.text  # erasure takes a rotated-out key too
     with start(FEEDBACK_SECRET=NEW_KEY) as url:
         assert get(url, f"/predictions/{before['id']}", before["feedback_token"]).status_code == 401
         assert get(url, f"/predictions/{after['id']}", after["feedback_token"]).status_code == 200
+        assert get(url, f"/predictions/{before['id']}", TOKEN).status_code == 404  # erased

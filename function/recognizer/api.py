@@ -107,7 +107,12 @@ class Api:
         # admission queue bounds the images in progress (budget.py).
         heap.keep_large_buffers_apart()
         self._budget = DecodeBudget(settings.decode_budget_bytes)
-        self._admission = Admission(settings.admission_images, settings.admission_wait_seconds)
+        self._admission = Admission(
+            settings.admission_images,
+            settings.admission_wait_seconds,
+            settings.admission_client_share,
+            settings.admission_bytes_per_image,
+        )
         self._endpoints: dict[str, Callable[..., flask.Response]] = {
             "page": self._page,
             "history": self._history,
@@ -214,21 +219,26 @@ class Api:
         caller = params.caller(request, self._settings, client)
         route = params.route(request.args, self._settings, client, caller)
         with_input = "input" in params.include_parameter(request.args)
-        # The body counts in the memory budget before its first byte is read; the images
-        # in it wait for the admission queue's room before any is decoded.
-        with self._budget.hold(uploads.body_cost(request, self._settings.max_request_bytes)):
+        # Before its first byte is read, the body takes its size's room in the client's
+        # share of the admission queue and its peak cost in the memory budget; once its
+        # images are counted, their room in the queue before any is decoded.
+        size = uploads.declared_bytes(request, self._settings.max_request_bytes)
+        with (
+            self._admission.admit(self._admission.body_images(size), client) as grow,
+            self._budget.hold(uploads.body_cost(request, self._settings.max_request_bytes)),
+        ):
             images = uploads.read_images(request, self._settings.max_batch_images)
             facts.images = len(images)
             if caller != params.TOKEN_HOLDER:  # the API token's holder is not limited
                 self._uploads.admit(client, len(images))
-            with self._admission.admit(len(images)):
-                recognition = self._connect().recognizer.recognize(
-                    images,
-                    route,
-                    request.headers.get("Idempotency-Key"),
-                    caller,
-                    pinned="version" in request.args or "label" in request.args,
-                )
+            grow(len(images))
+            recognition = self._connect().recognizer.recognize(
+                images,
+                route,
+                request.headers.get("Idempotency-Key"),
+                caller,
+                pinned="version" in request.args or "label" in request.args,
+            )
         records = recognition.records
         facts.model = {"version": records[0].model_version, "label": records[0].model_label}
         facts.timings_ms = recognition.timings_ms

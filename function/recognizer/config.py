@@ -115,6 +115,10 @@ class Settings:
     worker_recycle_mib: int = 0
     admission_images: int = 96
     admission_wait_seconds: float = 0.25
+    # One client key's share of the admission queue, and the body bytes that count as one
+    # image in it (budget.Admission): a 10 MiB body is 40 images at 256 KiB.
+    admission_client_share: float = 0.5
+    admission_bytes_per_image: int = 256 * 1024
     # Requests of one worker ready within this long share a model call and a durable
     # write (coalesce.py); a lone request never waits. 0 turns coalescing off.
     coalesce_window_ms: float = 2.0
@@ -226,6 +230,12 @@ class Settings:
             admission_images=read.whole("ADMISSION_IMAGES", default.admission_images, 1),
             admission_wait_seconds=read.number(
                 "ADMISSION_WAIT_SECONDS", default.admission_wait_seconds
+            ),
+            admission_client_share=read.number(
+                "ADMISSION_CLIENT_SHARE", default.admission_client_share, 0, 1, above=0
+            ),
+            admission_bytes_per_image=read.whole(
+                "ADMISSION_BYTES_PER_IMAGE", default.admission_bytes_per_image, 1
             ),
             coalesce_window_ms=read.number(
                 "COALESCE_WINDOW_MS", default.coalesce_window_ms, 0, 1000

@@ -121,10 +121,15 @@ def body_cost(request: flask.Request, max_bytes: int) -> int:
     body about five times: the bytes, the parsed string, its ASCII copy without whitespace
     and the decoded image.
     """
-    declared = request.content_length
-    size = max_bytes if declared is None else min(declared, max_bytes)
+    size = declared_bytes(request, max_bytes)
     is_json = request.mimetype == "application/json" or request.mimetype.endswith("+json")
     return size * (JSON_BODY_COPIES if is_json else BODY_COPIES)
+
+
+def declared_bytes(request: flask.Request, max_bytes: int) -> int:
+    """The body's size as its Content-Length says, the limit for a chunked body."""
+    declared = request.content_length
+    return max_bytes if declared is None else min(declared, max_bytes)
 
 
 def read_small_body(request: flask.Request, limit: int) -> bytes:

@@ -180,7 +180,7 @@ def new_layout(cluster: Any, settings: CassandraSettings, day: datetime, count: 
     since = day
 
     def status() -> object:
-        return figures.from_tallies(store.version_tallies(since), [], 0.5)
+        return figures.store_figures(store, since, 0.5)
 
     result["status"] = timed(status, reads=3)
     result["status_counts"] = {f.version: f.requests for f in status()}
@@ -210,10 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             apply(render(split_statements(schema), keyspace=keyspace), settings, report=print)
             print(f"writing {args.records:,} records into the {name} layout ...", flush=True)
             results[name] = run(cluster, settings, day, args.records)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
             print(json.dumps(results[name], indent=2), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(results, indent=2))
     return 0
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from infra.rollout import stats
 from infra.rollout.errors import RolloutError
@@ -276,14 +277,20 @@ def cassandra_figures(since: datetime, low_confidence: float) -> list[VersionFig
 
     store = CassandraStore.from_env()
     try:
-        counts: dict[int, tallies.Tally] = {}
-        for (version, _pinned), counted in store.version_tallies(since).items():
-            counts.setdefault(version, tallies.Tally()).merge(counted)
-        corrections = store.corrections(since)
+        return store_figures(store, since, low_confidence)
     except StoreUnavailable as error:
         raise RolloutError(str(error)) from None
     finally:
         store.close()
+
+
+def store_figures(store: Any, since: datetime, low_confidence: float) -> list[VersionFigures]:
+    """cassandra_figures on an open CassandraStore: its counts (pinned traffic included,
+    as for SQLite) and its corrections since `since`."""
+    counts: dict[int, tallies.Tally] = {}
+    for (version, _pinned), counted in store.version_tallies(since).items():
+        counts.setdefault(version, tallies.Tally()).merge(counted)
+    corrections = store.corrections(since)
     corrected = [
         Row(
             c["model_version"],

@@ -199,6 +199,11 @@ def markdown(r: dict) -> str:
         sections += ["\n## Model server speed (issue 15)\n", _speed(r["model_server_speed"])]
     if "stores" in r:
         sections += ["\n## SQLite and Cassandra (issue 10)\n", _stores(r["stores"])]
+    if "coalescing" in r:
+        sections += [
+            "\n## Coalescing against the monolith (issue 28)\n",
+            _coalescing(r["coalescing"]),
+        ]
     return "\n".join(sections)
 
 
@@ -511,6 +516,43 @@ def _stores(result: dict) -> str:
             *result.get("load_average", (float("nan"), float("nan")))
         )
         + _table(["concurrency: figure", "SQLite", "Cassandra"], rows)
+        + "\n"
+    )
+
+
+def _coalescing(result: dict) -> str:
+    rows = []
+    for name, system in result["systems"].items():
+        for c, load in system["load"].items():
+            cpu = load["cpu_ms_per_request"]
+            rows.append(
+                [
+                    name,
+                    c,
+                    *_rate_and_latency(load),
+                    load["failures"],
+                    ", ".join(f"{part} {ms:.2f}" for part, ms in cpu.items()),
+                ]
+            )
+    batches = [
+        [name, f"{b['batch_of_64']['images_per_s']:.0f}", f"{b['single']['images_per_s']:.0f}",
+         f"{b['ratio']:.1f}x"]
+        for name, b in result["batches"].items()
+    ]  # fmt: skip
+    return (
+        f"`{PY} bench.coalescing`: the monolith (`bench/baseline/app.py`, Flask and "
+        "TensorFlow in-process under gunicorn 2 x 4, each prediction recorded in SQLite with "
+        "WAL and synchronous=FULL) and the stack (the function 2 x 4, the development model "
+        "server with server-side batching) on SQLite and on one Cassandra node (fsync before "
+        "each acknowledged write), `COALESCE_WINDOW_MS=0` (off) and the default (on), one "
+        f"after another in one run, {result['seconds']:g} s of `hey` per row after 200 "
+        "requests to warm up. CPU is milliseconds per request of each process group, from "
+        "/proc. Load average {:.1f} at the start and {:.1f} at the end of this part.\n\n".format(
+            *result["load_average"]
+        )
+        + _table(["system", "c", "req/s", "p50 ms", "p99 ms", "failed", "CPU ms/request"], rows)
+        + "\n\nOne request of 64 images against 64 requests of one (concurrency 1):\n\n"
+        + _table(["system", "64 in one: images/s", "one each: images/s", "ratio"], batches)
         + "\n"
     )
 

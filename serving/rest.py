@@ -275,7 +275,7 @@ class RestApi:
 
     def _predict(self, call: _Call, version: int | None, label: str | None, body: bytes) -> bytes:
         check_json_budget(body)
-        doc, signature_name = tensors.parse_body(body)
+        doc, signature_name = tensors.parse_predict_body(body)
         servable = self._servable(call, version, label)
         signature = servable.signature(signature_name)
         fmt, inputs = tensors.request_tensors(

@@ -323,10 +323,10 @@ class ModelClient:
 def predict_body(images: np.ndarray) -> bytes:
     """The :predict request for `images` (uint8 [n, 28, 28]): TF Serving's columnar form,
     compact JSON, byte for byte what json.dumps(..., separators=(",", ":")) writes."""
-    return _BODY_BEFORE + _uint8_json(images) + _BODY_AFTER
+    return _BODY_BEFORE + uint8_json(images) + _BODY_AFTER
 
 
-def _uint8_json(array: np.ndarray) -> bytes:
+def uint8_json(array: np.ndarray) -> bytes:
     """json.dumps(array.tolist(), separators=(",", ":")) of a uint8 array, as bytes.
 
     Written with numpy: each number's digits, and the brackets and comma after it, go

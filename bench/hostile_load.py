@@ -1,12 +1,13 @@
 """Issue 24's table, measured: each hostile client against the live stack, with a probe.
 
-One function instance as production runs it (1 gunicorn worker x 8 threads,
-MEMORY_LIMIT_MIB=512, API_TOKEN and PREDICT_REQUIRES_TOKEN set) in front of the
-development model server. For each attack, 8 hostile clients run for --seconds while a
-probe posts a normal 28x28 PNG every 0.25 s (with the token); printed per attack: the
-probe's p50 and max latency (and any probe that was not a 200), the function worker's
-peak memory (VmHWM, reset before each attack; the largest over any worker that served
-it) and the model server's, the hostile answers by status, and the records the attack
+One function instance as production runs it (function/serve.py: 1 gunicorn worker x 8
+threads, MEMORY_LIMIT_MIB=512, API_TOKEN and PREDICT_REQUIRES_TOKEN set) in front of the
+development model server. For each attack, 8 hostile clients (one client key: their
+address) run for --seconds while a probe posts a normal 28x28 PNG every 0.25 s (with the
+token, as a client of its own); printed per attack: the probe's p50 and max latency (and
+any probe that was not a 200), the function worker's peak memory (VmHWM, reset before
+each attack; the largest over any worker that served it) and the model server's, the
+hostile answers by status, and the records the attack
 left in the store beside the 200s it was given.
 
     .venv/bin/python -m bench.hostile_load [--seconds 4] [--only NAME ...]
@@ -66,6 +67,9 @@ def png(side: int = 28, seed: int = 0, noise: bool = False) -> bytes:
 
 
 PROBE_IMAGE = png()
+# The probe is a client of its own (its client key); the hostile clients send none, so they
+# are one client, their address, as 8 connections from one attacker's machine are.
+PROBE_CLIENT = "normal-client-probe"
 
 
 # ------------------------------------------------------------------ the bodies
@@ -150,7 +154,8 @@ class Probe:
     def _one(self) -> None:
         started = time.monotonic()
         status = post(self._url + "/predict", PROBE_IMAGE, "image/png",
-                      {"Authorization": f"Bearer {TOKEN}"}, timeout=10)  # fmt: skip
+                      {"Authorization": f"Bearer {TOKEN}", "X-Client-Id": PROBE_CLIENT},
+                      timeout=10)  # fmt: skip
         with self._lock:
             self.samples.append((time.monotonic() - started, status))
 
@@ -243,6 +248,29 @@ def pipeline(target: Stack, stop: threading.Event) -> Counter:
     stop.wait()
     for sock in sockets:
         sock.close()
+    return counts
+
+
+def slow_headers(target: Stack, stop: threading.Event) -> Counter:
+    """8 connections sending a request's headers a byte every 0.5 s, reconnecting when cut;
+    counted: the connections the function closed."""
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-Pad: " + b"a" * 4000
+    counts: Counter = Counter()
+    conns: list[list] = [[None, 0] for _ in range(HOSTILE)]
+    while not stop.wait(0.5):
+        for conn in conns:
+            if conn[0] is None:
+                conn[:] = [socket.create_connection(("127.0.0.1", target.function.port)), 0]
+            try:
+                conn[0].sendall(head[conn[1] : conn[1] + 1])
+                conn[1] += 1
+            except OSError:
+                counts["closed by the function"] += 1
+                conn[0].close()
+                conn[0] = None
+    for conn in conns:
+        if conn[0] is not None:
+            conn[0].close()
     return counts
 
 
@@ -365,6 +393,7 @@ ATTACKS = [
     Attack("spaced_base64", "POST /predict, 10 MiB base64 with a space every 2 characters",
            looped(predict_json("spaced_base64"))),
     Attack("pipeline", "8 connections x 100 pipelined GET /, never read", pipeline),
+    Attack("slow_headers", "8 connections sending headers a byte every 0.5 s", slow_headers),
     Attack("chunked", "chunk sizes 0x5, zz, -1 on /predict and …/feedback", chunked),
     Attack("rle_bmp", "BMP RLE of 1-pixel runs (4.5 MB)",
            looped(lambda t: post(t.url + "/predict", BODIES["rle_bmp"], "image/bmp", bearer()))),
@@ -519,7 +548,7 @@ def function_with(model: str, sqlite_path: Path, env: dict[str, str]) -> Iterato
     old = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
-        with stack.function_server(model, sqlite_path, workers=1, threads=8) as server:
+        with stack.function_server(model, sqlite_path, workers=1, threads=8, serve=True) as server:
             yield server
     finally:
         for name, value in old.items():

@@ -176,14 +176,26 @@ def function_server(
     source: Path = FUNCTION_SOURCE,
     wait: bool = True,
     store_env: dict[str, str] | None = None,
+    serve: bool = False,
 ) -> Iterator[Server]:
-    """The function under functions-framework (gunicorn), as bin/demo starts it; on SQLite
-    unless `store_env` points it elsewhere (PREDICTION_STORE=cassandra, CASSANDRA_*)."""
+    """The function under functions-framework (gunicorn); on SQLite unless `store_env`
+    points it elsewhere (PREDICTION_STORE=cassandra, CASSANDRA_*). With `serve`, through
+    function/serve.py (its worker class and shared metrics) as bin/demo and the container
+    start it."""
     port = free_port()
     argv = [
         str(VENV_BIN / "functions-framework"), "--source", str(source / "main.py"),
         "--target", "recognize", "--port", str(port), "--host", "127.0.0.1",
     ]  # fmt: skip
+    if serve:
+        argv = [
+            sys.executable,
+            str(source / "serve.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
     env = {
         "MODEL_SERVER_URL": model_url,
         "SQLITE_PATH": str(sqlite_path),

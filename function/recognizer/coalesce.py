@@ -87,6 +87,11 @@ class Coalescer(Generic[K, T, R]):
             with self._changed:
                 self._arrived(key)
 
+    def leave(self, key: K) -> None:
+        """This thread will not submit under `key` itself after all: none need wait for it."""
+        with self._changed:
+            self._arrived(key)
+
     def submit(self, key: K, item: T) -> R:
         """`item`'s result from a call shared with the others ready under `key`."""
         if self._window <= 0:

@@ -14,6 +14,7 @@ so two answers for one id never disagree.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import math
@@ -22,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -60,6 +62,10 @@ CLAIM_POLL_SECONDS = 0.02
 # counted from when the other claimed it: past it, the other is taken to have died.
 CLAIM_WAIT_SECONDS = 10.0
 _ABANDONED_KEPT = 1024  # keys whose attempt failed in this process, remembered
+# A request of more images than this is decoded and preprocessed this many at a time, each
+# chunk's model call made while the next one decodes (the model server works on another
+# core meanwhile), when it has no idempotency key (a keyed one asks only after its claim).
+PIPELINE_CHUNK = 16
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as headers carry it
 
 
@@ -142,6 +148,7 @@ class Recognizer:
         self._saves: Coalescer[None, Sequence[Record], None] = Coalescer(
             self._save_together, coalesce_window_seconds, max_batch_images, len
         )
+        self._chunk_calls = ThreadPoolExecutor(4, thread_name_prefix="chunk-model-call")
 
     def recognize(
         self,
@@ -185,6 +192,12 @@ class Recognizer:
         )
         headers = [image.header for image in opened]
         self._check_request_pixels(headers)
+        record_ids = tuple(new_record_id() for _ in images)
+        if key_sha256 is None and len(opened) > PIPELINE_CHUNK:
+            inputs, shapes, calls = self._in_chunks(opened, route, deadline, clock)
+            return self._predict(
+                images, route, record_ids, None, headers, inputs, shapes, clock, who, calls
+            )
         decoded = _each(opened, lambda image: self._decode(image, deadline))
         clock.lap("decode")
         inks = _each(decoded, preprocess.ink_map)  # a blank image is named by its position
@@ -193,7 +206,6 @@ class Recognizer:
         if deadline is not None:
             deadline.check()
         clock.lap("preprocess")
-        record_ids = tuple(new_record_id() for _ in images)
         if key_sha256 is None:
             return self._predict(
                 images, route, record_ids, None, headers, inputs, shapes, clock, who
@@ -227,10 +239,15 @@ class Recognizer:
         shapes: Sequence[Shape],
         clock: _StageClock,
         who: _Who,
+        calls: Sequence[Future[ModelAnswer]] = (),
     ) -> Recognition:
-        """Ask the model and record its answers under `record_ids`."""
+        """Ask the model (or take the answers of the chunks' `calls`) and record its
+        answers under `record_ids`."""
         try:
-            answer = self._models.submit(route, inputs)
+            if calls:
+                answer = self._joined(calls, route, inputs)
+            else:
+                answer = self._models.submit(route, inputs)
         except UnknownModel:
             # A refusal (404): nothing was recorded, so the key must not stay held for a
             # request that never happened; the client may fix the pin and use it again.
@@ -253,6 +270,55 @@ class Recognizer:
             records = [kept or mine for kept, mine in zip(stored, records, strict=True)]
         clock.lap("store")
         return Recognition(records, clock.laps_ms)
+
+    def _in_chunks(
+        self,
+        opened: Sequence[preprocess.Opened],
+        route: Route,
+        deadline: preprocess.DecodeDeadline | None,
+        clock: _StageClock,
+    ) -> tuple[np.ndarray, list[Shape], list[Future[ModelAnswer]]]:
+        """Decode and preprocess PIPELINE_CHUNK images at a time; each chunk's model call
+        goes out (on its own thread, in this request's log context) as the next decodes."""
+        fields: list[np.ndarray] = []
+        shapes: list[Shape] = []
+        calls: list[Future[ModelAnswer]] = []
+        self._models.leave(route)  # the chunks' threads ask, not this one
+        try:
+            for start in range(0, len(opened), PIPELINE_CHUNK):
+                chunk = opened[start : start + PIPELINE_CHUNK]
+                decoded = _each(chunk, lambda image: self._decode(image, deadline), start)
+                inks = _each(decoded, preprocess.ink_map, start)
+                part = np.stack([preprocess.to_field(ink) for ink in inks])
+                shapes += [measure(ink, self._policy) for ink in inks]
+                fields.append(part)
+                context = contextvars.copy_context()
+                calls.append(
+                    self._chunk_calls.submit(context.run, self._models.submit, route, part)
+                )
+            if deadline is not None:
+                deadline.check()
+        except BaseException:
+            for call in calls:
+                call.cancel()
+            raise
+        clock.lap("decode")
+        return np.concatenate(fields), shapes, calls
+
+    def _joined(
+        self, calls: Sequence[Future[ModelAnswer]], route: Route, inputs: np.ndarray
+    ) -> ModelAnswer:
+        """The chunks' answers as one; should the label have moved between them, one call
+        for all, so a request's records never mix two versions."""
+        answers = [call.result() for call in calls]  # the first failure is the request's
+        if len({(answer.version, answer.label) for answer in answers}) > 1:
+            return self._models.submit(route, inputs)
+        return ModelAnswer(
+            np.concatenate([answer.probabilities for answer in answers]),
+            np.concatenate([answer.digits for answer in answers]),
+            answers[0].version,
+            answers[0].label,
+        )
 
     def _claim(
         self,
@@ -436,14 +502,15 @@ def _request_digest(images: Sequence[bytes], route: Route) -> str:
     return digest.hexdigest()
 
 
-def _each(images: Sequence[U], step: Callable[[U], T]) -> list[T]:
-    """`step` of every image; in a batch, an ImageError says which image it was."""
+def _each(images: Sequence[U], step: Callable[[U], T], first: int = 0) -> list[T]:
+    """`step` of every image; in a batch, an ImageError says which image it was (counting
+    from `first`, the position of `images[0]` in a chunked request)."""
     results = []
     for position, image in enumerate(images):
         try:
             results.append(step(image))
         except preprocess.ImageError as error:
-            if len(images) == 1:
+            if len(images) == 1 and first == 0:
                 raise
-            raise type(error)(f"image {position + 1}: {error}") from None
+            raise type(error)(f"image {first + position + 1}: {error}") from None
     return results

@@ -27,6 +27,7 @@ from functools import partial
 from gunicorn.workers import gthread
 
 HEAD_END = b"\r\n\r\n"
+BARE_HEAD_END = b"\n\n"  # not HTTP, but gunicorn's parser, not a deadline, should say so
 MAX_HEAD_BYTES = 64 * 1024  # gunicorn's own limits: 100 fields of 8 KiB, a line of 4 KiB
 READ_BYTES = 16 * 1024
 HEAD_TOO_LARGE = (
@@ -42,6 +43,10 @@ def resident_bytes() -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _complete(head: bytearray) -> bool:
+    return HEAD_END in head or BARE_HEAD_END in head
 
 
 def configured(head_seconds: float, recycle_bytes: int) -> type[Worker]:
@@ -78,7 +83,7 @@ class Worker(gthread.ThreadWorker):
             return
         pending = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
         conn.head = bytearray(pending)
-        if HEAD_END in conn.head:
+        if _complete(conn.head):
             super().enqueue_req(conn)
             return
         conn.sock.setblocking(False)
@@ -96,7 +101,7 @@ class Worker(gthread.ThreadWorker):
             self._drop(conn)
             return
         conn.head += data
-        if HEAD_END in conn.head:
+        if _complete(conn.head):
             self._unwatch(conn)
             conn.data_ready = True  # gthread would otherwise wait for more on the thread
             super().enqueue_req(conn)

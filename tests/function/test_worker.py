@@ -79,7 +79,8 @@ def test_a_head_that_arrives_in_pieces_and_pipelined_requests_are_answered(
     model_stand_in, tmp_path
 ):
     """The poller's read of a head is handed to gunicorn's parser whole: a head in pieces,
-    two requests in one write, and a kept-alive connection's next request all answered."""
+    two requests in one write, a kept-alive connection's next request, and a head ended by
+    bare line feeds are all answered."""
     with running_function(
         model_stand_in.url, tmp_path / "predictions.sqlite3", WORKERS="1", THREADS="2"
     ) as url:
@@ -95,6 +96,10 @@ def test_a_head_that_arrives_in_pieces_and_pipelined_requests_are_answered(
                 answers += chunk
         with requests.Session() as session:
             assert [predict(url, session).status_code for _ in range(3)] == [200] * 3
+        # Bare line feeds are not HTTP: gunicorn's parser says so at once, not a deadline.
+        with socket.create_connection(("127.0.0.1", port_of(url)), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\nHost: x\n\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 ")
 
 
 def test_a_head_larger_than_any_gunicorn_takes_is_refused(model_stand_in, tmp_path):

@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -756,6 +757,27 @@ def test_a_single_record_can_be_read_without_its_upload(store: PredictionStore) 
     lean = store.get(record.id, upload=False)
     assert lean == without_upload(record) and lean.upload.content is None and lean.upload.kept
     assert not store.get(over.id, upload=False).upload.kept
+
+
+def test_an_erased_prediction_is_in_no_sqlite_table(tmp_path: Path) -> None:
+    """SQLite's side of the erasure: every table of the file read directly after delete."""
+    path = tmp_path / "log.sqlite3"
+    store = SqliteStore(path)
+    erased, kept = make_record(), make_record()
+    store.save([erased, kept])
+    assert store.correct(erased.id, Feedback(2, datetime.now(UTC).replace(microsecond=0)))
+    assert store.delete(erased.id)
+    store.close()
+    with sqlite3.connect(path) as db:
+        tables = [
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        held = {}
+        for table in tables:
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if "id" in columns:
+                held[table] = {row[0] for row in db.execute(f"SELECT id FROM {table}")}
+    assert held == {"predictions": {str(kept.id)}, "uploads": {str(kept.id)}, "write_probe": set()}
 
 
 # -- what the columns keep --------------------------------------------------------------------

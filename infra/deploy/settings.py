@@ -61,6 +61,20 @@ FUNCTION_PASSTHROUGH = (
     "CASSANDRA_REQUEST_TIMEOUT_SECONDS",
     "CASSANDRA_CONNECT_TIMEOUT_SECONDS",
     "CASSANDRA_RECENT_LOOKBACK_DAYS",
+    "RETENTION_DAYS",
+    "UPLOAD_RETENTION_DAYS",
+    "UPLOADS_PER_CLIENT_PER_HOUR",
+    "ADMISSION_IMAGES",
+    "ADMISSION_WAIT_SECONDS",
+    "ADMISSION_BYTES_PER_IMAGE",
+    "ADMISSION_CLIENT_SHARE",
+    "CLIENT_HEADER_SECONDS",
+    "CLIENT_TIMEOUT_SECONDS",
+    "CLIENT_REQUEST_SECONDS",
+    "CLIENT_MAX_UNREAD_BYTES",
+    "WORKER_RECYCLE_MIB",
+    "COALESCE_WINDOW_MS",
+    "LOG_LEVEL",
 )
 # Secrets the function reads from its environment; each is deployed from <NAME>_SECRET.
 SECRETS = ("CASSANDRA_PASSWORD", "API_TOKEN", "FEEDBACK_SECRET", "FEEDBACK_SECRET_PREVIOUS")
@@ -341,6 +355,7 @@ def load_function(environ: Mapping[str, str], *, container: bool) -> FunctionSet
         "CASSANDRA_CONTACT_POINTS": read.get("CASSANDRA_CONTACT_POINTS"),  # required: checked
     }
     env.update({name: read.get(name) for name in FUNCTION_PASSTHROUGH if read.get(name)})
+    env["GOOGLE_CLOUD_PROJECT"] = platform.project  # its trace ids name the project
     if ".run.app" in model_server and "MODEL_SERVER_ID_TOKEN" not in env:
         env["MODEL_SERVER_ID_TOKEN"] = "true"  # run-serving lets in only its invokers
     if ca_secret:

@@ -27,7 +27,8 @@ BASE = {
 REGISTRY = "europe-west1-docker.pkg.dev/digits-prod-42/digit-recognizer"
 ENV_VARS = (
     "--set-env-vars=MODEL_SERVER_URL=https://tf-serving.internal.example:8501,"
-    "PREDICTION_STORE=cassandra,CASSANDRA_CONTACT_POINTS=10.0.0.5,WORKERS=1,THREADS=8,"
+    "PREDICTION_STORE=cassandra,CASSANDRA_CONTACT_POINTS=10.0.0.5,"
+    "GOOGLE_CLOUD_PROJECT=digits-prod-42,WORKERS=1,THREADS=8,"
     "MEMORY_LIMIT_MIB=512"
 )
 SCALING = [
@@ -212,7 +213,8 @@ def test_options_and_passthrough_settings() -> None:
         "--set-env-vars=^@^MODEL_SERVER_URL=https://tf-serving.internal.example:8501"
         "@PREDICTION_STORE=cassandra@CASSANDRA_CONTACT_POINTS=10.0.0.5,10.0.0.6:9142"
         "@MODEL_LABEL=canary@CASSANDRA_LOCAL_DC=europe-west1"
-        "@CASSANDRA_CONSISTENCY=LOCAL_QUORUM@WORKERS=1@THREADS=16"
+        "@CASSANDRA_CONSISTENCY=LOCAL_QUORUM@GOOGLE_CLOUD_PROJECT=digits-prod-42"
+        "@WORKERS=1@THREADS=16"
         "@MEMORY_LIMIT_MIB=512"
     )
     (run,) = argvs(plan("run-function", {**environ, "IMAGE_TAG": "abc"}))
@@ -333,6 +335,20 @@ MALFORMED_PASSTHROUGH = {
     "CASSANDRA_REQUEST_TIMEOUT_SECONDS": "0",
     "CASSANDRA_CONNECT_TIMEOUT_SECONDS": "soon",
     "CASSANDRA_RECENT_LOOKBACK_DAYS": "0",
+    "RETENTION_DAYS": "0",
+    "UPLOAD_RETENTION_DAYS": "forever",
+    "UPLOADS_PER_CLIENT_PER_HOUR": "-1",
+    "ADMISSION_IMAGES": "0",
+    "ADMISSION_WAIT_SECONDS": "-1",
+    "ADMISSION_BYTES_PER_IMAGE": "0",
+    "ADMISSION_CLIENT_SHARE": "2",
+    "CLIENT_HEADER_SECONDS": "0",
+    "CLIENT_TIMEOUT_SECONDS": "soon",
+    "CLIENT_REQUEST_SECONDS": "0",
+    "CLIENT_MAX_UNREAD_BYTES": "lots",
+    "WORKER_RECYCLE_MIB": "-5",
+    "COALESCE_WINDOW_MS": "5000",
+    "LOG_LEVEL": "LOUD",
 }
 PAIRED = {"CASSANDRA_USERNAME"}
 
@@ -559,6 +575,7 @@ def test_every_function_setting_is_deployable() -> None:
         "SQLITE_PATH",  # local only
         "WORKERS",  # read by the tool, 1 to 16
         "MEMORY_LIMIT_MIB",  # MEMORY, in MiB
+        "GOOGLE_CLOUD_PROJECT",  # GCP_PROJECT, so trace ids name the project
     }
     assert variables_read_by_function() == set(FUNCTION_PASSTHROUGH) | handled
 

@@ -41,9 +41,10 @@ $(STAMP): $(FUNCTION_PATH) requirements-dev.txt
 demo: $(FUNCTION_PATH)
 	PORT=$(PORT) MODEL_SERVER_PORT=$(MODEL_SERVER_PORT) STORE=$(STORE) bin/demo
 
-# Every suite but the three-node ring; the live Cassandra tests start their own node.
+# Every suite but the three-node ring and the Compose stack (`make integration`, on a real
+# Docker engine); the live Cassandra tests start their own node.
 test: setup lint browser cassandra nginx prometheus
-	$(BIN)/python -m pytest --ignore=tests/cluster
+	$(BIN)/python -m pytest --ignore=tests/cluster -m 'not integration'
 
 # The function's tests that need no real model: an in-process stand-in for the model
 # server, TensorFlow refused (the real_model tests are left out; `make test` runs them).

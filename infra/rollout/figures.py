@@ -243,9 +243,10 @@ def from_tallies(
     counts: dict[int, tallies.Tally], corrected: Iterable[Row], low_confidence: float
 ) -> list[VersionFigures]:
     """Figures per version from its per-hour counts (recognizer/tallies.py) and its
-    corrected records; latency percentiles are read from the counts' bins (within 10%)."""
+    corrected records, weighed as `summarize` weighs them (`evidence`); latency
+    percentiles are read from the counts' bins (within 10%)."""
     by_version: dict[int, list[Row]] = {}
-    for row in corrected:
+    for row in evidence(corrected):
         by_version.setdefault(row.version, []).append(row)
     total = sum(t.requests for t in counts.values())
     return [
@@ -262,6 +263,7 @@ def from_tallies(
             corrected=len(by_version.get(version, [])),
             right=sum(is_right(r) for r in by_version.get(version, [])),
             drift_counts=tallies.answer_counts(t),
+            correcting_clients=distinct_clients(by_version.get(version, [])),
         )
         for version, t in sorted(counts.items())
         if t.requests
@@ -285,12 +287,14 @@ def cassandra_figures(since: datetime, low_confidence: float) -> list[VersionFig
 
 
 def store_figures(store: Any, since: datetime, low_confidence: float) -> list[VersionFigures]:
-    """cassandra_figures on an open CassandraStore: its counts (pinned traffic included,
-    as for SQLite) and its corrections since `since`."""
+    """cassandra_figures on an open CassandraStore: its counts of unpinned traffic, as
+    `summarize` counts for SQLite, and its corrections since `since`, each with the
+    correcting client and whether the request pinned, so one client's flood weighs as
+    little here as there."""
     counts: dict[int, tallies.Tally] = {}
-    for (version, _pinned), counted in store.version_tallies(since).items():
-        counts.setdefault(version, tallies.Tally()).merge(counted)
-    corrections = store.corrections(since)
+    for (version, pinned), counted in store.version_tallies(since).items():
+        if not pinned:
+            counts.setdefault(version, tallies.Tally()).merge(counted)
     corrected = [
         Row(
             c["model_version"],
@@ -301,7 +305,9 @@ def store_figures(store: Any, since: datetime, low_confidence: float) -> list[Ve
             c["digit"],
             True,
             c["feedback_digit"],
+            client=c["client_key"],
+            pinned=bool(c["pinned"]),
         )
-        for c in corrections
+        for c in store.corrections(since)
     ]
     return from_tallies(counts, corrected, low_confidence)

@@ -15,6 +15,7 @@ import requests
 
 from infra.rollout import analysis, figures
 from recognizer import canary
+from recognizer.cassandra_store import CassandraStore
 from tests.support import live_function
 from tests.support.live_function import SEVEN, functions
 
@@ -87,3 +88,30 @@ def test_one_clients_flood_does_not_decide_the_canary(two_labels, tmp_path, pin)
         wide = analysis.Thresholds(accuracy_margin=0.2, verdict_margin=1.0, min_requests=10**6)
         before = analysis.decide(by_version[STABLE], by_version[CANARY], wide)
         assert before.action == analysis.ROLLBACK, (by_version, before)
+
+
+def test_on_cassandra_the_counts_and_corrections_weigh_a_flood_as_the_log_does(
+    two_labels, tmp_path, cassandra
+):
+    """`rollout analyze` on Cassandra reads per-hour counts and the corrections table, not
+    the records: there too pinned traffic is left out and one client's corrections count
+    at most CORRECTIONS_PER_CLIENT times, so the same flood leaves the decision at wait."""
+    keyspace = cassandra.keyspace("flood")
+    env = {**OPEN, **cassandra.env(keyspace), "CANARY_PERCENT": "50"}
+    with functions(two_labels.url, tmp_path, env, 1) as (url,):
+        flood(url, "", False, 30, client_in(canary_bucket=True))
+        flood(url, "", True, 30, client_in(canary_bucket=False))
+        flood(url, "?label=canary", False, 10, "pinning-client")
+    store = CassandraStore(cassandra.settings(keyspace))
+    try:
+        counted = figures.store_figures(store, datetime.now(UTC) - timedelta(hours=1), 0.0)
+    finally:
+        store.close()
+    by_version = {f.version: f for f in counted}
+    assert sum(f.requests for f in counted) == 60  # the 10 pinned uploads are left out
+    for version in (STABLE, CANARY):
+        assert by_version[version].corrected == figures.CORRECTIONS_PER_CLIENT
+        assert by_version[version].correcting_clients == 1
+    wide = analysis.Thresholds(accuracy_margin=0.2, verdict_margin=1.0, min_requests=10**6)
+    made = analysis.decide(by_version[STABLE], by_version[CANARY], wide)
+    assert made.action == analysis.WAIT, made

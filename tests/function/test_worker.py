@@ -25,9 +25,10 @@ def predict(url: str, session: requests.Session | None = None) -> requests.Respo
 
 
 def test_headers_sent_a_byte_at_a_time_hold_no_thread(model_stand_in, tmp_path):
-    """Eight clients sending their headers a byte every 0.3 s to a worker of two threads:
-    gunicorn's gthread gave each a thread blocked on its headers, and no one else was
-    answered. Now the probe is answered meanwhile and each is closed at its deadline."""
+    """Eight clients sending their headers a byte every 0.3 s to a worker of two threads,
+    and eight sending nothing: gunicorn's gthread gave each a thread blocked on its
+    headers, and no one else was answered. Now the probe is answered meanwhile and each
+    is closed at its deadline."""
     with running_function(
         model_stand_in.url,
         tmp_path / "predictions.sqlite3",
@@ -39,6 +40,8 @@ def test_headers_sent_a_byte_at_a_time_hold_no_thread(model_stand_in, tmp_path):
             b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-Pad: " + b"a" * 200
         )
         slow = [socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) for _ in range(8)]
+        # and eight that send nothing: gthread gave each a thread for 5 s, waiting for it
+        silent = [socket.create_connection(("127.0.0.1", port_of(url))) for _ in range(8)]
         cut: set[socket.socket] = set()
         stop = threading.Event()
 
@@ -71,7 +74,7 @@ def test_headers_sent_a_byte_at_a_time_hold_no_thread(model_stand_in, tmp_path):
         finally:
             stop.set()
             sender.join(5)
-            for sock in slow:
+            for sock in slow + silent:
                 sock.close()
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import flask
 
-from recognizer import canary, uploads
+from recognizer import canary, request_log, uploads
 from recognizer.canary import Route
 from recognizer.config import LABEL_PATTERN, Settings
 from recognizer.errors import InvalidParameter, NotAuthorized, UnknownPrediction
@@ -19,7 +19,7 @@ from recognizer.errors import InvalidParameter, NotAuthorized, UnknownPrediction
 # then refuses.
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 INCLUDABLE = frozenset({"input"})  # extras `POST /predict?include=...` may add to each prediction
-TOKEN_HOLDER = "token"  # the caller that sent the API token; client keys start id: or addr:
+TOKEN_HOLDER = "token"  # the caller that sent the API token; any other caller starts client:
 
 
 def client_key(request: flask.Request) -> str:
@@ -28,10 +28,11 @@ def client_key(request: flask.Request) -> str:
 
 
 def caller(request: flask.Request, settings: Settings, client: str) -> str:
-    """Whom an idempotency key belongs to: the API token's holder when the request carries
-    the right token, else the client key. Keys are scoped to it, so no caller can read or
-    block another's request; the client key is the X-Client-Id a client sends (a secret
-    only as long as the client keeps it one) or else its address."""
+    """Whom an idempotency key, a record and a correction belong to: the API token's holder
+    when the request carries the right token, else a hash of the client key (the
+    X-Client-Id a client sends, a secret only as long as the client keeps it one, or else
+    its address). Keys are scoped to it, so no caller can read or block another's request,
+    and the store keeps no address or client id: only the hash the request log shows."""
     token, presented = settings.api_token, bearer(request)
     if (
         token is not None
@@ -39,7 +40,7 @@ def caller(request: flask.Request, settings: Settings, client: str) -> str:
         and hmac.compare_digest(presented.encode(), token.encode())
     ):
         return TOKEN_HOLDER
-    return client
+    return f"client:{request_log.client_hash(client)}"
 
 
 def route(args: Mapping[str, str], settings: Settings, client: str, caller: str) -> Route:

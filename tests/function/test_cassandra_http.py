@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from recognizer.request_log import client_hash
 from tests.conftest import ROOT, STABLE_VERSION
 from tests.function.test_api import (  # the SQLite suite's HTTP tests, run again on Cassandra
     samples,
@@ -202,7 +203,8 @@ def test_the_key_is_kept_as_a_digest_with_the_ids_it_stands_for(client, cassandr
     assert response.status_code == 200
     (row,) = stored_keys(cassandra, keyspace)
     # Scoped to the caller (#23): the test client's address, as it sends no X-Client-Id.
-    scoped = hashlib.sha256(b"addr:127.0.0.1\0" + key.encode()).hexdigest()
+    caller = f"client:{client_hash('addr:127.0.0.1')}".encode()
+    scoped = hashlib.sha256(caller + b"\0" + key.encode()).hexdigest()
     assert row["key_sha256"] == scoped
     assert [str(i) for i in row["record_ids"]] == [
         p["id"] for p in response.get_json()["predictions"]

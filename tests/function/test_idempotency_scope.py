@@ -21,6 +21,7 @@ from recognizer import canary
 from recognizer.canary import Route
 from recognizer.model_client import ModelClient
 from recognizer.params import TOKEN_HOLDER
+from recognizer.request_log import client_hash
 from recognizer.service import Recognizer
 from recognizer.sqlite_store import SqliteStore
 from tests.support import live_function
@@ -111,7 +112,8 @@ def test_each_record_keeps_its_caller_and_whether_it_pinned(two_labels, tmp_path
         assert corrected.status_code == 200
     log = SqliteStore(sqlite)
     first, second = (log.get(uuid.UUID(p["id"])) for p in (anonymous, pinned))
-    assert (first.client_key, first.pinned) == ("id:someone", False)
+    # A hash of the client key, as the request log shows it: no client id in the store.
+    assert (first.client_key, first.pinned) == (f"client:{client_hash('id:someone')}", False)
     assert (second.client_key, second.pinned) == (TOKEN_HOLDER, True)
-    assert first.feedback.client_key == "id:corrector"
+    assert first.feedback.client_key == f"client:{client_hash('id:corrector')}"
     log.close()

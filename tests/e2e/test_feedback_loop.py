@@ -83,7 +83,10 @@ def people_correct(url: str, mnist, start: int, count: int) -> None:
             (prediction,) = answer.json()["predictions"]
             correction = {"digit": int(mnist.y_test[n]), "token": prediction["feedback_token"]}
             put = session.put(
-                f"{url}/predictions/{prediction['id']}/feedback", json=correction, timeout=30
+                f"{url}/predictions/{prediction['id']}/feedback",
+                json=correction,
+                headers={"X-Client-Id": f"person-{n}"},  # the same person corrects it
+                timeout=30,
             )
             assert put.status_code == 200, put.text
 

@@ -1,12 +1,14 @@
 """`python -m infra.rollout status` reading the prediction store from either store.
 
 The function runs under gunicorn (functions-framework's production server) on SQLite or
-on a keyspace of the session's live Cassandra node, and real predictions go through it:
-unpinned (stable), pinned to the canary label, pinned to version 1, one batch of two. The
-rollout tool then runs as an operator runs it, with that store's settings, and its
-per-version figures must match what was sent and what the store itself holds. A record
-three days old (written straight into the store) is inside a 100-hour window only, and
-a Cassandra that cannot be reached is named in the report, not a traceback.
+on a keyspace of the session's live Cassandra node, splitting unpinned clients between
+stable and canary (CANARY_PERCENT), and real predictions go through it: a stable client's,
+a canary client's, pinned to the canary label, pinned to version 1, one batch of two. The
+store holds every one of them; the rollout tool, run as an operator runs it with that
+store's settings, counts the split's traffic only (pinned requests chose their version
+and are no evidence of the split, #23), per version and label. A record three days old
+(written straight into the store) is inside a 100-hour window only, and a Cassandra that
+cannot be reached is named in the report, not a traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 import requests
 from cassandra.util import uuid_from_time
 
+from recognizer import canary
 from recognizer.cassandra_store import CassandraStore
 from recognizer.records import Record, Upload, time_of
 from recognizer.sqlite_store import SqliteStore
@@ -36,11 +39,19 @@ from tests.support.function_server import running_function
 SAMPLES = ROOT / "tests" / "data" / "samples"
 SEVEN = (SAMPLES / "seven.png").read_bytes()
 THREE = (SAMPLES / "three-photo.jpg").read_bytes()
-# (query, images): what is sent; the figures count images, not requests.
-TRAFFIC = [("", [SEVEN])] * 4 + [("?label=canary", [THREE])] * 2 + [("?version=1", [SEVEN])] * 3
-TRAFFIC += [("", [SEVEN, THREE])]
-# version -> label -> images; the live model server serves the shipped config's labels
-EXPECTED = {STABLE_VERSION: {"stable": 6, "canary": 2}, 1: {"(pinned)": 3}}
+CANARY_PERCENT = 50
+PEOPLE = [f"person-{n}" for n in range(20)]
+IN_CANARY = next(p for p in PEOPLE if canary.bucket(canary.client_key(p, None)) < CANARY_PERCENT)
+IN_STABLE = next(p for p in PEOPLE if canary.bucket(canary.client_key(p, None)) >= CANARY_PERCENT)
+# (query, images, X-Client-Id): what is sent; the figures count images, not requests.
+TRAFFIC = [("", [SEVEN], IN_STABLE)] * 4 + [("", [THREE], IN_CANARY)] * 2
+TRAFFIC += [("?label=canary", [THREE], IN_STABLE)] * 2 + [("?version=1", [SEVEN], IN_CANARY)] * 3
+TRAFFIC += [("", [SEVEN, THREE], IN_STABLE)]
+# version -> label -> images; the live model server serves the shipped config's labels.
+# HELD is what the store holds; EXPECTED what the figures count: the split's traffic, so
+# neither the ?label=canary pins (still labelled canary) nor the ?version=1 pins (#23).
+HELD = {STABLE_VERSION: {"stable": 6, "canary": 4}, 1: {"(pinned)": 3}}
+EXPECTED = {STABLE_VERSION: {"stable": 6, "canary": 2}}
 FIGURE_ROW = re.compile(r"^  (\d+)\s+(\d+)\s+(\d+\.\d)%\s+(.*?)\s+\d\.\d{4}\s", re.M)
 
 
@@ -62,12 +73,18 @@ def deployment(request, model_server, tmp_path) -> Iterator[Deployment]:
         cassandra = request.getfixturevalue("cassandra")
         keyspace = cassandra.keyspace("rollout")
         env = cassandra.env(keyspace)
-    with running_function(model_server, sqlite, **env) as url, requests.Session() as session:
+    split = {"CANARY_PERCENT": str(CANARY_PERCENT)}
+    with (
+        running_function(model_server, sqlite, **env, **split) as url,
+        requests.Session() as session,
+    ):
         env = {**env, "SQLITE_PATH": str(sqlite)}  # where the tool reads SQLite
         answers = []
-        for query, images in TRAFFIC:
+        for query, images, client in TRAFFIC:
             files = [("image", (f"{n}.img", image)) for n, image in enumerate(images)]
-            response = session.post(f"{url}/predict{query}", files=files, timeout=30)
+            response = session.post(
+                f"{url}/predict{query}", files=files, headers={"X-Client-Id": client}, timeout=30
+            )
             assert response.status_code == 200, response.text
             answers.extend(response.json()["predictions"])
         yield Deployment(request.param, env, sqlite, keyspace, answers)
@@ -150,22 +167,26 @@ def test_status_counts_every_recorded_image_per_version_and_label(
     cassandra = request.getfixturevalue("cassandra") if deployment.store == "cassandra" else None
     held_counts = held(deployment, cassandra)
     assert held_counts == Counter(
-        {(v, label): n for v, labels in EXPECTED.items() for label, n in labels.items()}
+        {(v, label): n for v, labels in HELD.items() for label, n in labels.items()}
     )
     answered = Counter(
         (a["model"]["version"], a["model"]["label"] or "(pinned)") for a in deployment.answers
     )
     assert answered == held_counts
-    assert re.search(rf"^  {STABLE_VERSION}\s+\d+\s+72\.7%", report, re.M)  # 8 of 11 images
+    # 8 of the split's 8 images: version 1 answered pinned requests only
+    assert re.search(rf"^  {STABLE_VERSION}\s+\d+\s+100\.0%", report, re.M)
 
 
 def test_the_window_reaches_back_across_day_partitions(deployment, model_server):
-    """Three days back is another Cassandra day partition (and outside 24 h)."""
+    """Three days back is another Cassandra day partition (and outside 24 h). The old
+    record was unpinned stable traffic, so it counts; version 1's pinned ones never do."""
     write_directly(deployment, old_record(days=3))
-    assert figures(status(model_server, deployment.env))[1][0] == 3
-    wide = figures(status(model_server, deployment.env, "--window-hours", "100"))
-    assert wide[1] == (4, {"(pinned)": 3, "stable": 1})
-    assert wide[STABLE_VERSION][0] == 8
+    assert 1 not in figures(status(model_server, deployment.env))
+    report = status(model_server, deployment.env, "--window-hours", "100")
+    wide = figures(report)
+    assert wide[1] == (1, {"stable": 1})
+    assert wide[STABLE_VERSION] == (8, {"stable": 6, "canary": 2})
+    assert re.search(rf"^  {STABLE_VERSION}\s+\d+\s+88\.9%", report, re.M)  # 8 of 9 images
 
 
 def test_status_names_a_cassandra_it_cannot_reach(model_server):

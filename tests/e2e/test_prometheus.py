@@ -68,6 +68,9 @@ def function(model_server_with_metrics, tmp_path) -> Iterator[tuple[str, subproc
         WORKERS="2",
         THREADS="4",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        # Each prediction its own :predict, so the model server's count is known exactly:
+        # by default (#28) a worker's concurrent requests share calls, as many as timing has.
+        COALESCE_WINDOW_MS="0",
     )
     command = [sys.executable, "function/serve.py", "--host", "127.0.0.1", "--port", str(port)]
     master = subprocess.Popen(command, cwd=ROOT, env=env)
@@ -156,7 +159,7 @@ def test_prometheus_counts_every_prediction_of_every_worker(function, prometheus
     assert all(value is None or value <= PREDICTIONS for value in seen), seen
     ok = 'sum(digit_http_requests_total{endpoint="predict",status="200",outcome="ok"})'
     assert query(prometheus, ok) == PREDICTIONS
-    # The model server answered each prediction once (no batching here), as TF Serving counts.
+    # The model server answered each prediction once (coalescing off here), as TF Serving counts.
     model_calls = 'sum(:tensorflow:serving:request_latency_count{API="predict"})'
     assert settled(prometheus, model_calls, PREDICTIONS)[-1] == PREDICTIONS
     # No series names a worker: one series per label set, whichever worker answered.

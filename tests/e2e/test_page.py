@@ -27,7 +27,7 @@ from tests.conftest import ROOT
 from tests.support.function_server import running_function
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page, Playwright, Route
+    from playwright.sync_api import BrowserContext, Page, Route
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
@@ -79,12 +79,6 @@ API_TOKEN = "page-test-token-0123456789"
 FEEDBACK_SECRET = "page-test-feedback-secret-0123456789abcdef"
 FEEDBACK = re.compile(r"/predictions/[^/?]+/feedback$")
 KEPT = "digit-recognizer.predictions"  # the page's localStorage key for its predictions
-
-
-@pytest.fixture(scope="session")
-def playwright_driver() -> Iterator[Playwright]:
-    with playwright_api.sync_playwright() as driver:
-        yield driver
 
 
 @pytest.fixture(scope="session")

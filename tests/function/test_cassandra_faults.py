@@ -271,8 +271,12 @@ def test_a_write_that_timed_out_is_answered_503_that_says_it_may_still_be_record
     assert "Idempotency-Key" in message
     wait_ready(client, SHORT_OUTAGE_RECOVERY)
     time.sleep(2)  # let the resumed node apply whatever it had queued
-    assert len(history_ids(client)) == 2  # the earlier record and the one it told of
-    assert history_ids(client)[-1] == earlier
+    # Which write the freeze caught decides whether the record appears: the partition's
+    # index entry is written first and, when it times out, the record is never sent; when
+    # the record's own write timed out, the node applies it on resuming. Either way there
+    # is at most the one it told of, and the earlier record is still found.
+    found = history_ids(client)
+    assert len(found) in (1, 2) and found[-1] == earlier, found
 
 
 def test_concurrent_first_requests_to_a_frozen_node_are_each_answered_in_bounded_time(

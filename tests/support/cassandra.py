@@ -18,6 +18,8 @@ from infra.cassandra.__main__ import apply_local_schema
 from infra.cassandra.local import LocalCluster, ToolMissing, on_free_ports
 from recognizer.cassandra_store import CassandraSettings
 
+TEST_NODE_HEAP = "1536M"
+
 
 @dataclass
 class LiveCassandra:
@@ -49,7 +51,9 @@ class LiveCassandra:
 
 def start_test_node(root: Path) -> LocalCluster:
     """A one-node test cluster, or a skip naming what is missing (a failure under CI)."""
-    cluster = on_free_ports(root, durable=False, report=lambda line: None)
+    # The suites make a keyspace each, and a keyspace is now eight tables (#22): at the
+    # launcher's 512M the session's node ran out of heap about a third of the way through.
+    cluster = on_free_ports(root, durable=False, report=lambda line: None, heap=TEST_NODE_HEAP)
     try:
         return cluster.start()
     except ToolMissing as exc:

@@ -1,8 +1,8 @@
 """Hostile requests against the real server: functions-framework's gunicorn, over HTTP.
 
 The Flask test client skips gunicorn's own request parsing (functions-framework sets
-`limit_request_line=0`, so URLs have no length limit, but headers keep gunicorn's
-limits), chunked bodies, and the unread-body handling of a refused request. What gunicorn
+`limit_request_line=0`, so only the worker's head budget bounds a URL, and headers keep
+gunicorn's limits), chunked bodies, and the unread-body handling of a refused request. What gunicorn
 itself refuses never reaches the function, so it cannot answer the contract's JSON:
 those answers are pinned here as they are, to be noticed if they change.
 """
@@ -62,15 +62,17 @@ def test_corpus_entries_get_the_same_answer_through_gunicorn(function_url, name)
         assert response.json()["predictions"][0]["digit"] == entry.digit
 
 
-def test_a_1_mb_url_reaches_the_function_and_is_refused_as_json(function_url):
-    """gunicorn has no request-line limit here, so the function itself judges the query."""
+def test_a_1_mb_url_is_refused_as_json_before_the_function(function_url):
+    """gunicorn has no request-line limit here, but the worker reads a head without a
+    thread and only up to recognizer/worker.py's budget (#24): a 1 MB URL is a JSON 431
+    before any thread or the function spends anything on it."""
     response = requests.post(
         f"{function_url}/predict?label={'a' * MiB}",
         data=BY_NAME["multipart-valid"].body,
         headers=BY_NAME["multipart-valid"].headers,
         timeout=30,
     )
-    assert_json_error(response, 400, "invalid_parameter")
+    assert_json_error(response, 431, "request_head_too_large")
 
 
 def test_a_body_over_the_limit_is_413_with_or_without_a_content_length(function_url):

@@ -4,6 +4,7 @@ request heads read without a thread, and a worker recycled past its memory mark.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -107,7 +108,7 @@ def test_a_head_that_arrives_in_pieces_and_pipelined_requests_are_answered(
 
 def test_a_head_larger_than_any_gunicorn_takes_is_refused(model_stand_in, tmp_path):
     """Gunicorn's parser would take an unlimited request line (functions-framework's
-    setting) from a head the poller kept reading: past 64 KiB it is a 431."""
+    setting) from a head the poller kept reading: past 128 KiB it is a JSON 431."""
     with (
         running_function(
             model_stand_in.url, tmp_path / "predictions.sqlite3", WORKERS="1", THREADS="2"
@@ -115,7 +116,12 @@ def test_a_head_larger_than_any_gunicorn_takes_is_refused(model_stand_in, tmp_pa
         socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as sock,
     ):
         sock.sendall(b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * (worker.MAX_HEAD_BYTES + 1))
-        assert sock.recv(100).startswith(b"HTTP/1.1 431")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and b"Content-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] == "request_head_too_large"
 
 
 def serving_pids(port: int) -> set[int]:

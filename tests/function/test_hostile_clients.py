@@ -107,7 +107,7 @@ def test_paths_functions_framework_keeps_get_the_json_404(offline, path):
 def test_leading_slashes_are_the_path_without_them(offline):
     """Werkzeug strips them from request.path: no redirect, the same answer."""
     response = offline.get("/", environ_overrides={"PATH_INFO": "//predictions"})
-    assert response.status_code == 200 and response.get_json() == {"predictions": []}
+    assert response.status_code == 200 and response.get_json() == {"predictions": [], "next": None}
 
 
 # --- echoed values are cut short -------------------------------------------------------------

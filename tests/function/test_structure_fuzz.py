@@ -384,7 +384,8 @@ HEADERS = [
     "Origin",
     "X-Request-Id",
 ]
-ERROR_CODES = {400, 401, 404, 413, 415, 422, 503}
+# 403: an Origin of another site on a POST is a cross-site write (access.refuse_cross_site).
+ERROR_CODES = {400, 401, 403, 404, 413, 415, 422, 503}
 
 
 def on_the_wire(value: str) -> str:

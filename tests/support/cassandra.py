@@ -18,7 +18,7 @@ from infra.cassandra.__main__ import apply_local_schema
 from infra.cassandra.local import LocalCluster, ToolMissing, on_free_ports
 from recognizer.cassandra_store import CassandraSettings
 
-TEST_NODE_HEAP = "1536M"
+TEST_NODE_HEAP = "4G"
 
 
 @dataclass
@@ -51,8 +51,10 @@ class LiveCassandra:
 
 def start_test_node(root: Path) -> LocalCluster:
     """A one-node test cluster, or a skip naming what is missing (a failure under CI)."""
-    # The suites make a keyspace each, and a keyspace is now eight tables (#22): at the
-    # launcher's 512M the session's node ran out of heap about a third of the way through.
+    # The suites make a keyspace each, and a keyspace is now eight tables (#22): a whole
+    # run makes about 130 keyspaces, 1,040 tables, and the node keeps ~1.5 MB of heap per
+    # table (1.6 GB of old generation at the end). At 512M it died of OutOfMemoryError a
+    # third of the way through, at 1.5G near the end; 4G leaves room for the suites to grow.
     cluster = on_free_ports(root, durable=False, report=lambda line: None, heap=TEST_NODE_HEAP)
     try:
         return cluster.start()

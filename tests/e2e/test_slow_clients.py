@@ -196,6 +196,12 @@ def record(figures: dict[str, object]) -> None:
     ARTIFACT.write_text(json.dumps({**existing, **figures}, indent=2) + "\n")
 
 
+@pytest.mark.skip(
+    reason="its premise went with #24: recognizer/worker.py reads heads without a thread and "
+    "the admission queue sends a client's excess away, so the bare function now answers some "
+    "or all normal requests under these 64 stalled clients (1 of 3 and 3 of 3 in two runs); "
+    "to be rewritten to assert the bare function's own budgets deterministically"
+)
 def test_without_the_proxy_64_stalled_clients_stop_the_function(function_url) -> None:
     """The failure the proxy exists for, shown on the bare function: the check can fail."""
     nginx_binary()  # the same skip as the proxy tests: this one only makes their case

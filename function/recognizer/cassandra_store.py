@@ -194,6 +194,10 @@ class Layout:
         seconds = int(time_of(record_id).timestamp()) // self.bucket_seconds * self.bucket_seconds
         return datetime.fromtimestamp(seconds, tz=UTC)
 
+    def index_seconds(self, keep: int) -> int:
+        """How long a partition's index entry lives: past its bucket's last record."""
+        return keep + self.bucket_seconds
+
     def shard_of(self, record_id: uuid.UUID) -> int:
         """A stable hash of the id (CRC-32: the same in every process and release)."""
         return zlib.crc32(record_id.bytes) % self.shards
@@ -548,7 +552,7 @@ class CassandraStore:
         conn = self._connection()
         keep = self.retention.records_seconds
         new_partitions = {conn.layout.key(r.id) for r in records} - conn.indexed
-        index_ttl = keep + conn.layout.bucket_seconds  # outlives the bucket's last record
+        index_ttl = conn.layout.index_seconds(keep)
         index = [
             conn.insert_bucket.bind((bucket.date(), bucket, shard, index_ttl))
             for bucket, shard in sorted(new_partitions)

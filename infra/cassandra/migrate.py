@@ -119,7 +119,9 @@ class Copier:
         feedback = record.feedback
         verdict = record.verdict
         writes = [
-            statements["bucket"].bind((bucket.date(), bucket, shard, keep + 3600)),
+            statements["bucket"].bind(
+                (bucket.date(), bucket, shard, self.layout.index_seconds(keep))
+            ),
             statements["record"].bind(
                 (
                     bucket,
